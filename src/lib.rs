@@ -1,0 +1,20 @@
+//! cutover: migrates an organisation's mail from a legacy IMAP server to Office 365
+//! (or any IMAP destination) and keeps it in sync until the MX cutover.
+//!
+//! Data flows one way: [`source`] reads the legacy server into the [`spool`], and
+//! [`upstream`] pushes the spool to the destination. The spool is the only place state
+//! lives, so each side can stop, crash or restart without the other losing anything.
+
+pub mod accounts;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod imap;
+pub mod logging;
+pub mod mapping;
+pub mod secret;
+pub mod source;
+pub mod spool;
+pub mod testbed;
+pub mod upstream;
