@@ -1,0 +1,1072 @@
+//! An IMAP client session: tagged commands, untagged data, literals both ways.
+//!
+//! Framing is imap-codec's `Fragmentizer` (it follows `{n}` literals, so a message body is
+//! never mistaken for protocol), decoding is imap-codec's `ResponseCodec`, and commands are
+//! built as imap-codec values and encoded by `CommandCodec`. This file adds only what a
+//! migration needs on top: timeouts, STARTTLS, SASL, pipelining of APPEND with LITERAL+,
+//! and FETCH results handed to the caller one message at a time so memory stays bounded.
+
+use std::collections::{HashSet, VecDeque};
+use std::num::{NonZeroU32, NonZeroU64};
+use std::time::Duration;
+
+use base64::Engine as _;
+use imap_codec::encode::{Encoder, Fragment};
+use imap_codec::fragmentizer::{DecodeMessageError, Fragmentizer};
+use imap_codec::imap_types::auth::AuthMechanism;
+use imap_codec::imap_types::command::{Command, CommandBody, FetchModifier};
+use imap_codec::imap_types::core::{Literal, LiteralMode};
+use imap_codec::imap_types::datetime::DateTime;
+use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName};
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::mailbox::Mailbox;
+use imap_codec::imap_types::response::GreetingKind;
+use imap_codec::imap_types::sequence::SequenceSet;
+use imap_codec::imap_types::status::StatusDataItemName;
+use imap_codec::{CommandCodec, GreetingCodec, ResponseCodec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::response::{parse_internal_date, FetchData, Kind, Resp, RespCode, Untagged};
+use super::transport::{Stream, TlsSettings};
+use super::{Credentials, ListedFolder};
+use crate::mapping::{decode_mutf7, encode_mutf7};
+
+/// How the connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// TLS from the first byte (port 993).
+    Implicit,
+    /// Plain connect, then STARTTLS before any credential is sent; refused if not offered.
+    StartTls,
+    /// No TLS at all (a trusted LAN only).
+    None,
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    /// Needed unless `security` is `None`.
+    pub tls: Option<TlsSettings>,
+    /// Limit on any single wait for the server.
+    pub timeout: Duration,
+    /// Largest response (a whole FETCH with its body) the client will buffer.
+    pub max_response_bytes: u32,
+}
+
+/// Errors of a session. None of them ever carries a password or a token.
+#[derive(Debug, thiserror::Error)]
+pub enum ImapError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("connection to {host} failed: {source}")]
+    Io {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("{host} did not answer within {secs} s")]
+    Timeout { host: String, secs: u64 },
+    #[error("{host} closed the connection{}", .bye.as_ref().map(|b| format!(": {b}")).unwrap_or_default())]
+    Closed { host: String, bye: Option<String> },
+    #[error("{host} refused the login for {user}: {text}")]
+    Auth {
+        host: String,
+        user: String,
+        text: String,
+    },
+    #[error("{command} refused by {host}: {kind:?} {text}")]
+    Refused {
+        host: String,
+        command: String,
+        kind: Kind,
+        code: Option<RespCode>,
+        text: String,
+    },
+    #[error("protocol error with {host}: {detail}")]
+    Protocol { host: String, detail: String },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl ImapError {
+    /// Worth retrying on a fresh connection (the network or the server hiccupped), as opposed
+    /// to a definite answer such as a refused login.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ImapError::Io { .. }
+                | ImapError::Timeout { .. }
+                | ImapError::Closed { .. }
+                | ImapError::Connect { .. }
+        )
+    }
+}
+
+type Result<T, E = ImapError> = std::result::Result<T, E>;
+
+/// What the server can do, as announced in CAPABILITY.
+#[derive(Debug, Clone, Default)]
+pub struct Capabilities {
+    set: HashSet<String>,
+}
+
+impl Capabilities {
+    fn from_list(list: &[String]) -> Capabilities {
+        Capabilities {
+            set: list.iter().map(|c| c.to_ascii_uppercase()).collect(),
+        }
+    }
+    /// True if the capability (case-insensitive, e.g. `"UIDPLUS"`, `"AUTH=PLAIN"`) is offered.
+    pub fn has(&self, cap: &str) -> bool {
+        self.set.contains(&cap.to_ascii_uppercase())
+    }
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+    pub fn list(&self) -> Vec<String> {
+        let mut v: Vec<_> = self.set.iter().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+/// What SELECT/EXAMINE reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SelectInfo {
+    pub exists: u32,
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    /// 0 when the server does not track mod-sequences for this folder.
+    pub highestmodseq: u64,
+}
+
+/// STATUS of a folder.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusInfo {
+    pub messages: u32,
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+}
+
+/// The result of one command: its untagged data and its tagged completion.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub untagged: Vec<Untagged>,
+    pub code: Option<RespCode>,
+    pub text: String,
+}
+
+/// One message to APPEND.
+pub struct AppendItem<'a> {
+    pub flags: &'a [String],
+    pub internal_date: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// Per-message outcome of an APPEND: where it went (from APPENDUID), or the server's refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Appended {
+        uidvalidity: u32,
+        uid: u32,
+    },
+    /// Appended, but the server gave no APPENDUID.
+    AppendedNoUid,
+    Refused {
+        kind: Kind,
+        text: String,
+    },
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A logged-in (or about to log in) IMAP session.
+pub struct Client {
+    stream: Stream,
+    frag: Fragmentizer,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    /// Responses read while waiting for something else (e.g. a continuation).
+    stash: VecDeque<Resp>,
+    caps: Capabilities,
+    tag: u64,
+    host: String,
+    timeout: Duration,
+    max_response: u32,
+    literal_plus: bool,
+}
+
+impl Client {
+    /// Connects, secures the connection as configured and reads the greeting and capabilities.
+    pub async fn connect(ep: &Endpoint) -> Result<Client> {
+        let addr = format!("{}:{}", ep.host, ep.port);
+        let tcp = tokio::time::timeout(ep.timeout, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| ImapError::Timeout {
+                host: ep.host.clone(),
+                secs: ep.timeout.as_secs(),
+            })?
+            .map_err(|source| ImapError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let mut stream = Stream::Plain(tcp);
+        let tls = || {
+            ep.tls.as_ref().ok_or_else(|| {
+                ImapError::Unsupported(format!("{}: TLS requested but not set up", ep.host))
+            })
+        };
+        if ep.security == Security::Implicit {
+            stream = stream
+                .upgrade(tls()?, &ep.host)
+                .await
+                .map_err(|source| ImapError::Io {
+                    host: ep.host.clone(),
+                    source,
+                })?;
+        }
+        let mut c = Client {
+            stream,
+            frag: Fragmentizer::new(ep.max_response_bytes),
+            rbuf: vec![0; READ_CHUNK],
+            wbuf: Vec::with_capacity(READ_CHUNK),
+            stash: VecDeque::new(),
+            caps: Capabilities::default(),
+            tag: 0,
+            host: ep.host.clone(),
+            timeout: ep.timeout,
+            max_response: ep.max_response_bytes,
+            literal_plus: false,
+        };
+        c.read_greeting().await?;
+        if ep.security == Security::StartTls {
+            if c.caps.is_empty() {
+                c.capability().await?;
+            }
+            if !c.caps.has("STARTTLS") {
+                return Err(ImapError::Unsupported(format!(
+                    "{} does not offer STARTTLS; refusing to send credentials in clear text",
+                    ep.host
+                )));
+            }
+            c.run(CommandBody::StartTLS, "STARTTLS").await?;
+            // Anything the server sent after its OK arrived before TLS and cannot be trusted
+            // (RFC 3501 §11.1 injection); the framer is rebuilt empty.
+            c.frag = Fragmentizer::new(c.max_response);
+            c.stash.clear();
+            let plain = std::mem::replace(&mut c.stream, Stream::Detached);
+            c.stream = plain
+                .upgrade(tls()?, &ep.host)
+                .await
+                .map_err(|source| ImapError::Io {
+                    host: ep.host.clone(),
+                    source,
+                })?;
+            c.caps = Capabilities::default();
+        }
+        if c.caps.is_empty() {
+            c.capability().await?;
+        }
+        Ok(c)
+    }
+
+    pub fn caps(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn err_io(&self, source: std::io::Error) -> ImapError {
+        ImapError::Io {
+            host: self.host.clone(),
+            source,
+        }
+    }
+
+    fn protocol(&self, detail: impl Into<String>) -> ImapError {
+        ImapError::Protocol {
+            host: self.host.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    async fn fill(&mut self) -> Result<()> {
+        let n = tokio::time::timeout(self.timeout, self.stream.read(&mut self.rbuf))
+            .await
+            .map_err(|_| ImapError::Timeout {
+                host: self.host.clone(),
+                secs: self.timeout.as_secs(),
+            })?
+            .map_err(|e| self.err_io(e))?;
+        if n == 0 {
+            return Err(ImapError::Closed {
+                host: self.host.clone(),
+                bye: None,
+            });
+        }
+        self.frag.enqueue_bytes(&self.rbuf[..n]);
+        Ok(())
+    }
+
+    /// Reads until one whole server message is framed; its bytes stay in the fragmentizer.
+    async fn next_message(&mut self) -> Result<()> {
+        loop {
+            match self.frag.progress() {
+                Some(_) => {
+                    if self.frag.is_message_complete() {
+                        return Ok(());
+                    }
+                }
+                None => self.fill().await?,
+            }
+        }
+    }
+
+    async fn read_greeting(&mut self) -> Result<()> {
+        self.next_message().await?;
+        let greeting = match self.frag.decode_message(&GreetingCodec::default()) {
+            Ok(g) => g,
+            Err(_) => return Err(self.protocol("the server's greeting is not IMAP")),
+        };
+        let caps = match &greeting.code {
+            Some(imap_codec::imap_types::response::Code::Capability(c)) => {
+                Some(c.as_ref().iter().map(|c| c.to_string()).collect::<Vec<_>>())
+            }
+            _ => None,
+        };
+        if greeting.kind == GreetingKind::Bye {
+            let text = greeting.text.to_string();
+            return Err(ImapError::Closed {
+                host: self.host.clone(),
+                bye: Some(text),
+            });
+        }
+        if let Some(c) = caps {
+            self.set_caps(&c);
+        }
+        Ok(())
+    }
+
+    fn set_caps(&mut self, list: &[String]) {
+        self.caps = Capabilities::from_list(list);
+        self.literal_plus = self.caps.has("LITERAL+");
+    }
+
+    /// Reads the next response, from the stash first.
+    async fn read_resp(&mut self) -> Result<Resp> {
+        if let Some(r) = self.stash.pop_front() {
+            return Ok(r);
+        }
+        self.next_message().await?;
+        let resp = match self.frag.decode_message(&ResponseCodec::default()) {
+            Ok(r) => Resp::from_codec(r),
+            Err(DecodeMessageError::MessageTooLong { .. }) => {
+                return Err(self.protocol(format!(
+                    "a response exceeded the {} byte limit",
+                    self.max_response
+                )))
+            }
+            Err(_) => {
+                // The frame is intact (literals were counted), so the session can go on;
+                // the caller notices what is missing and names it.
+                let bytes = self.frag.message_bytes();
+                let head: String = String::from_utf8_lossy(&bytes[..bytes.len().min(120)])
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .collect();
+                tracing::warn!(host = %self.host, response = %head, "unparseable response skipped");
+                Resp::Untagged(Untagged::Other)
+            }
+        };
+        if let Resp::Untagged(Untagged::Capability(c)) = &resp {
+            let c = c.clone();
+            self.set_caps(&c);
+        }
+        Ok(resp)
+    }
+
+    fn next_tag(&mut self) -> String {
+        self.tag += 1;
+        format!("c{}", self.tag)
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let r = tokio::time::timeout(self.timeout, self.stream.write_all(&self.wbuf)).await;
+        self.wbuf.clear();
+        match r {
+            Err(_) => Err(ImapError::Timeout {
+                host: self.host.clone(),
+                secs: self.timeout.as_secs(),
+            }),
+            Ok(Err(e)) => Err(self.err_io(e)),
+            Ok(Ok(())) => tokio::time::timeout(self.timeout, self.stream.flush())
+                .await
+                .map_err(|_| ImapError::Timeout {
+                    host: self.host.clone(),
+                    secs: self.timeout.as_secs(),
+                })?
+                .map_err(|e| self.err_io(e)),
+        }
+    }
+
+    /// Queues a command; synchronizing literals wait for the server's go-ahead.
+    /// Returns the tag, or the server's refusal of a synchronizing literal.
+    async fn send(&mut self, body: CommandBody<'_>) -> Result<Result<String, Resp>> {
+        let tag = self.next_tag();
+        let cmd = Command::new(tag.as_str(), body).map_err(|_| self.protocol("bad tag"))?;
+        let encoded = CommandCodec::default().encode(&cmd);
+        for fragment in encoded {
+            match fragment {
+                Fragment::Line { data } => self.wbuf.extend_from_slice(&data),
+                Fragment::Literal { data, mode } => {
+                    if mode == LiteralMode::Sync {
+                        self.flush().await?;
+                        loop {
+                            match self.read_resp_direct().await? {
+                                Resp::Continue => break,
+                                r @ Resp::Tagged { .. } => return Ok(Err(r)),
+                                Resp::Bye(b) => {
+                                    return Err(ImapError::Closed {
+                                        host: self.host.clone(),
+                                        bye: Some(b),
+                                    })
+                                }
+                                other => self.stash.push_back(other),
+                            }
+                        }
+                    }
+                    self.wbuf.extend_from_slice(&data);
+                }
+            }
+        }
+        Ok(Ok(tag))
+    }
+
+    /// Reads from the wire, bypassing the stash (used while the stash is being filled).
+    async fn read_resp_direct(&mut self) -> Result<Resp> {
+        let saved = std::mem::take(&mut self.stash);
+        let r = self.read_resp().await;
+        self.stash = saved;
+        r
+    }
+
+    /// Waits for the tagged completion of `tag`, handing untagged responses to `on_untagged`.
+    async fn complete(
+        &mut self,
+        tag: &str,
+        command: &str,
+        mut on_untagged: impl FnMut(Untagged) -> Result<()>,
+    ) -> Result<Outcome> {
+        self.flush().await?;
+        loop {
+            match self.read_resp().await? {
+                Resp::Tagged {
+                    tag: t,
+                    kind,
+                    code,
+                    text,
+                } if t == tag => {
+                    return if kind == Kind::Ok {
+                        Ok(Outcome {
+                            untagged: Vec::new(),
+                            code,
+                            text,
+                        })
+                    } else {
+                        Err(ImapError::Refused {
+                            host: self.host.clone(),
+                            command: command.to_string(),
+                            kind,
+                            code,
+                            text,
+                        })
+                    };
+                }
+                Resp::Tagged { tag: t, .. } => {
+                    return Err(self.protocol(format!("unexpected completion for tag {t}")))
+                }
+                Resp::Untagged(u) => on_untagged(u)?,
+                Resp::Continue => {
+                    return Err(self.protocol(format!("unexpected continuation during {command}")))
+                }
+                Resp::Bye(b) => {
+                    return Err(ImapError::Closed {
+                        host: self.host.clone(),
+                        bye: Some(b),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Sends one command and collects its untagged data.
+    pub async fn run(&mut self, body: CommandBody<'_>, command: &str) -> Result<Outcome> {
+        let tag = match self.send(body).await? {
+            Ok(tag) => tag,
+            Err(resp) => return Err(self.refusal(command, resp)),
+        };
+        let mut untagged = Vec::new();
+        let mut out = self
+            .complete(&tag, command, |u| {
+                untagged.push(u);
+                Ok(())
+            })
+            .await?;
+        out.untagged = untagged;
+        Ok(out)
+    }
+
+    fn refusal(&self, command: &str, resp: Resp) -> ImapError {
+        match resp {
+            Resp::Tagged {
+                kind, code, text, ..
+            } => ImapError::Refused {
+                host: self.host.clone(),
+                command: command.to_string(),
+                kind,
+                code,
+                text,
+            },
+            other => self.protocol(format!("unexpected {other:?} during {command}")),
+        }
+    }
+
+    /// CAPABILITY.
+    pub async fn capability(&mut self) -> Result<()> {
+        let out = self.run(CommandBody::Capability, "CAPABILITY").await?;
+        for u in out.untagged {
+            if let Untagged::Capability(c) = u {
+                self.set_caps(&c);
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs in with LOGIN, AUTHENTICATE PLAIN or AUTHENTICATE XOAUTH2, then refreshes the
+    /// capabilities (servers announce more after login) and enables CONDSTORE when offered.
+    pub async fn login(&mut self, creds: &Credentials) -> Result<()> {
+        let user = creds.identity().to_string();
+        let result = match creds {
+            Credentials::Login { user, password } => {
+                if self.caps.has("LOGINDISABLED") {
+                    return Err(ImapError::Unsupported(format!(
+                        "{} refuses LOGIN on this connection (LOGINDISABLED); use TLS",
+                        self.host
+                    )));
+                }
+                let body = CommandBody::login(user.as_str(), password.expose()).map_err(|_| {
+                    ImapError::Unsupported(format!("login name {user:?} cannot be sent with LOGIN"))
+                })?;
+                self.run(body, "LOGIN").await
+            }
+            Credentials::Plain {
+                authzid,
+                authcid,
+                password,
+            } => {
+                let mut ir = Vec::new();
+                ir.extend_from_slice(authzid.as_deref().unwrap_or("").as_bytes());
+                ir.push(0);
+                ir.extend_from_slice(authcid.as_bytes());
+                ir.push(0);
+                ir.extend_from_slice(password.expose().as_bytes());
+                self.authenticate(AuthMechanism::Plain, ir, "AUTHENTICATE PLAIN")
+                    .await
+            }
+            Credentials::XOAuth2 { user, token } => {
+                let ir = format!("user={user}\x01auth=Bearer {}\x01\x01", token.expose());
+                self.authenticate(
+                    AuthMechanism::XOAuth2,
+                    ir.into_bytes(),
+                    "AUTHENTICATE XOAUTH2",
+                )
+                .await
+            }
+        };
+        let out = match result {
+            Ok(out) => out,
+            Err(ImapError::Refused { text, .. }) => {
+                return Err(ImapError::Auth {
+                    host: self.host.clone(),
+                    user,
+                    text,
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        match out.code {
+            Some(RespCode::Capability(c)) => self.set_caps(&c),
+            _ => self.capability().await?,
+        }
+        if self.caps.has("ENABLE") && self.caps.has("CONDSTORE") {
+            self.run_raw("ENABLE CONDSTORE", "ENABLE").await?;
+        }
+        Ok(())
+    }
+
+    /// SASL exchange with an initial response (SASL-IR when offered, else after `+`).
+    /// On failure a server may send a challenge with error details (XOAUTH2 does); an empty
+    /// response ends the exchange so the tagged NO arrives.
+    async fn authenticate(
+        &mut self,
+        mech: AuthMechanism<'static>,
+        ir: Vec<u8>,
+        command: &str,
+    ) -> Result<Outcome> {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&ir);
+        let with_ir = self.caps.has("SASL-IR");
+        let body = if with_ir {
+            CommandBody::authenticate_with_ir(mech, ir)
+        } else {
+            CommandBody::authenticate(mech)
+        };
+        let tag = match self.send(body).await? {
+            Ok(t) => t,
+            Err(r) => return Err(self.refusal(command, r)),
+        };
+        self.flush().await?;
+        let mut sent_ir = with_ir;
+        loop {
+            match self.read_resp().await? {
+                Resp::Continue => {
+                    if sent_ir {
+                        self.wbuf.extend_from_slice(b"\r\n");
+                    } else {
+                        self.wbuf.extend_from_slice(b64.as_bytes());
+                        self.wbuf.extend_from_slice(b"\r\n");
+                        sent_ir = true;
+                    }
+                    self.flush().await?;
+                }
+                Resp::Tagged {
+                    tag: t,
+                    kind,
+                    code,
+                    text,
+                } if t == tag => {
+                    return if kind == Kind::Ok {
+                        Ok(Outcome {
+                            untagged: Vec::new(),
+                            code,
+                            text,
+                        })
+                    } else {
+                        Err(ImapError::Refused {
+                            host: self.host.clone(),
+                            command: command.into(),
+                            kind,
+                            code,
+                            text,
+                        })
+                    }
+                }
+                Resp::Bye(b) => {
+                    return Err(ImapError::Closed {
+                        host: self.host.clone(),
+                        bye: Some(b),
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends a command written by hand (for the few that imap-codec builds differently than
+    /// needed here). `line` must not contain CRLF or a literal.
+    async fn run_raw(&mut self, line: &str, command: &str) -> Result<Outcome> {
+        let tag = self.next_tag();
+        self.wbuf.extend_from_slice(tag.as_bytes());
+        self.wbuf.push(b' ');
+        self.wbuf.extend_from_slice(line.as_bytes());
+        self.wbuf.extend_from_slice(b"\r\n");
+        let mut untagged = Vec::new();
+        let mut out = self
+            .complete(&tag, command, |u| {
+                untagged.push(u);
+                Ok(())
+            })
+            .await?;
+        out.untagged = untagged;
+        Ok(out)
+    }
+
+    /// The personal namespace (prefix, delimiter), if the server has NAMESPACE.
+    pub async fn namespace(&mut self) -> Result<Option<(String, Option<char>)>> {
+        if !self.caps.has("NAMESPACE") {
+            return Ok(None);
+        }
+        let out = self.run_raw("NAMESPACE", "NAMESPACE").await?;
+        for u in out.untagged {
+            if let Untagged::Namespace(ns) = u {
+                return Ok(ns.into_iter().next());
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every folder, with special-use attributes when the server has them.
+    pub async fn list(&mut self) -> Result<Vec<ListedFolder>> {
+        let line = if self.caps.has("SPECIAL-USE") && self.caps.has("LIST-EXTENDED") {
+            "LIST \"\" \"*\" RETURN (SPECIAL-USE)"
+        } else {
+            "LIST \"\" \"*\""
+        };
+        let out = self.run_raw(line, "LIST").await?;
+        let mut folders = Vec::new();
+        for u in out.untagged {
+            if let Untagged::List(l) = u {
+                let name = if l.name.eq_ignore_ascii_case("INBOX") {
+                    "INBOX".to_string()
+                } else {
+                    decode_mutf7(&l.name).unwrap_or(l.name)
+                };
+                folders.push(ListedFolder {
+                    name,
+                    delimiter: l.delimiter,
+                    attributes: l.attributes,
+                });
+            }
+        }
+        Ok(folders)
+    }
+
+    fn mailbox(name: &str) -> Result<Mailbox<'static>> {
+        if name.eq_ignore_ascii_case("INBOX") {
+            return Ok(Mailbox::Inbox);
+        }
+        Mailbox::try_from(encode_mutf7(name))
+            .map_err(|_| ImapError::Unsupported(format!("folder name {name:?} cannot be sent")))
+    }
+
+    /// CREATE; an existing folder is not an error.
+    pub async fn create(&mut self, name: &str) -> Result<()> {
+        let body = CommandBody::create(Self::mailbox(name)?)
+            .map_err(|_| ImapError::Unsupported(format!("folder name {name:?}")))?;
+        match self.run(body, &format!("CREATE {name}")).await {
+            Ok(_) => Ok(()),
+            Err(ImapError::Refused { code, text, .. })
+                if text.to_ascii_lowercase().contains("exist")
+                    || matches!(&code, Some(RespCode::Other(c)) if c.to_ascii_lowercase().contains("alreadyexists")) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// SELECT (or EXAMINE when `read_only`).
+    pub async fn select(&mut self, name: &str, read_only: bool) -> Result<SelectInfo> {
+        let mailbox = Self::mailbox(name)?;
+        let mut body = if read_only {
+            CommandBody::examine(mailbox)
+        } else {
+            CommandBody::select(mailbox)
+        }
+        .map_err(|_| ImapError::Unsupported(format!("folder name {name:?}")))?;
+        if self.caps.has("CONDSTORE") && !self.caps.has("ENABLE") {
+            if let CommandBody::Select { parameters, .. }
+            | CommandBody::Examine { parameters, .. } = &mut body
+            {
+                parameters.push(imap_codec::imap_types::command::SelectParameter::CondStore);
+            }
+        }
+        let verb = if read_only { "EXAMINE" } else { "SELECT" };
+        let out = self.run(body, &format!("{verb} {name}")).await?;
+        let mut info = SelectInfo::default();
+        for u in out.untagged {
+            match u {
+                Untagged::Exists(n) => info.exists = n,
+                Untagged::State {
+                    code: Some(code), ..
+                } => match code {
+                    RespCode::UidValidity(v) => info.uidvalidity = v,
+                    RespCode::UidNext(v) => info.uidnext = v,
+                    RespCode::HighestModSeq(v) => info.highestmodseq = v,
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        if info.uidvalidity == 0 {
+            return Err(self.protocol(format!("{verb} {name} gave no UIDVALIDITY")));
+        }
+        Ok(info)
+    }
+
+    /// STATUS (MESSAGES UIDNEXT UIDVALIDITY).
+    pub async fn status(&mut self, name: &str) -> Result<StatusInfo> {
+        let body = CommandBody::status(
+            Self::mailbox(name)?,
+            vec![
+                StatusDataItemName::Messages,
+                StatusDataItemName::UidNext,
+                StatusDataItemName::UidValidity,
+            ],
+        )
+        .map_err(|_| ImapError::Unsupported(format!("folder name {name:?}")))?;
+        let out = self.run(body, &format!("STATUS {name}")).await?;
+        for u in out.untagged {
+            if let Untagged::Status {
+                uidnext,
+                uidvalidity,
+                messages,
+                ..
+            } = u
+            {
+                return Ok(StatusInfo {
+                    messages: messages.unwrap_or(0),
+                    uidvalidity: uidvalidity.unwrap_or(0),
+                    uidnext: uidnext.unwrap_or(0),
+                });
+            }
+        }
+        Err(self.protocol(format!("STATUS {name} returned no data")))
+    }
+
+    /// UID FETCH of UID, FLAGS, INTERNALDATE, RFC822.SIZE (and MODSEQ with CONDSTORE) for
+    /// `set` (e.g. `"1:*"`), only messages changed since `changed_since` when given.
+    pub async fn uid_fetch_meta(
+        &mut self,
+        set: &str,
+        changed_since: Option<u64>,
+    ) -> Result<Vec<FetchData>> {
+        let mut items = vec![
+            MessageDataItemName::Uid,
+            MessageDataItemName::Flags,
+            MessageDataItemName::InternalDate,
+            MessageDataItemName::Rfc822Size,
+        ];
+        let condstore = self.caps.has("CONDSTORE");
+        if condstore {
+            items.push(MessageDataItemName::ModSeq);
+        }
+        let seq = SequenceSet::try_from(set)
+            .map_err(|_| self.protocol(format!("bad sequence set {set}")))?;
+        let mut body = CommandBody::fetch(
+            seq,
+            MacroOrMessageDataItemNames::MessageDataItemNames(items),
+            true,
+        )
+        .map_err(|_| self.protocol("bad FETCH"))?;
+        if let (Some(m), true, CommandBody::Fetch { modifiers, .. }) = (
+            changed_since.and_then(NonZeroU64::new),
+            condstore,
+            &mut body,
+        ) {
+            modifiers.push(FetchModifier::ChangedSince(m));
+        }
+        let out = self.run(body, "UID FETCH").await?;
+        Ok(out
+            .untagged
+            .into_iter()
+            .filter_map(|u| match u {
+                Untagged::Fetch(f) if f.uid.is_some() => Some(f),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// UID FETCH of whole messages (BODY.PEEK[], so nothing is marked \Seen), handing each
+    /// to `on_message` as it arrives; at most one message is held in memory at a time.
+    pub async fn uid_fetch_bodies(
+        &mut self,
+        uids: &[u32],
+        mut on_message: impl FnMut(FetchData) -> Result<()>,
+    ) -> Result<()> {
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let nz: Vec<NonZeroU32> = uids.iter().filter_map(|u| NonZeroU32::new(*u)).collect();
+        let seq = SequenceSet::try_from(nz).map_err(|_| self.protocol("empty UID set"))?;
+        let items = vec![
+            MessageDataItemName::Uid,
+            MessageDataItemName::Flags,
+            MessageDataItemName::InternalDate,
+            MessageDataItemName::BodyExt {
+                section: None,
+                partial: None,
+                peek: true,
+            },
+        ];
+        let body = CommandBody::fetch(
+            seq,
+            MacroOrMessageDataItemNames::MessageDataItemNames(items),
+            true,
+        )
+        .map_err(|_| self.protocol("bad FETCH"))?;
+        let tag = match self.send(body).await? {
+            Ok(t) => t,
+            Err(r) => return Err(self.refusal("UID FETCH", r)),
+        };
+        self.complete(&tag, "UID FETCH", |u| match u {
+            Untagged::Fetch(f) if f.body.is_some() => on_message(f),
+            _ => Ok(()),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// APPENDs messages to `folder`. With LITERAL+ all of them are written back to back and
+    /// the completions read afterwards (one round trip for the batch); without it each waits
+    /// for the server's go-ahead. Returns one outcome per item, in order. A transport error
+    /// is returned as `Err`: the caller then does not know which APPENDs took effect.
+    pub async fn append_batch(
+        &mut self,
+        folder: &str,
+        items: &[AppendItem<'_>],
+    ) -> Result<Vec<AppendOutcome>> {
+        let mut tags = Vec::with_capacity(items.len());
+        let mut early: Vec<Option<AppendOutcome>> = Vec::with_capacity(items.len());
+        for item in items {
+            let flags: Vec<Flag<'_>> = item
+                .flags
+                .iter()
+                .filter(|f| !f.eq_ignore_ascii_case("\\recent"))
+                .filter_map(|f| Flag::try_from(f.as_str()).ok())
+                .collect();
+            let date = match item.internal_date.and_then(parse_internal_date) {
+                Some(d) => Some(DateTime::try_from(d).map_err(|_| {
+                    ImapError::Unsupported(format!(
+                        "internal date {:?} out of range",
+                        item.internal_date
+                    ))
+                })?),
+                None => None,
+            };
+            let mut literal = match Literal::try_from(item.body) {
+                Ok(l) => l,
+                Err(_) => {
+                    tags.push(None);
+                    early.push(Some(AppendOutcome::Refused {
+                        kind: Kind::No,
+                        text: "message contains NUL bytes, which IMAP APPEND cannot carry".into(),
+                    }));
+                    continue;
+                }
+            };
+            literal.set_mode(if self.literal_plus {
+                LiteralMode::NonSync
+            } else {
+                LiteralMode::Sync
+            });
+            let body = CommandBody::append(Self::mailbox(folder)?, flags, date, literal)
+                .map_err(|_| ImapError::Unsupported(format!("folder name {folder:?}")))?;
+            match self.send(body).await? {
+                Ok(tag) => {
+                    tags.push(Some(tag));
+                    early.push(None);
+                }
+                Err(Resp::Tagged { kind, text, .. }) => {
+                    tags.push(None);
+                    early.push(Some(AppendOutcome::Refused { kind, text }));
+                }
+                Err(other) => {
+                    return Err(self.protocol(format!("unexpected {other:?} during APPEND")))
+                }
+            }
+            // Keep the write buffer bounded: a batch of big messages is streamed out.
+            if self.wbuf.len() > 4 * READ_CHUNK {
+                self.flush().await?;
+            }
+        }
+        let mut outcomes = Vec::with_capacity(items.len());
+        for (tag, early) in tags.into_iter().zip(early) {
+            let Some(tag) = tag else {
+                outcomes.push(early.unwrap_or(AppendOutcome::AppendedNoUid));
+                continue;
+            };
+            let o = match self.complete(&tag, "APPEND", |_| Ok(())).await {
+                Ok(out) => match out.code {
+                    Some(RespCode::AppendUid { uidvalidity, uid }) => {
+                        AppendOutcome::Appended { uidvalidity, uid }
+                    }
+                    _ => AppendOutcome::AppendedNoUid,
+                },
+                Err(ImapError::Refused { kind, text, .. }) => AppendOutcome::Refused { kind, text },
+                Err(e) => return Err(e),
+            };
+            outcomes.push(o);
+        }
+        Ok(outcomes)
+    }
+
+    /// Replaces the flags of one message (UID STORE ... FLAGS.SILENT).
+    pub async fn uid_store_flags(&mut self, uid: u32, flags: &[String]) -> Result<()> {
+        let flags: Vec<Flag<'_>> = flags
+            .iter()
+            .filter(|f| !f.eq_ignore_ascii_case("\\recent"))
+            .filter_map(|f| Flag::try_from(f.as_str()).ok())
+            .collect();
+        let body = CommandBody::store(uid, StoreType::Replace, StoreResponse::Silent, flags, true)
+            .map_err(|_| self.protocol("bad UID"))?;
+        self.run(body, "UID STORE").await?;
+        Ok(())
+    }
+
+    /// Fetches (UID, BODY.PEEK[]) of `set` and returns (uid, sha256) pairs: how the upstream
+    /// recognises its own earlier APPENDs without adding anything to the message.
+    pub async fn uid_hashes(&mut self, set: &str) -> Result<Vec<(u32, [u8; 32])>> {
+        use sha2::Digest;
+        let seq = SequenceSet::try_from(set)
+            .map_err(|_| self.protocol(format!("bad sequence set {set}")))?;
+        let items = vec![
+            MessageDataItemName::Uid,
+            MessageDataItemName::BodyExt {
+                section: None,
+                partial: None,
+                peek: true,
+            },
+        ];
+        let body = CommandBody::fetch(
+            seq,
+            MacroOrMessageDataItemNames::MessageDataItemNames(items),
+            true,
+        )
+        .map_err(|_| self.protocol("bad FETCH"))?;
+        let tag = match self.send(body).await? {
+            Ok(t) => t,
+            Err(r) => return Err(self.refusal("UID FETCH", r)),
+        };
+        let mut out = Vec::new();
+        self.complete(&tag, "UID FETCH", |u| {
+            if let Untagged::Fetch(FetchData {
+                uid: Some(uid),
+                body: Some(b),
+                ..
+            }) = u
+            {
+                out.push((uid, sha2::Sha256::digest(&b).into()));
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// NOOP, to keep a session alive or to see new mail.
+    pub async fn noop(&mut self) -> Result<()> {
+        self.run(CommandBody::Noop, "NOOP").await.map(|_| ())
+    }
+
+    /// LOGOUT; errors are ignored since the session is over either way.
+    pub async fn logout(mut self) {
+        let _ = self.run(CommandBody::Logout, "LOGOUT").await;
+        let _ = self.stream.shutdown().await;
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+}

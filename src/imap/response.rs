@@ -1,0 +1,276 @@
+//! Server responses turned into small owned values.
+//!
+//! imap-codec parses every byte; this module keeps only what cutover acts on, so the rest of
+//! the client never holds a borrow of the read buffer and never matches on imap-codec's
+//! (large, still evolving) types. Anything not listed here is kept as `Other` and ignored.
+
+use std::borrow::Cow;
+
+use imap_codec::imap_types::core::{IString, NString};
+use imap_codec::imap_types::fetch::MessageDataItem;
+use imap_codec::imap_types::flag::FlagFetch;
+use imap_codec::imap_types::mailbox::Mailbox;
+use imap_codec::imap_types::response::{
+    Code, CommandContinuationRequest, Data, Response, Status, StatusBody, StatusKind,
+};
+use imap_codec::imap_types::status::StatusDataItem;
+
+/// Outcome of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ok,
+    No,
+    Bad,
+}
+
+/// A response code that cutover uses; the rest are kept as text for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RespCode {
+    UidValidity(u32),
+    UidNext(u32),
+    HighestModSeq(u64),
+    NoModSeq,
+    AppendUid { uidvalidity: u32, uid: u32 },
+    Capability(Vec<String>),
+    TooBig,
+    Other(String),
+}
+
+/// One FETCH response, with the items cutover asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchData {
+    pub seq: u32,
+    pub uid: Option<u32>,
+    pub flags: Option<Vec<String>>,
+    /// INTERNALDATE in IMAP syntax, e.g. `03-Feb-2001 04:05:06 +0000`.
+    pub internal_date: Option<String>,
+    pub internal_ts: Option<i64>,
+    pub size: Option<u32>,
+    pub modseq: Option<u64>,
+    /// BODY[] (or BODY.PEEK[]) bytes.
+    pub body: Option<Vec<u8>>,
+}
+
+/// A LIST response; the name is still on-the-wire (modified UTF-7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawList {
+    pub name: String,
+    pub delimiter: Option<char>,
+    pub attributes: Vec<String>,
+}
+
+/// An untagged response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Untagged {
+    Capability(Vec<String>),
+    List(RawList),
+    Exists(u32),
+    Fetch(FetchData),
+    Status {
+        mailbox: String,
+        uidnext: Option<u32>,
+        uidvalidity: Option<u32>,
+        messages: Option<u32>,
+        highestmodseq: Option<u64>,
+    },
+    /// Personal namespaces: (prefix, delimiter).
+    Namespace(Vec<(String, Option<char>)>),
+    /// `* OK [code] text` and friends (`* NO`, `* BAD`).
+    State {
+        kind: Kind,
+        code: Option<RespCode>,
+        text: String,
+    },
+    Other,
+}
+
+/// Any response from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resp {
+    Tagged {
+        tag: String,
+        kind: Kind,
+        code: Option<RespCode>,
+        text: String,
+    },
+    Untagged(Untagged),
+    Continue,
+    Bye(String),
+}
+
+fn kind(k: StatusKind) -> Kind {
+    match k {
+        StatusKind::Ok => Kind::Ok,
+        StatusKind::No => Kind::No,
+        StatusKind::Bad => Kind::Bad,
+    }
+}
+
+fn code(c: Option<Code<'_>>) -> Option<RespCode> {
+    Some(match c? {
+        Code::UidValidity(v) => RespCode::UidValidity(v.get()),
+        Code::UidNext(v) => RespCode::UidNext(v.get()),
+        Code::HighestModSeq(v) => RespCode::HighestModSeq(v.get()),
+        Code::NoModSeq => RespCode::NoModSeq,
+        Code::AppendUid { uid_validity, uid } => RespCode::AppendUid {
+            uidvalidity: uid_validity.get(),
+            uid: uid.get(),
+        },
+        Code::Capability(caps) => {
+            RespCode::Capability(caps.as_ref().iter().map(|c| c.to_string()).collect())
+        }
+        Code::TooBig => RespCode::TooBig,
+        other => RespCode::Other(format!("{other:?}")),
+    })
+}
+
+/// A mailbox name as the server spelled it (modified UTF-7, not yet decoded).
+pub(crate) fn mailbox_wire(m: &Mailbox<'_>) -> String {
+    match m {
+        Mailbox::Inbox => "INBOX".to_string(),
+        Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+    }
+}
+
+fn istring(s: &IString<'_>) -> String {
+    String::from_utf8_lossy(s.as_ref()).into_owned()
+}
+
+fn nstring_bytes(n: NString<'_>) -> Vec<u8> {
+    match n.0 {
+        Some(s) => match s {
+            IString::Literal(l) => l.into_inner().into_owned(),
+            IString::Quoted(q) => q.inner().as_bytes().to_vec(),
+        },
+        None => Vec::new(),
+    }
+}
+
+fn status_body(b: StatusBody<'_>) -> (Kind, Option<RespCode>, String) {
+    (kind(b.kind), code(b.code), b.text.to_string())
+}
+
+/// Formats a date-time the way APPEND and INTERNALDATE spell it.
+pub fn format_internal_date(dt: &chrono::DateTime<chrono::FixedOffset>) -> String {
+    dt.format("%d-%b-%Y %H:%M:%S %z").to_string()
+}
+
+/// Parses an INTERNALDATE string back (the spool keeps the server's spelling).
+pub fn parse_internal_date(s: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    chrono::DateTime::parse_from_str(s.trim(), "%d-%b-%Y %H:%M:%S %z").ok()
+}
+
+fn fetch(seq: u32, items: Vec<MessageDataItem<'_>>) -> FetchData {
+    let mut f = FetchData {
+        seq,
+        ..Default::default()
+    };
+    for item in items {
+        match item {
+            MessageDataItem::Uid(u) => f.uid = Some(u.get()),
+            MessageDataItem::Flags(flags) => {
+                f.flags = Some(
+                    flags
+                        .iter()
+                        .filter_map(|fl| match fl {
+                            FlagFetch::Flag(fl) => Some(fl.to_string()),
+                            FlagFetch::Recent => None,
+                        })
+                        .collect(),
+                )
+            }
+            MessageDataItem::InternalDate(d) => {
+                let dt: &chrono::DateTime<chrono::FixedOffset> = d.as_ref();
+                f.internal_date = Some(format_internal_date(dt));
+                f.internal_ts = Some(dt.timestamp());
+            }
+            MessageDataItem::Rfc822Size(s) => f.size = Some(s),
+            MessageDataItem::ModSeq(m) => f.modseq = Some(m.get()),
+            MessageDataItem::BodyExt {
+                section: None,
+                data,
+                ..
+            } => f.body = Some(nstring_bytes(data)),
+            MessageDataItem::Rfc822(data) => f.body = Some(nstring_bytes(data)),
+            _ => {}
+        }
+    }
+    f
+}
+
+impl Resp {
+    /// Converts a decoded imap-codec response, consuming it.
+    pub fn from_codec(r: Response<'_>) -> Resp {
+        match r {
+            Response::CommandContinuationRequest(CommandContinuationRequest::Basic(_))
+            | Response::CommandContinuationRequest(_) => Resp::Continue,
+            Response::Status(Status::Tagged(t)) => {
+                let (kind, code, text) = status_body(t.body);
+                Resp::Tagged {
+                    tag: t.tag.inner().to_string(),
+                    kind,
+                    code,
+                    text,
+                }
+            }
+            Response::Status(Status::Untagged(b)) => {
+                let (kind, code, text) = status_body(b);
+                Resp::Untagged(Untagged::State { kind, code, text })
+            }
+            Response::Status(Status::Bye(b)) => Resp::Bye(b.text.to_string()),
+            Response::Data(d) => Resp::Untagged(match d {
+                Data::Capability(caps) => {
+                    Untagged::Capability(caps.as_ref().iter().map(|c| c.to_string()).collect())
+                }
+                Data::List {
+                    items,
+                    delimiter,
+                    mailbox,
+                } => Untagged::List(RawList {
+                    name: mailbox_wire(&mailbox),
+                    delimiter: delimiter.map(|d| d.inner()),
+                    attributes: items
+                        .iter()
+                        .map(|a| a.to_string().to_ascii_lowercase())
+                        .collect(),
+                }),
+                Data::Exists(n) => Untagged::Exists(n),
+                Data::Fetch { seq, items } => Untagged::Fetch(fetch(seq.get(), items.into_inner())),
+                Data::Status { mailbox, items } => {
+                    let mut st = (None, None, None, None);
+                    for item in items.iter() {
+                        match item {
+                            StatusDataItem::UidNext(v) => st.0 = Some(v.get()),
+                            StatusDataItem::UidValidity(v) => st.1 = Some(v.get()),
+                            StatusDataItem::Messages(v) => st.2 = Some(*v),
+                            StatusDataItem::HighestModSeq(v) => st.3 = Some(*v),
+                            _ => {}
+                        }
+                    }
+                    Untagged::Status {
+                        mailbox: mailbox_wire(&mailbox),
+                        uidnext: st.0,
+                        uidvalidity: st.1,
+                        messages: st.2,
+                        highestmodseq: st.3,
+                    }
+                }
+                Data::Namespace { personal, .. } => Untagged::Namespace(
+                    personal
+                        .iter()
+                        .map(|ns| {
+                            (
+                                istring(&ns.prefix),
+                                ns.delimiter.as_ref().map(|d| d.inner()),
+                            )
+                        })
+                        .collect(),
+                ),
+                _ => Untagged::Other,
+            }),
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _cow(_: Cow<'_, str>) {}
