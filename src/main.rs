@@ -1,0 +1,78 @@
+//! The `cutover` command line: a thin shell over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cutover",
+    version,
+    about = "Migrate mailboxes from a legacy IMAP server to Office 365 and keep them in sync until the MX cutover"
+)]
+struct Cli {
+    /// Configuration file (TOML); every key can be overridden by CUTOVER_<SECTION>__<KEY>.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/etc/cutover/cutover.toml",
+        env = "CUTOVER_CONFIG"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copy every mailbox of the CSV from the source to the destination.
+    Sync {
+        /// Run one pass and exit (0 only if every mailbox finished).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Log in to both sides for every mailbox and list folders; change nothing.
+    Check,
+    /// Start a local source and destination Dovecot with sample mailboxes and migrate them.
+    Demo {
+        /// Keep the demo servers running until Ctrl-C, to look at them.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cutover::logging::init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Sync { once } => {
+                if !once {
+                    anyhow::bail!("only `sync --once` is available; `cutover run` is the daemon");
+                }
+                cutover::cli::sync_once(&cli.config).await
+            }
+            Command::Check => cutover::cli::check(&cli.config).await,
+            Command::Demo { keep } => cutover::demo::run(keep).await,
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The upstream side: pushes spooled messages to the destination, exactly once.
+//!
+//! The protocol with the spool, per batch of messages of one folder:
+//! 1. read the destination folder's UIDVALIDITY and UIDNEXT (STATUS);
+//! 2. mark every message of the batch `Appending { uidnext }` and flush the spool;
+//! 3. APPEND them (pipelined with LITERAL+), unchanged, with their flags and INTERNALDATE;
+//! 4. record `Appended { dest_uid }` from APPENDUID, or `Failed` with the server's text.
+//!
+//! After a crash between 2 and 4 nobody knows which APPENDs took effect. Before anything
+//! else is sent to that folder, [`recover`] reads the sha256 of every destination message at
+//! or above the recorded UIDNEXT and matches it against the uncertain messages: a match is
+//! recorded as appended, the rest go back to `Spooled`. Nothing is added to the message
+//! (no tracking header), so every message arrives byte-identical.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::imap::client::{AppendItem, AppendOutcome, Client};
+use crate::imap::ImapError;
+use crate::spool::{BodyHash, MessageRecord, MessageState, Spool, SpoolError};
+
+/// Limits of the upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamOptions {
+    /// Messages per pipelined APPEND batch.
+    pub append_batch: usize,
+    /// Bytes per batch (bodies are held in memory while a batch is in flight).
+    pub append_batch_bytes: u64,
+    /// A message refused this many times is left as failed until the next run.
+    pub max_attempts: u32,
+}
+
+/// What one push of a folder did.
+#[derive(Debug, Clone, Default)]
+pub struct PushReport {
+    pub appended: u64,
+    pub bytes: u64,
+    pub recovered: u64,
+    pub flags_updated: u64,
+    pub failed: u64,
+    /// Per-message problems, phrased for the admin.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Imap(#[from] ImapError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// Pushes everything pending of one source folder (all generations) to `dest`.
+pub async fn push_folder(
+    client: &mut Client,
+    spool: &Spool,
+    mailbox: &str,
+    folder: &str,
+    dest: &str,
+    opts: &UpstreamOptions,
+) -> Result<PushReport, UpstreamError> {
+    let mut report = PushReport::default();
+    for uv in spool.generations(mailbox, folder)? {
+        push_generation(client, spool, mailbox, folder, uv, dest, opts, &mut report).await?;
+    }
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn push_generation(
+    client: &mut Client,
+    spool: &Spool,
+    mailbox: &str,
+    folder: &str,
+    uv: u32,
+    dest: &str,
+    opts: &UpstreamOptions,
+    report: &mut PushReport,
+) -> Result<(), UpstreamError> {
+    let records = spool.messages(mailbox, folder, uv)?;
+    if records
+        .iter()
+        .any(|r| matches!(r.state, MessageState::Appending { .. }))
+    {
+        report.recovered += recover(client, spool, mailbox, folder, uv, &records).await?;
+    }
+    // Reload: recovery may have changed states.
+    let records = spool.messages(mailbox, folder, uv)?;
+    let pending: Vec<&MessageRecord> = records
+        .iter()
+        .filter(|r| match &r.state {
+            MessageState::Spooled => true,
+            MessageState::Failed { attempts, .. } => *attempts < opts.max_attempts,
+            _ => false,
+        })
+        .collect();
+    let mut i = 0;
+    while i < pending.len() {
+        let mut j = i;
+        let mut bytes = 0;
+        while j < pending.len()
+            && (j == i
+                || (j - i < opts.append_batch
+                    && bytes + pending[j].size <= opts.append_batch_bytes))
+        {
+            bytes += pending[j].size;
+            j += 1;
+        }
+        append_batch(
+            client,
+            spool,
+            mailbox,
+            folder,
+            uv,
+            dest,
+            &pending[i..j],
+            report,
+        )
+        .await?;
+        i = j;
+    }
+    sync_flags(client, spool, mailbox, folder, uv, dest, report).await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn append_batch(
+    client: &mut Client,
+    spool: &Spool,
+    mailbox: &str,
+    folder: &str,
+    uv: u32,
+    dest: &str,
+    batch: &[&MessageRecord],
+    report: &mut PushReport,
+) -> Result<(), UpstreamError> {
+    let status = client.status(dest).await?;
+    let mut marked: Vec<MessageRecord> = batch.iter().map(|r| (*r).clone()).collect();
+    for r in &mut marked {
+        r.state = MessageState::Appending {
+            dest_folder: dest.to_string(),
+            dest_uidvalidity: status.uidvalidity,
+            dest_uidnext: status.uidnext,
+        };
+    }
+    spool.put_messages(mailbox, folder, uv, &marked)?;
+    // The mark must be on disk before the first byte of the APPEND leaves: it is what tells
+    // a restarted run to look at the destination before appending again.
+    spool.flush()?;
+
+    let mut bodies = Vec::with_capacity(batch.len());
+    for r in batch {
+        bodies.push(spool.get_body(&r.hash)?);
+    }
+    let items: Vec<AppendItem<'_>> = batch
+        .iter()
+        .zip(&bodies)
+        .map(|(r, body)| AppendItem {
+            flags: &r.flags,
+            internal_date: Some(r.internal_date.as_str()).filter(|d| !d.is_empty()),
+            body,
+        })
+        .collect();
+    let outcomes = client.append_batch(dest, &items).await?;
+    for (r, outcome) in marked.iter_mut().zip(outcomes) {
+        r.state = match outcome {
+            AppendOutcome::Appended { uidvalidity, uid } => {
+                report.appended += 1;
+                report.bytes += r.size;
+                MessageState::Appended {
+                    dest_folder: dest.to_string(),
+                    dest_uidvalidity: uidvalidity,
+                    dest_uid: uid,
+                    flags: r.flags.clone(),
+                }
+            }
+            AppendOutcome::AppendedNoUid => {
+                report.appended += 1;
+                report.bytes += r.size;
+                MessageState::Appended {
+                    dest_folder: dest.to_string(),
+                    dest_uidvalidity: status.uidvalidity,
+                    dest_uid: 0,
+                    flags: r.flags.clone(),
+                }
+            }
+            AppendOutcome::Refused { kind, text } => {
+                report.failed += 1;
+                let attempts = match &batch_state(batch, r.uid) {
+                    Some(MessageState::Failed { attempts, .. }) => attempts + 1,
+                    _ => 1,
+                };
+                let reason = format!("destination refused APPEND to {dest:?}: {kind:?} {text}");
+                tracing::warn!(mailbox, folder, uid = r.uid, %reason, "message not appended");
+                report
+                    .errors
+                    .push(format!("folder {folder:?} UID {}: {reason}", r.uid));
+                MessageState::Failed { reason, attempts }
+            }
+        };
+    }
+    spool.put_messages(mailbox, folder, uv, &marked)?;
+    Ok(())
+}
+
+fn batch_state(batch: &[&MessageRecord], uid: u32) -> Option<MessageState> {
+    batch.iter().find(|r| r.uid == uid).map(|r| r.state.clone())
+}
+
+/// Resolves messages left `Appending` by an interrupted run (see the module doc).
+async fn recover(
+    client: &mut Client,
+    spool: &Spool,
+    mailbox: &str,
+    folder: &str,
+    uv: u32,
+    records: &[MessageRecord],
+) -> Result<u64, UpstreamError> {
+    // Group by destination folder; each group is checked from its lowest recorded UIDNEXT.
+    let mut groups: HashMap<(String, u32), (u32, Vec<&MessageRecord>)> = HashMap::new();
+    for r in records {
+        if let MessageState::Appending {
+            dest_folder,
+            dest_uidvalidity,
+            dest_uidnext,
+        } = &r.state
+        {
+            let g = groups
+                .entry((dest_folder.clone(), *dest_uidvalidity))
+                .or_insert((u32::MAX, Vec::new()));
+            g.0 = g.0.min(*dest_uidnext);
+            g.1.push(r);
+        }
+    }
+    let mut found = 0;
+    for ((dest, dest_uv), (from, uncertain)) in groups {
+        let status = client.status(&dest).await?;
+        // Destination UIDs already owned by a confirmed message of this folder; they cannot
+        // be the copy of an uncertain one.
+        let owned: HashSet<u32> = records
+            .iter()
+            .filter_map(|r| match &r.state {
+                MessageState::Appended {
+                    dest_folder,
+                    dest_uid,
+                    ..
+                } if *dest_folder == dest => Some(*dest_uid),
+                _ => None,
+            })
+            .collect();
+        let mut at_dest: HashMap<BodyHash, Vec<u32>> = HashMap::new();
+        if status.uidvalidity == dest_uv && status.messages > 0 {
+            client.select(&dest, true).await?;
+            for (uid, hash) in client.uid_hashes(&format!("{}:*", from.max(1))).await? {
+                if uid >= from && !owned.contains(&uid) {
+                    at_dest.entry(hash).or_default().push(uid);
+                }
+            }
+        }
+        let mut updated = Vec::new();
+        for r in uncertain {
+            let mut r = r.clone();
+            match at_dest.get_mut(&r.hash).and_then(|v| v.pop()) {
+                Some(dest_uid) => {
+                    found += 1;
+                    tracing::info!(
+                        mailbox,
+                        folder,
+                        uid = r.uid,
+                        dest_uid,
+                        "interrupted APPEND found at the destination"
+                    );
+                    r.state = MessageState::Appended {
+                        dest_folder: dest.clone(),
+                        dest_uidvalidity: dest_uv,
+                        dest_uid,
+                        flags: r.flags.clone(),
+                    };
+                }
+                None => r.state = MessageState::Spooled,
+            }
+            updated.push(r);
+        }
+        spool.put_messages(mailbox, folder, uv, &updated)?;
+    }
+    spool.flush()?;
+    Ok(found)
+}
+
+/// Carries source flag changes to messages already at the destination.
+#[allow(clippy::too_many_arguments)]
+async fn sync_flags(
+    client: &mut Client,
+    spool: &Spool,
+    mailbox: &str,
+    folder: &str,
+    uv: u32,
+    dest: &str,
+    report: &mut PushReport,
+) -> Result<(), UpstreamError> {
+    let records = spool.messages(mailbox, folder, uv)?;
+    let mut selected = false;
+    for r in records {
+        let MessageState::Appended {
+            dest_folder,
+            dest_uid,
+            flags,
+            ..
+        } = &r.state
+        else {
+            continue;
+        };
+        if *dest_uid == 0 || dest_folder != dest || same_flags(flags, &r.flags) {
+            continue;
+        }
+        if !selected {
+            client.select(dest, false).await?;
+            selected = true;
+        }
+        client.uid_store_flags(*dest_uid, &r.flags).await?;
+        let new_flags = r.flags.clone();
+        spool.update_message(mailbox, folder, uv, r.uid, |rec| {
+            if let MessageState::Appended { flags, .. } = &mut rec.state {
+                *flags = new_flags.clone();
+            }
+        })?;
+        report.flags_updated += 1;
+    }
+    Ok(())
+}
+
+fn same_flags(a: &[String], b: &[String]) -> bool {
+    let norm = |v: &[String]| {
+        let mut v: Vec<String> = v.iter().map(|f| f.to_ascii_lowercase()).collect();
+        v.sort();
+        v
+    };
+    norm(a) == norm(b)
+}
