@@ -1154,6 +1154,9 @@ mail_access_groups =
 
 mail_plugins =
 mail_fsync = never
+# Keep APPENDed messages as sent (CRLF): with the default (LF on disk) Dovecot drops a
+# bare CR at the very end of a message, so it would not serve back what it was given.
+mail_save_crlf = yes
 maildir_very_dirty_syncs = no
 mail_max_userip_connections = 100
 

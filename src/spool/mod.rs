@@ -1304,6 +1304,9 @@ mod tests {
             highestmodseq: 1 << 40,
             dest_name: Some("Inbox".into()),
             gone: false,
+            delimiter: Some('/'),
+            attributes: vec!["\\haschildren".into()],
+            ns_prefix: "INBOX.".into(),
         };
         let old = FolderState {
             name: "Old/Ärchiv".into(),
