@@ -239,7 +239,26 @@ fn kill_nine_then_rerun_is_exactly_once() {
     )
     .unwrap();
     let rt = rt();
-    for delay_ms in [150u64, 400, 700, 1000] {
+    // Kill when the destination has reached a given count, so the kills land mid-copy
+    // however fast or loaded the machine is.
+    let dest_count = || -> usize {
+        tb.dest
+            .doveadm(&[
+                "-f",
+                "flow",
+                "mailbox",
+                "status",
+                "-u",
+                "dave@example.test",
+                "-t",
+                "messages",
+                "*",
+            ])
+            .ok()
+            .and_then(|o| o.trim().trim_start_matches("messages=").parse().ok())
+            .unwrap_or(0)
+    };
+    for target in [60usize, 300, 550] {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
             .arg("--config")
             .arg(&config)
@@ -248,7 +267,13 @@ fn kill_nine_then_rerun_is_exactly_once() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let start = std::time::Instant::now();
+        while dest_count() < target
+            && child.try_wait().unwrap().is_none()
+            && start.elapsed() < std::time::Duration::from_secs(60)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         // SIGKILL: no chance to flush or clean up.
         let _ = child.kill();
         let _ = child.wait();
@@ -265,4 +290,229 @@ fn kill_nine_then_rerun_is_exactly_once() {
     // And a further run still adds nothing.
     let out = cutover(&config, &["sync", "--once"]);
     assert_eq!(copied(&out, "dave@example.test"), 0);
+}
+
+/// The source recreates a folder (new UIDVALIDITY) holding the same mail plus one new
+/// message: the rerun matches by content and appends only the new one.
+#[test]
+fn uidvalidity_change_does_not_duplicate() {
+    let users = [("erin", "erin-pw", "erin@example.test")];
+    let Some(tb) = testbed(&users) else { return };
+    tb.source.add_folder("erin", "INBOX.Old").unwrap();
+    let bodies: Vec<Vec<u8>> = (0..5)
+        .map(|i| cutover::demo::sample_message("erin", i, "old"))
+        .collect();
+    for (i, b) in bodies.iter().enumerate() {
+        tb.source
+            .deliver(
+                "erin",
+                "INBOX.Old",
+                b,
+                &["\\Seen"],
+                Some(1_600_000_000 + i as i64),
+            )
+            .unwrap();
+    }
+    let config = write_config(
+        &tb,
+        &work_dir(&tb),
+        &users,
+        DemoTls {
+            source_implicit: true,
+            dest_implicit: true,
+        },
+        "",
+    )
+    .unwrap();
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(copied(&out, "erin@example.test"), 5);
+    let uv = |tb: &cutover::testbed::Testbed| {
+        tb.source
+            .doveadm(&[
+                "-f",
+                "flow",
+                "mailbox",
+                "status",
+                "-u",
+                "erin",
+                "uidvalidity",
+                "INBOX.Old",
+            ])
+            .unwrap()
+    };
+    let before = uv(&tb);
+    tb.source
+        .doveadm(&["mailbox", "delete", "-u", "erin", "INBOX.Old"])
+        .unwrap();
+    // UIDVALIDITY is time-based in Dovecot: make sure the new folder gets another one.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    tb.source.add_folder("erin", "INBOX.Old").unwrap();
+    for (i, b) in bodies.iter().enumerate() {
+        tb.source
+            .deliver(
+                "erin",
+                "INBOX.Old",
+                b,
+                &["\\Seen"],
+                Some(1_600_000_000 + i as i64),
+            )
+            .unwrap();
+    }
+    tb.source
+        .deliver(
+            "erin",
+            "INBOX.Old",
+            &message("after-recreate"),
+            &[],
+            Some(1_600_000_100),
+        )
+        .unwrap();
+    assert_ne!(before, uv(&tb), "the folder really has a new UIDVALIDITY");
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("UIDVALIDITY changed"),
+        "the change was noticed"
+    );
+    assert_eq!(
+        copied(&out, "erin@example.test"),
+        1,
+        "only the new message is appended"
+    );
+    let rt = rt();
+    let s = rt.block_on(snapshot(&tb, &tb.source, "erin"));
+    let d = rt.block_on(snapshot(&tb, &tb.dest, "erin@example.test"));
+    assert_same(&s, &d);
+}
+
+/// A crash after APPEND but before its outcome was recorded: the messages are at the
+/// destination while the spool still says `Appending`. The next run must find them there
+/// (by content, above the recorded UIDNEXT) and not append them again.
+#[test]
+fn interrupted_append_is_found_not_repeated() {
+    use cutover::imap::client::AppendItem;
+    use cutover::spool::{MessageState, Spool};
+    let users = [("frank", "frank-pw", "frank@example.test")];
+    let Some(tb) = testbed(&users) else { return };
+    for i in 0..4 {
+        tb.source
+            .deliver(
+                "frank",
+                "INBOX",
+                &cutover::demo::sample_message("frank", i, "first"),
+                &[],
+                Some(1_600_000_000 + i as i64),
+            )
+            .unwrap();
+    }
+    let config = write_config(
+        &tb,
+        &work_dir(&tb),
+        &users,
+        DemoTls {
+            source_implicit: true,
+            dest_implicit: true,
+        },
+        "",
+    )
+    .unwrap();
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(copied(&out, "frank@example.test"), 4);
+    // Three new messages, one of them twice (same bytes): duplicates must be matched as a
+    // multiset, not collapsed.
+    let dup = message("duplicate-content");
+    tb.source
+        .deliver(
+            "frank",
+            "INBOX",
+            &message("new-1"),
+            &[],
+            Some(1_600_001_000),
+        )
+        .unwrap();
+    tb.source
+        .deliver("frank", "INBOX", &dup, &[], Some(1_600_001_001))
+        .unwrap();
+    tb.source
+        .deliver("frank", "INBOX", &dup, &[], Some(1_600_001_002))
+        .unwrap();
+
+    let rt = rt();
+    rt.block_on(async {
+        let spool = Spool::open(&work_dir(&tb).join("spool")).unwrap();
+        let mut src = session(&tb, &tb.source, "frank").await;
+        let inbox = src
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|f| f.name == "INBOX")
+            .unwrap();
+        let opts = cutover::source::SourceOptions {
+            max_message_bytes: 1 << 20,
+            fetch_batch_bytes: 1 << 20,
+            fetch_batch_count: 100,
+        };
+        cutover::source::read_mailbox(
+            &mut src,
+            &spool,
+            "frank@example.test",
+            &[inbox],
+            "INBOX.",
+            &opts,
+            || {},
+        )
+        .await
+        .unwrap();
+        let uv = spool.generations("frank@example.test", "INBOX").unwrap()[0];
+        let mut pending: Vec<_> = spool
+            .messages("frank@example.test", "INBOX", uv)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.state == MessageState::Spooled)
+            .collect();
+        assert_eq!(pending.len(), 3);
+        let mut dst = session(&tb, &tb.dest, "frank@example.test").await;
+        let st = dst.status("INBOX").await.unwrap();
+        for r in &mut pending {
+            r.state = MessageState::Appending {
+                dest_folder: "INBOX".into(),
+                dest_uidvalidity: st.uidvalidity,
+                dest_uidnext: st.uidnext,
+            };
+        }
+        spool
+            .put_messages("frank@example.test", "INBOX", uv, &pending)
+            .unwrap();
+        spool.flush().unwrap();
+        let bodies: Vec<Vec<u8>> = pending
+            .iter()
+            .map(|r| spool.get_body(&r.hash).unwrap())
+            .collect();
+        let items: Vec<AppendItem<'_>> = pending
+            .iter()
+            .zip(&bodies)
+            .map(|(r, b)| AppendItem {
+                flags: &r.flags,
+                internal_date: Some(&r.internal_date),
+                body: b,
+            })
+            .collect();
+        dst.append_batch("INBOX", &items).await.unwrap();
+        // "Crash": the outcome is never recorded.
+        dst.logout().await;
+        src.logout().await;
+    });
+
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        copied(&out, "frank@example.test"),
+        0,
+        "nothing appended twice"
+    );
+    assert_eq!(stderr(&out).matches("interrupted APPEND found").count(), 3);
+    let s = rt.block_on(snapshot(&tb, &tb.source, "frank"));
+    let d = rt.block_on(snapshot(&tb, &tb.dest, "frank@example.test"));
+    assert_same(&s, &d);
 }

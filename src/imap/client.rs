@@ -610,6 +610,15 @@ impl Client {
             Some(RespCode::Capability(c)) => self.set_caps(&c),
             _ => self.capability().await?,
         }
+        if self.caps.has("ID") {
+            // Identifies the migration in the server's logs (Exchange and Dovecot log it),
+            // which helps an admin tell cutover's sessions from users'.
+            let line = format!(
+                "ID (\"name\" \"cutover\" \"version\" \"{}\")",
+                env!("CARGO_PKG_VERSION")
+            );
+            self.run_raw(&line, "ID").await?;
+        }
         if self.caps.has("ENABLE") && self.caps.has("CONDSTORE") {
             self.run_raw("ENABLE CONDSTORE", "ENABLE").await?;
         }
