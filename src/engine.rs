@@ -63,7 +63,10 @@ impl Side {
         let tls = if security == Security::None {
             None
         } else {
-            Some(TlsSettings::new(config.tls_ca_file.as_deref())?)
+            Some(TlsSettings::with_verification(
+                config.tls_ca_file.as_deref(),
+                config.tls_verify,
+            )?)
         };
         Ok(Side {
             endpoint: Endpoint {

@@ -112,6 +112,12 @@ impl TlsSettings {
     /// Verification is always on: a certificate that does not chain to a trusted CA or does
     /// not name the host is refused.
     pub fn new(extra_ca_pem: Option<&Path>) -> io::Result<TlsSettings> {
+        Self::with_verification(extra_ca_pem, true)
+    }
+
+    /// As [`TlsSettings::new`]; `verify = false` accepts any certificate (the config's
+    /// `tls_verify = false`, documented as dangerous) and says so in the log.
+    pub fn with_verification(extra_ca_pem: Option<&Path>, verify: bool) -> io::Result<TlsSettings> {
         let mut roots = RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         for cert in native.certs {
@@ -149,13 +155,77 @@ impl TlsSettings {
             }
         }
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| io::Error::other(format!("TLS setup: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .map_err(|e| io::Error::other(format!("TLS setup: {e}")))?;
+        let config = if verify {
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            tracing::warn!("tls_verify = false: server certificates are NOT checked");
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+                .with_no_client_auth()
+        };
         Ok(TlsSettings {
             connector: TlsConnector::from(Arc::new(config)),
         })
+    }
+}
+
+/// The verifier behind `tls_verify = false`: checks signatures (so the session is still
+/// encrypted to whoever holds the key) but not who the certificate belongs to.
+#[derive(Debug)]
+struct AcceptAny(Arc<tokio_rustls::rustls::crypto::CryptoProvider>);
+
+impl tokio_rustls::rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: tokio_rustls::rustls::pki_types::UnixTime,
+    ) -> Result<tokio_rustls::rustls::client::danger::ServerCertVerified, tokio_rustls::rustls::Error>
+    {
+        Ok(tokio_rustls::rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
