@@ -414,6 +414,16 @@ async fn wrong_password_fails_only_that_mailbox() {
     }
     let bob_dst = snapshot(&tb, &tb.dest, BOB.2).await;
     assert_eq!(total_messages(&bob_dst), 0, "{bob_dst:?}");
+
+    // The admin fixes the CSV: the next pass copies bob, and nobody else twice.
+    let cfg = write_config(&tb, &config_dir(&tb), &users, SRC_IMPLICIT, "").expect("config");
+    let out = cutover(&cfg, &["sync", "--once"]);
+    assert_eq!(code(&out), Some(0), "{}", all_output(&out));
+    for (login, _, email) in users {
+        let src = snapshot(&tb, &tb.source, login).await;
+        let dst = snapshot(&tb, &tb.dest, email).await;
+        assert_same(&src, &dst);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -600,10 +610,42 @@ fn config_errors_are_clear_and_secret_free() {
         &["upstream.admin_password", &file("pw_type")],
     );
 
+    // A typo in the password's key name: the unknown-key error must not echo its value.
+    let t = base.replace("admin_password = ", "admin_pasword = ");
+    config_error(
+        d,
+        "pw_typo",
+        Some(&t),
+        &["upstream.admin_pasword", &file("pw_typo")],
+    );
+
+    // tls_ca_file that does not exist: names the key and the path.
+    let t = base.replace(
+        "port = 2\ntls = \"implicit\"",
+        "port = 2\ntls = \"implicit\"\ntls_ca_file = \"missing-ca.pem\"",
+    );
+    let ca = d.join("missing-ca.pem").display().to_string();
+    config_error(d, "no_ca", Some(&t), &["tls_ca_file", &ca]);
+
     // The mailboxes CSV is missing: names it.
     let t = base.replace("mailboxes.csv", "nowhere.csv");
     let csv = d.join("nowhere.csv").display().to_string();
     config_error(d, "no_csv", Some(&t), &[&csv]);
+}
+
+/// The operating system's reason for a missing file is given once, not twice.
+/// (`ConfigError::Read` prints its `io::Error` source in its own message *and* marks it
+/// `#[source]`, so `main`'s `{e:#}` prints the chain with the reason repeated.)
+#[test]
+fn missing_config_file_reason_not_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.toml");
+    let out = cutover(&path, &["check"]);
+    assert_eq!(code(&out), Some(2));
+    let se = stderr(&out);
+    assert!(se.contains(&path.display().to_string()), "{se}");
+    let reason = std::fs::read(&path).unwrap_err().to_string();
+    assert_eq!(se.matches(&reason).count(), 1, "reason repeated: {se}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -790,6 +832,49 @@ async fn passwords_never_logged() {
     let src = snapshot(&tb, &tb.source, "alice").await;
     let dst = snapshot(&tb, &tb.dest, "alice@example.test").await;
     assert_same(&src, &dst);
+}
+
+/// Passwords with quotes, backslashes, braces, spaces, commas and non-ASCII letters (all
+/// legal in a password, and in a properly quoted CSV field) log in at the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_with_special_characters_log_in() {
+    let users = [
+        (
+            "erin",
+            "with \"quotes\", commas and  spaces ",
+            "erin@example.test",
+        ),
+        ("frank", "back\\slash {3}\\", "frank@example.test"),
+        ("gina", "pässwörd-ÿ-日本", "gina@example.test"),
+    ];
+    let Some(tb) = testbed(&users) else { return };
+    for (login, _, _) in users {
+        seed_simple(&tb, login);
+    }
+    let dir = config_dir(&tb);
+    let cfg = write_config(&tb, &dir, &users, SRC_IMPLICIT, "").expect("config");
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut csv = String::from("EmailAddress,UserName,Password\r\n");
+    for (login, pw, email) in users {
+        csv.push_str(&format!(
+            "{},{},{}\r\n",
+            quote(email),
+            quote(login),
+            quote(pw)
+        ));
+    }
+    std::fs::write(dir.join("mailboxes.csv"), csv).unwrap();
+    let out = cutover(&cfg, &["sync", "--once"]);
+    assert_eq!(code(&out), Some(0), "{}", all_output(&out));
+    for (login, pw, email) in users {
+        assert!(
+            !all_output(&out).contains(pw),
+            "password of {login} in the output"
+        );
+        let src = snapshot(&tb, &tb.source, login).await;
+        let dst = snapshot(&tb, &tb.dest, email).await;
+        assert_same(&src, &dst);
+    }
 }
 
 // ---------------------------------------------------------------------------------------

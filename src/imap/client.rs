@@ -90,8 +90,29 @@ pub enum ImapError {
     },
     #[error("protocol error with {host}: {detail}")]
     Protocol { host: String, detail: String },
+    #[error("TLS with {host} failed: {detail}")]
+    Tls { host: String, detail: String },
     #[error("{0}")]
     Unsupported(String),
+}
+
+/// A failed handshake: a certificate that does not verify is a definite answer (retrying
+/// cannot fix it), a connection lost during the handshake is not.
+fn tls_error(host: &str, source: std::io::Error) -> ImapError {
+    if matches!(
+        source.kind(),
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+    ) {
+        ImapError::Tls {
+            host: host.to_string(),
+            detail: source.to_string(),
+        }
+    } else {
+        ImapError::Io {
+            host: host.to_string(),
+            source,
+        }
+    }
 }
 
 impl ImapError {
@@ -200,6 +221,8 @@ pub struct Client {
     timeout: Duration,
     max_response: u32,
     literal_plus: bool,
+    /// Outcomes known when `append_batch` failed mid-way (see `take_partial_outcomes`).
+    partial_outcomes: Vec<AppendOutcome>,
 }
 
 impl Client {
@@ -227,10 +250,7 @@ impl Client {
             stream = stream
                 .upgrade(tls()?, &ep.host)
                 .await
-                .map_err(|source| ImapError::Io {
-                    host: ep.host.clone(),
-                    source,
-                })?;
+                .map_err(|source| tls_error(&ep.host, source))?;
         }
         let mut c = Client {
             stream,
@@ -244,6 +264,7 @@ impl Client {
             timeout: ep.timeout,
             max_response: ep.max_response_bytes,
             literal_plus: false,
+            partial_outcomes: Vec::new(),
         };
         c.read_greeting().await?;
         if ep.security == Security::StartTls {
@@ -265,10 +286,7 @@ impl Client {
             c.stream = plain
                 .upgrade(tls()?, &ep.host)
                 .await
-                .map_err(|source| ImapError::Io {
-                    host: ep.host.clone(),
-                    source,
-                })?;
+                .map_err(|source| tls_error(&ep.host, source))?;
             c.caps = Capabilities::default();
         }
         if c.caps.is_empty() {
@@ -991,6 +1009,7 @@ impl Client {
             }
         }
         let mut outcomes = Vec::with_capacity(items.len());
+        self.partial_outcomes.clear();
         for (tag, early) in tags.into_iter().zip(early) {
             let Some(tag) = tag else {
                 outcomes.push(early.unwrap_or(AppendOutcome::AppendedNoUid));
@@ -1004,11 +1023,22 @@ impl Client {
                     _ => AppendOutcome::AppendedNoUid,
                 },
                 Err(ImapError::Refused { kind, text, .. }) => AppendOutcome::Refused { kind, text },
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Keep what is known (e.g. Exchange's `BAD ... throttled` just before
+                    // its `* BYE`) for the caller; the rest of the batch is uncertain.
+                    self.partial_outcomes = outcomes;
+                    return Err(e);
+                }
             };
             outcomes.push(o);
         }
         Ok(outcomes)
+    }
+
+    /// After [`Client::append_batch`] returned an error: the outcomes of the first items of
+    /// that batch, which the server answered before the error (the others are unknown).
+    pub fn take_partial_outcomes(&mut self) -> Vec<AppendOutcome> {
+        std::mem::take(&mut self.partial_outcomes)
     }
 
     /// Replaces the flags of one message (UID STORE ... FLAGS.SILENT).

@@ -46,7 +46,9 @@ impl Stream {
             )
         })?;
         let stream = tls.connector.connect(name, tcp).await.map_err(|e| {
-            io::Error::new(e.kind(), format!("TLS handshake with {host} failed: {e}"))
+            // rustls reports certificate problems as InvalidData; the caller tells those
+            // (final) from a connection lost mid-handshake (worth a retry).
+            io::Error::new(e.kind(), e.to_string())
         })?;
         Ok(Stream::Tls(Box::new(stream)))
     }
