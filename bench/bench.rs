@@ -15,11 +15,14 @@
 //! time is measured here, from the first spawn to the last exit. After every run the
 //! message counts at the destination are checked against what was seeded.
 //!
+//! Both tools' runs are repeated (`BENCH_REPEAT`, default 3), interleaved, each time into
+//! a new, empty destination and with a new spool / sync state; the report gives medians.
+//!
 //! Environment: `BENCH_USERS` (default 3), `BENCH_MESSAGES` per user (default 2000),
-//! `BENCH_SEED`, `BENCH_ORDER` (`cutover-first` or `mbsync-first`), `BENCH_ONLY`
-//! (`cutover` or `mbsync`), `BENCH_MBSYNC_SYNC` (the channel's `Sync`, default `All`),
-//! `BENCH_CUTOVER_TOML` (appended to the generated cutover.toml), `BENCH_CUTOVER_BIN`,
-//! `BENCH_MBSYNC_BIN`, `BENCH_TIMEOUT_SECS` (per run, default 3600).
+//! `BENCH_REPEAT`, `BENCH_SEED`, `BENCH_ORDER` (`cutover-first` or `mbsync-first`),
+//! `BENCH_ONLY` (`cutover` or `mbsync`), `BENCH_MBSYNC_SYNC` (the channel's `Sync`,
+//! default `All`), `BENCH_CUTOVER_TOML` (appended to the generated cutover.toml),
+//! `BENCH_CUTOVER_BIN`, `BENCH_MBSYNC_BIN`, `BENCH_TIMEOUT_SECS` (per run, default 3600).
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -32,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
 use cutover::demo::{write_config, DemoTls};
-use cutover::testbed::{Dovecot, Flavor, Testbed};
+use cutover::testbed::{Dovecot, DovecotOptions, Flavor, Testbed, MASTER_PASSWORD, MASTER_USER};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -88,6 +91,7 @@ struct Settings {
     users: usize,
     messages: usize,
     seed: u64,
+    repeat: usize,
     tools: Vec<Tool>,
     mbsync_sync: String,
     cutover_toml: String,
@@ -142,6 +146,7 @@ impl Settings {
             users,
             messages,
             seed: env_num("BENCH_SEED", 20_250_301)?,
+            repeat: (env_num("BENCH_REPEAT", 3)? as usize).max(1),
             tools,
             mbsync_sync: env_str("BENCH_MBSYNC_SYNC").unwrap_or_else(|| "All".into()),
             cutover_toml: env_str("BENCH_CUTOVER_TOML").unwrap_or_default(),
@@ -687,6 +692,7 @@ fn verify(
     users: &[User],
     s: &Settings,
     source_vsize: &[u64],
+    note_size: bool,
 ) -> Result<()> {
     let mut problems = Vec::new();
     let (mut have, mut want) = (0i64, 0i64);
@@ -704,7 +710,7 @@ fn verify(
             ));
         }
     }
-    if problems.is_empty() && have != want {
+    if problems.is_empty() && have != want && note_size {
         let per_message = (have - want) as f64 / (s.messages * users.len()) as f64;
         println!(
             "  note: the destination holds {:+} bytes more than the source ({per_message:+.1} \
@@ -909,7 +915,12 @@ fn user_tuples(users: &[User]) -> Vec<(&str, &str, &str)> {
 }
 
 /// The cutover run: one process for all users, implicit TLS on both sides.
-fn cutover_job(s: &Settings, tb: &Testbed, users: &[User]) -> Result<impl Fn(Phase) -> Job> {
+fn cutover_job(
+    s: &Settings,
+    tb: &Testbed,
+    users: &[User],
+    round: usize,
+) -> Result<impl Fn(Phase) -> Job> {
     if !s.cutover_bin.is_file() {
         bail!(
             "{} not found: build it first (cargo build --release --bins), or set \
@@ -917,7 +928,7 @@ fn cutover_job(s: &Settings, tb: &Testbed, users: &[User]) -> Result<impl Fn(Pha
             s.cutover_bin.display()
         );
     }
-    let dir = tb.dir.path().join("bench-cutover");
+    let dir = tb.dir.path().join(format!("bench-cutover-{round}"));
     let tls = DemoTls {
         source_implicit: true,
         dest_implicit: true,
@@ -984,14 +995,19 @@ fn mbsync_config(s: &Settings, tb: &Testbed, user: &User, state: &Path) -> Strin
 }
 
 /// The mbsync runs: one process per user, all in parallel.
-fn mbsync_jobs(s: &Settings, tb: &Testbed, users: &[User]) -> Result<impl Fn(Phase) -> Vec<Job>> {
+fn mbsync_jobs(
+    s: &Settings,
+    tb: &Testbed,
+    users: &[User],
+    round: usize,
+) -> Result<impl Fn(Phase) -> Vec<Job>> {
     if !s.mbsync_bin.is_file() {
         bail!(
             "{} not found: apt-get install isync, or set BENCH_MBSYNC_BIN",
             s.mbsync_bin.display()
         );
     }
-    let dir = tb.dir.path().join("bench-mbsync");
+    let dir = tb.dir.path().join(format!("bench-mbsync-{round}"));
     let mut configs = Vec::new();
     for u in users {
         let state = dir.join(format!("state-{}", u.login));
@@ -1034,30 +1050,91 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-fn table(rows: &[Row], seeded: &Seeded) -> String {
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The medians over the rounds of one tool and phase.
+struct Summary {
+    runs: usize,
+    wall: f64,
+    wall_min: f64,
+    wall_max: f64,
+    cpu: f64,
+    max_rss_kib: f64,
+    sum_rss_kib: f64,
+    processes: usize,
+}
+
+fn summarize(rows: &[Row], tool: Tool, phase: Phase) -> Option<Summary> {
+    let ms: Vec<&Measure> = rows
+        .iter()
+        .filter(|r| r.tool == tool && r.phase == phase)
+        .map(|r| &r.m)
+        .collect();
+    let first = ms.first()?;
+    let walls: Vec<f64> = ms.iter().map(|m| m.wall.as_secs_f64()).collect();
+    Some(Summary {
+        runs: ms.len(),
+        wall: median(walls.clone()).max(1e-9),
+        wall_min: walls.iter().copied().fold(f64::INFINITY, f64::min),
+        wall_max: walls.iter().copied().fold(0.0, f64::max),
+        cpu: median(ms.iter().map(|m| m.cpu_secs).collect()),
+        max_rss_kib: median(ms.iter().map(|m| m.max_rss_kib as f64).collect()),
+        sum_rss_kib: median(ms.iter().map(|m| m.sum_rss_kib as f64).collect()),
+        processes: first.processes,
+    })
+}
+
+fn table(rows: &[Row], seeded: &Seeded, tools: &[Tool]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "{:<8} {:<16} {:>9} {:>9} {:>8} {:>8} {:>13} {:>12}",
-        "tool", "phase", "wall s", "msgs/s", "MB/s", "CPU s", "peak RSS MiB", "RSS sum MiB"
+        "{:<8} {:<16} {:>8} {:>14} {:>9} {:>8} {:>7} {:>13} {:>12}",
+        "tool",
+        "phase",
+        "wall s",
+        "(min-max)",
+        "msgs/s",
+        "MB/s",
+        "CPU s",
+        "peak RSS MiB",
+        "RSS sum MiB"
     );
-    for r in rows {
-        let secs = r.m.wall.as_secs_f64().max(1e-9);
+    for tool in tools {
+        for phase in [Phase::Initial, Phase::Rerun] {
+            let Some(x) = summarize(rows, *tool, phase) else {
+                continue;
+            };
+            let _ = writeln!(
+                t,
+                "{:<8} {:<16} {:>8.2} {:>14} {:>9.1} {:>8.2} {:>7.2} {:>13.1} {:>12}",
+                tool.name(),
+                phase.name(),
+                x.wall,
+                format!("({:.2}-{:.2})", x.wall_min, x.wall_max),
+                seeded.messages as f64 / x.wall,
+                seeded.bytes as f64 / MB / x.wall,
+                x.cpu,
+                x.max_rss_kib / 1024.0,
+                if x.processes > 1 {
+                    format!("{:.1} ({}x)", x.sum_rss_kib / 1024.0, x.processes)
+                } else {
+                    format!("{:.1}", x.sum_rss_kib / 1024.0)
+                },
+            );
+        }
+    }
+    if let Some(runs) = summarize(rows, tools[0], Phase::Initial).map(|x| x.runs) {
         let _ = writeln!(
             t,
-            "{:<8} {:<16} {:>9.2} {:>9.1} {:>8.2} {:>8.2} {:>13.1} {:>12}",
-            r.tool.name(),
-            r.phase.name(),
-            secs,
-            seeded.messages as f64 / secs,
-            seeded.bytes as f64 / MB / secs,
-            r.m.cpu_secs,
-            mib(r.m.max_rss_kib),
-            if r.m.processes > 1 {
-                format!("{:.1} ({}x)", mib(r.m.sum_rss_kib), r.m.processes)
-            } else {
-                format!("{:.1}", mib(r.m.sum_rss_kib))
-            },
+            "(medians of {runs} run(s) each; MB = 10^6 bytes; CPU = user + system time of the \
+             tool's processes)"
         );
     }
     t
@@ -1066,23 +1143,28 @@ fn table(rows: &[Row], seeded: &Seeded) -> String {
 fn ratios(rows: &[Row]) -> String {
     let mut t = String::new();
     for phase in [Phase::Initial, Phase::Rerun] {
-        let find = |tool| rows.iter().find(|r| r.tool == tool && r.phase == phase);
-        let (Some(c), Some(m)) = (find(Tool::Cutover), find(Tool::Mbsync)) else {
+        let (Some(c), Some(m)) = (
+            summarize(rows, Tool::Cutover, phase),
+            summarize(rows, Tool::Mbsync, phase),
+        ) else {
             continue;
         };
-        let cw = c.m.wall.as_secs_f64().max(1e-9);
-        let mw = m.m.wall.as_secs_f64().max(1e-9);
+        // /usr/bin/time counts in 10 ms steps: tiny CPU times make no ratio.
+        let cpu = if c.cpu >= 0.05 && m.cpu >= 0.05 {
+            format!("{:.2}x", c.cpu / m.cpu)
+        } else {
+            format!("n/a ({:.2} s / {:.2} s)", c.cpu, m.cpu)
+        };
         let _ = writeln!(
             t,
-            "{}: cutover/mbsync wall time {:.2}x, msgs/s and MB/s {:.2}x, CPU time {:.2}x, \
-             peak RSS {:.2}x (of mbsync's largest process; {:.2}x of the {} processes' sum)",
+            "{}: cutover/mbsync wall time {:.2}x, msgs/s and MB/s {:.2}x, CPU time {cpu}, \
+             peak RSS {:.2}x (of mbsync's largest process; {:.2}x of its {} processes' sum)",
             phase.name(),
-            cw / mw,
-            mw / cw,
-            c.m.cpu_secs / m.m.cpu_secs.max(1e-9),
-            c.m.max_rss_kib as f64 / m.m.max_rss_kib.max(1) as f64,
-            c.m.max_rss_kib as f64 / m.m.sum_rss_kib.max(1) as f64,
-            m.m.processes,
+            c.wall / m.wall,
+            m.wall / c.wall,
+            c.max_rss_kib / m.max_rss_kib.max(1.0),
+            c.max_rss_kib / m.sum_rss_kib.max(1.0),
+            m.processes,
         );
     }
     t
@@ -1106,35 +1188,92 @@ fn version(cmd: &str, args: &[&str]) -> String {
 // Main
 // ---------------------------------------------------------------------------------------
 
-/// Runs one tool's two phases, verifying the destination after each.
+/// Replaces the testbed's destination with a new, empty Dovecot (for the next round).
+fn fresh_destination(tb: &mut Testbed, users: &[User], round: usize) -> Result<()> {
+    let opts = DovecotOptions {
+        flavor: Flavor::Destination,
+        users: users
+            .iter()
+            .map(|u| (u.email.clone(), u.password.clone()))
+            .collect(),
+        master_user: MASTER_USER.into(),
+        master_password: MASTER_PASSWORD.into(),
+    };
+    let dir = tb.dir.path().join(format!("dest-{round}"));
+    let new = Dovecot::start_in(&dir, opts, &tb.ca).context("starting a new destination")?;
+    drop(std::mem::replace(&mut tb.dest, new));
+    Ok(())
+}
+
+/// Runs one tool's two phases into an empty destination, verifying it after each.
 fn measure_tool(
     tool: Tool,
     s: &Settings,
-    tb: &Testbed,
+    tb: &mut Testbed,
     users: &[User],
     source_vsize: &[u64],
+    round: usize,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
+    if round > 0 {
+        fresh_destination(tb, users, round)?;
+    }
     let jobs: Box<dyn Fn(Phase) -> Vec<Job>> = match tool {
         Tool::Cutover => {
-            let f = cutover_job(s, tb, users)?;
+            let f = cutover_job(s, tb, users, round)?;
             Box::new(move |p| vec![f(p)])
         }
-        Tool::Mbsync => Box::new(mbsync_jobs(s, tb, users)?),
+        Tool::Mbsync => Box::new(mbsync_jobs(s, tb, users, round)?),
     };
     for phase in [Phase::Initial, Phase::Rerun] {
-        println!("running {} ({}) ...", tool.name(), phase.name());
         let m = run_jobs(&jobs(phase), s.timeout)
             .with_context(|| format!("{} {} failed", tool.name(), phase.name()))?;
-        verify(tool, phase, &tb.dest, users, s, source_vsize)?;
+        let first = round == 0 && phase == Phase::Initial;
+        verify(tool, phase, &tb.dest, users, s, source_vsize, first)?;
         println!(
-            "  {:.2} s; destination holds all {} messages of every user",
+            "  round {}: {:<7} {:<16} {:>7.2} s, CPU {:.2} s, peak RSS {:.1} MiB; all {} \
+             messages of every user at the destination",
+            round + 1,
+            tool.name(),
+            phase.name(),
             m.wall.as_secs_f64(),
+            m.cpu_secs,
+            mib(m.max_rss_kib),
             s.messages
         );
         rows.push(Row { tool, phase, m });
     }
     Ok(())
+}
+
+/// (busy, total) jiffies of all CPUs, from /proc/stat.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// How busy the machine is while this program does nothing (one second's sample), and
+/// a warning if other processes keep the CPUs busy: the figures are then noise.
+fn idle_check(when: &str) -> Option<String> {
+    let (b0, t0) = cpu_jiffies()?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (b1, t1) = cpu_jiffies()?;
+    let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+    (busy > 0.1).then(|| {
+        format!(
+            "WARNING: other processes kept the CPUs {:.0} % busy {when}: the figures are \
+             noisy; run the benchmark on an otherwise idle machine",
+            busy * 100.0
+        )
+    })
 }
 
 fn main() -> Result<()> {
@@ -1144,6 +1283,10 @@ fn main() -> Result<()> {
     }
     if !cutover::testbed::dovecot_available() {
         bail!("Dovecot not found: apt-get install dovecot-imapd");
+    }
+    let busy_before = idle_check("before the benchmark");
+    if let Some(w) = &busy_before {
+        println!("{w}");
     }
     let users: Vec<User> = (1..=s.users)
         .map(|i| User {
@@ -1206,10 +1349,18 @@ fn main() -> Result<()> {
 
     let mut rows = Vec::new();
     let mut errors = Vec::new();
-    for (tool, tb) in &testbeds {
-        if let Err(e) = measure_tool(*tool, &s, tb, &users, &source_vsize, &mut rows) {
-            eprintln!("\n!!!! {} FAILED: {e:#}\n", tool.name());
-            errors.push(format!("{}: {e:#}", tool.name()));
+    let mut failed: Vec<Tool> = Vec::new();
+    for round in 0..s.repeat {
+        for (tool, tb) in &mut testbeds {
+            if failed.contains(tool) {
+                continue;
+            }
+            let r = measure_tool(*tool, &s, tb, &users, &source_vsize, round, &mut rows);
+            if let Err(e) = r {
+                eprintln!("\n!!!! {} FAILED: {e:#}\n", tool.name());
+                errors.push(format!("{} (round {}): {e:#}", tool.name(), round + 1));
+                failed.push(*tool);
+            }
         }
     }
 
@@ -1224,13 +1375,16 @@ fn main() -> Result<()> {
         version(cutover::testbed::DOVECOT_BIN, &["--version"]),
         version(&s.mbsync_bin.to_string_lossy(), &["--version"]),
     );
-    print!("{}", table(&rows, &seeded));
+    print!("{}", table(&rows, &seeded, &s.tools));
     let r = ratios(&rows);
     if !r.is_empty() {
         println!();
         print!("{r}");
     }
     drop(testbeds);
+    for w in [busy_before, idle_check("after it")].into_iter().flatten() {
+        println!("{w}");
+    }
     if !errors.is_empty() {
         bail!("{} run(s) failed:\n{}", errors.len(), errors.join("\n"));
     }
