@@ -11,8 +11,8 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
 use base64::Engine as _;
+use imap_codec::decode::Decoder;
 use imap_codec::encode::{Encoder, Fragment};
-use imap_codec::fragmentizer::{DecodeMessageError, Fragmentizer};
 use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::command::{Command, CommandBody, FetchModifier};
 use imap_codec::imap_types::core::{Literal, LiteralMode};
@@ -27,6 +27,7 @@ use imap_codec::{CommandCodec, GreetingCodec, ResponseCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::framer::{FrameError, Framer};
 use super::response::{parse_internal_date, FetchData, Kind, Resp, RespCode, Untagged};
 use super::transport::{Stream, TlsSettings};
 use super::{Credentials, ListedFolder};
@@ -210,8 +211,7 @@ const READ_CHUNK: usize = 64 * 1024;
 /// A logged-in (or about to log in) IMAP session.
 pub struct Client {
     stream: Stream,
-    frag: Fragmentizer,
-    rbuf: Vec<u8>,
+    frames: Framer,
     wbuf: Vec<u8>,
     /// Responses read while waiting for something else (e.g. a continuation).
     stash: VecDeque<Resp>,
@@ -254,8 +254,7 @@ impl Client {
         }
         let mut c = Client {
             stream,
-            frag: Fragmentizer::new(ep.max_response_bytes),
-            rbuf: vec![0; READ_CHUNK],
+            frames: Framer::new(ep.max_response_bytes as usize),
             wbuf: Vec::with_capacity(READ_CHUNK),
             stash: VecDeque::new(),
             caps: Capabilities::default(),
@@ -280,7 +279,7 @@ impl Client {
             c.run(CommandBody::StartTLS, "STARTTLS").await?;
             // Anything the server sent after its OK arrived before TLS and cannot be trusted
             // (RFC 3501 §11.1 injection); the framer is rebuilt empty.
-            c.frag = Fragmentizer::new(c.max_response);
+            c.frames = Framer::new(c.max_response as usize);
             c.stash.clear();
             let plain = std::mem::replace(&mut c.stream, Stream::Detached);
             c.stream = plain
@@ -318,51 +317,77 @@ impl Client {
     }
 
     async fn fill(&mut self) -> Result<()> {
-        let n = tokio::time::timeout(self.timeout, self.stream.read(&mut self.rbuf))
-            .await
-            .map_err(|_| ImapError::Timeout {
-                host: self.host.clone(),
-                secs: self.timeout.as_secs(),
-            })?
-            .map_err(|e| self.err_io(e))?;
+        let spare = self.frames.spare(READ_CHUNK);
+        let r = tokio::time::timeout(self.timeout, self.stream.read(spare)).await;
+        let n = match r {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                self.frames.filled(READ_CHUNK, 0);
+                return Err(self.err_io(e));
+            }
+            Err(_) => {
+                self.frames.filled(READ_CHUNK, 0);
+                return Err(ImapError::Timeout {
+                    host: self.host.clone(),
+                    secs: self.timeout.as_secs(),
+                });
+            }
+        };
+        self.frames.filled(READ_CHUNK, n);
         if n == 0 {
             return Err(ImapError::Closed {
                 host: self.host.clone(),
                 bye: None,
             });
         }
-        self.frag.enqueue_bytes(&self.rbuf[..n]);
         Ok(())
     }
 
-    /// Reads until one whole server message is framed; its bytes stay in the fragmentizer.
-    async fn next_message(&mut self) -> Result<()> {
+    /// Reads until one whole server response is buffered, then decodes it with `codec`
+    /// and converts it with `convert` while its bytes are still borrowed.
+    async fn next_decoded<C: Decoder, T>(
+        &mut self,
+        codec: &C,
+        convert: impl FnOnce(Result<C::Message<'_>, &[u8]>) -> T,
+    ) -> Result<T> {
         loop {
-            match self.frag.progress() {
-                Some(_) => {
-                    if self.frag.is_message_complete() {
-                        return Ok(());
-                    }
+            match self.frames.next_frame() {
+                Ok(Some(frame)) => {
+                    // Lifetimes: the frame lives in `self.frames`; decode and convert here.
+                    let frame: &[u8] = frame;
+                    let decoded = match codec.decode(frame) {
+                        Ok(([], msg)) => Ok(msg),
+                        _ => Err(frame),
+                    };
+                    return Ok(convert(decoded));
                 }
-                None => self.fill().await?,
+                Ok(None) => {}
+                Err(FrameError::TooLong { limit }) => {
+                    return Err(self.protocol(format!("a response exceeded the {limit} byte limit")))
+                }
             }
+            self.fill().await?;
         }
     }
 
     async fn read_greeting(&mut self) -> Result<()> {
-        self.next_message().await?;
-        let greeting = match self.frag.decode_message(&GreetingCodec::default()) {
-            Ok(g) => g,
-            Err(_) => return Err(self.protocol("the server's greeting is not IMAP")),
+        let greeting = self
+            .next_decoded(&GreetingCodec::default(), |g| {
+                g.ok().map(|g| {
+                    let caps = match &g.code {
+                        Some(imap_codec::imap_types::response::Code::Capability(c)) => {
+                            Some(c.as_ref().iter().map(|c| c.to_string()).collect::<Vec<_>>())
+                        }
+                        _ => None,
+                    };
+                    (g.kind == GreetingKind::Bye, g.text.to_string(), caps)
+                })
+            })
+            .await?;
+        let Some((bye, text, caps)) = greeting else {
+            return Err(self.protocol("the server's greeting is not IMAP"));
         };
-        let caps = match &greeting.code {
-            Some(imap_codec::imap_types::response::Code::Capability(c)) => {
-                Some(c.as_ref().iter().map(|c| c.to_string()).collect::<Vec<_>>())
-            }
-            _ => None,
-        };
-        if greeting.kind == GreetingKind::Bye {
-            let text = greeting.text.to_string();
+        if bye {
             return Err(ImapError::Closed {
                 host: self.host.clone(),
                 bye: Some(text),
@@ -384,27 +409,22 @@ impl Client {
         if let Some(r) = self.stash.pop_front() {
             return Ok(r);
         }
-        self.next_message().await?;
-        let resp = match self.frag.decode_message(&ResponseCodec::default()) {
-            Ok(r) => Resp::from_codec(r),
-            Err(DecodeMessageError::MessageTooLong { .. }) => {
-                return Err(self.protocol(format!(
-                    "a response exceeded the {} byte limit",
-                    self.max_response
-                )))
-            }
-            Err(_) => {
-                // The frame is intact (literals were counted), so the session can go on;
-                // the caller notices what is missing and names it.
-                let bytes = self.frag.message_bytes();
-                let head: String = String::from_utf8_lossy(&bytes[..bytes.len().min(120)])
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .collect();
-                tracing::warn!(host = %self.host, response = %head, "unparseable response skipped");
-                Resp::Untagged(Untagged::Other)
-            }
-        };
+        let host = self.host.clone();
+        let resp = self
+            .next_decoded(&ResponseCodec::default(), |r| match r {
+                Ok(r) => Resp::from_codec(r),
+                Err(bytes) => {
+                    // The frame is intact (literals were counted), so the session can go
+                    // on; the caller notices what is missing and names it.
+                    let head: String = String::from_utf8_lossy(&bytes[..bytes.len().min(120)])
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .collect();
+                    tracing::warn!(host = %host, response = %head, "unparseable response skipped");
+                    Resp::Untagged(Untagged::Other)
+                }
+            })
+            .await?;
         if let Resp::Untagged(Untagged::Capability(c)) = &resp {
             let c = c.clone();
             self.set_caps(&c);
@@ -972,9 +992,11 @@ impl Client {
                 })?),
                 None => None,
             };
-            let mut literal = match Literal::try_from(item.body) {
-                Ok(l) => l,
-                Err(_) => {
+            // The one thing a literal cannot carry is NUL; `contains` finds it with memchr,
+            // far faster than the per-byte validation of `Literal::try_from`.
+            let mut literal = match item.body.contains(&0) {
+                false => Literal::unvalidated(item.body),
+                true => {
                     tags.push(None);
                     early.push(Some(AppendOutcome::Refused {
                         kind: Kind::No,
@@ -1092,6 +1114,36 @@ impl Client {
         })
         .await?;
         Ok(out)
+    }
+
+    /// The Subject header of each of `uids` (UID FETCH BODY.PEEK[HEADER.FIELDS (SUBJECT)]),
+    /// unfolded and with RFC 2047 encoded words decoded where the charset is known; for
+    /// reporting messages that are not copied. Nothing is marked \Seen.
+    pub async fn uid_fetch_subjects(&mut self, uids: &[u32]) -> Result<Vec<(u32, String)>> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let set: Vec<String> = uids.iter().map(u32::to_string).collect();
+        let line = format!(
+            "UID FETCH {} (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
+            set.join(",")
+        );
+        let out = self.run_raw(&line, "UID FETCH").await?;
+        Ok(out
+            .untagged
+            .into_iter()
+            .filter_map(|u| match u {
+                Untagged::Fetch(FetchData {
+                    uid: Some(uid),
+                    section: Some(h),
+                    ..
+                }) => Some((
+                    uid,
+                    super::response::header_value(&h, "subject").unwrap_or_default(),
+                )),
+                _ => None,
+            })
+            .collect())
     }
 
     /// NOOP, to keep a session alive or to see new mail.

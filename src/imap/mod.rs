@@ -71,6 +71,7 @@ impl ListedFolder {
 }
 
 pub mod client;
+pub mod framer;
 pub mod response;
 pub mod transport;
 
