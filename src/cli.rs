@@ -25,6 +25,8 @@ fn load(config: &Path) -> anyhow::Result<(Config, accounts::Accounts)> {
 pub async fn sync_once(config: &Path) -> anyhow::Result<bool> {
     let (cfg, accts) = load(config)?;
     let engine = Arc::new(Engine::new(cfg)?);
+    // A token endpoint that refuses us is one error for the run, not one per mailbox.
+    engine.preflight().await?;
     let rows = engine.sync_once(&accts.accounts).await;
     print!("{}", summary_table(&rows));
     for r in &rows {
@@ -41,13 +43,20 @@ pub async fn check(config: &Path) -> anyhow::Result<bool> {
     let (cfg, accts) = load(config)?;
     let engine = Engine::new(cfg)?;
     let mut all_ok = accts.errors.is_empty();
+    // With xoauth2, the token first: without it no destination login can work.
+    if let Some(line) = engine.preflight().await? {
+        println!("{line}");
+    }
     for a in &accts.accounts {
         let src = engine
             .config
             .source
             .credentials(&a.username, a.password.as_ref());
-        let dst = engine.config.upstream.credentials(&a.email, None);
-        let (src, dst) = match (src, dst) {
+        let dst = match engine.dest_login(&a.email) {
+            Ok(login) => login.credentials().await,
+            Err(e) => Err(e),
+        };
+        let (src, dst) = match (src.map_err(anyhow::Error::from), dst) {
             (Ok(s), Ok(d)) => (s, d),
             (Err(e), _) | (_, Err(e)) => {
                 println!("{}: FAILED: {e}", a.email);

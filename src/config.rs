@@ -36,7 +36,7 @@ pub const ENV_PREFIX: &str = "CUTOVER_";
 /// or `CUTOVER_CONFIG` (used by the command line) share the prefix but are not
 /// configuration keys; without this filter `deny_unknown_fields` would reject them.
 /// A new section must be added here to be overridable from the environment.
-const ENV_SECTIONS: [&str; 4] = ["spool", "source", "upstream", "sync"];
+const ENV_SECTIONS: [&str; 5] = ["spool", "source", "upstream", "sync", "cutover"];
 const ENV_TOP_KEYS: [&str; 1] = ["mailboxes"];
 
 /// Why the configuration could not be loaded, or credentials could not be built.
@@ -46,11 +46,11 @@ const ENV_TOP_KEYS: [&str; 1] = ["mailboxes"];
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The configuration file itself is missing or unreadable.
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read config file {}: {reason}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        // Not a `source`: the message already carries it, and `{:#}` would repeat it.
+        reason: std::io::Error,
     },
     /// A file named by a `*_file` key (e.g. `admin_password_file`) could not be used.
     #[error("invalid configuration: {}: {key}: cannot read {}: {message}", config.display(), path.display())]
@@ -153,6 +153,9 @@ pub struct Config {
     pub upstream: ServerConfig,
     #[serde(default)]
     pub sync: SyncConfig,
+    /// `[cutover]`: the MX watch that ends the migration (see [`crate::cutover`]).
+    #[serde(default)]
+    pub cutover: crate::cutover::CutoverConfig,
     /// The file this was loaded from (absolute if it was given as such); not a key.
     #[serde(skip)]
     pub file: PathBuf,
@@ -252,9 +255,53 @@ pub struct ServerConfig {
     /// Simultaneous connections to this server, over all mailboxes. At least 1.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Simultaneous connections per login user (legacy servers limit connections per
+    /// user and IP, e.g. Dovecot's `mail_max_userip_connections`). Unset: only
+    /// `max_connections` applies. Enforced by the daemon (`cutover run`).
+    #[serde(default)]
+    pub max_connections_per_user: Option<usize>,
     /// Give up on a command (or connection attempt) after this many seconds.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    // --- Office 365 ([upstream] only; see `crate::oauth` and `crate::throttle`) ---
+    /// Entra ID tenant (ID or domain) for the default token endpoint.
+    #[serde(default)]
+    pub oauth_tenant: Option<String>,
+    /// Application (client) ID of the app registration.
+    #[serde(default)]
+    pub oauth_client_id: Option<String>,
+    /// The app's client secret. After [`Config::load`] this also holds the content of
+    /// `oauth_client_secret_file` if that was used instead.
+    #[serde(default, deserialize_with = "opt_secret")]
+    pub oauth_client_secret: Option<Secret>,
+    /// A file holding the client secret; read once at load, trailing newline dropped.
+    #[serde(default)]
+    pub oauth_client_secret_file: Option<PathBuf>,
+    /// Default `https://outlook.office365.com/.default`.
+    #[serde(default)]
+    pub oauth_scope: Option<String>,
+    /// Default `https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token`.
+    #[serde(default)]
+    pub oauth_token_url: Option<String>,
+    /// APPENDs per second per mailbox; 0 = no fixed limit (AIMD after a throttle).
+    #[serde(default)]
+    pub messages_per_second: f64,
+    /// Bytes per second per mailbox; 0 = unlimited.
+    #[serde(default)]
+    pub bytes_per_second: u64,
+    /// APPENDs per second over all mailboxes; 0 = unlimited.
+    #[serde(default)]
+    pub global_messages_per_second: f64,
+    /// Bytes per second over all mailboxes; 0 = unlimited.
+    #[serde(default)]
+    pub global_bytes_per_second: u64,
+    /// Seconds of the configured rates an idle bucket may save up and spend at once.
+    #[serde(default = "default_burst")]
+    pub burst: f64,
+    /// Sessions one mailbox may use at once. Only 1 is implemented (more is refused at
+    /// load); the key exists so configurations can state it.
+    #[serde(default = "default_max_connections_per_mailbox")]
+    pub max_connections_per_mailbox: usize,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -272,7 +319,26 @@ impl fmt::Debug for ServerConfig {
             .field("admin_password_file", &self.admin_password_file)
             .field("admin_login", &self.admin_login)
             .field("max_connections", &self.max_connections)
+            .field("max_connections_per_user", &self.max_connections_per_user)
             .field("timeout_secs", &self.timeout_secs)
+            .field("oauth_tenant", &self.oauth_tenant)
+            .field("oauth_client_id", &self.oauth_client_id)
+            .field("oauth_client_secret", &self.oauth_client_secret)
+            .field("oauth_client_secret_file", &self.oauth_client_secret_file)
+            .field("oauth_scope", &self.oauth_scope)
+            .field("oauth_token_url", &self.oauth_token_url)
+            .field("messages_per_second", &self.messages_per_second)
+            .field("bytes_per_second", &self.bytes_per_second)
+            .field(
+                "global_messages_per_second",
+                &self.global_messages_per_second,
+            )
+            .field("global_bytes_per_second", &self.global_bytes_per_second)
+            .field("burst", &self.burst)
+            .field(
+                "max_connections_per_mailbox",
+                &self.max_connections_per_mailbox,
+            )
             .finish()
     }
 }
@@ -285,6 +351,12 @@ fn default_admin_login() -> String {
 }
 fn default_max_connections() -> usize {
     8
+}
+fn default_burst() -> f64 {
+    1.0
+}
+fn default_max_connections_per_mailbox() -> usize {
+    1
 }
 fn default_timeout_secs() -> u64 {
     120
@@ -310,16 +382,39 @@ pub struct SyncConfig {
     /// 35 MiB by default (its maximum is 150 MiB if the tenant raised it).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: u64,
-    /// Exchange Online limits a mailbox to about a million items; a source mailbox with
-    /// more than this is refused rather than half-copied.
+    /// At most this many messages per mailbox, as Microsoft's own IMAP migration does
+    /// (0: no limit): when the source holds more, the newest by INTERNALDATE across all
+    /// folders are copied and the rest are skipped and reported.
     #[serde(default = "default_max_items_per_mailbox")]
     pub max_items_per_mailbox: u64,
+    /// Skip (and report) messages with a line longer than this many bytes, instead of
+    /// letting Exchange Online refuse them (`BAD Command Argument Error`). 0: no check
+    /// here; a refusal by the destination is then recognised and reported the same way.
+    #[serde(default)]
+    pub max_line_length: usize,
     /// Fetch messages from the source in batches of about this many bytes.
     #[serde(default = "default_fetch_batch_bytes")]
     pub fetch_batch_bytes: u64,
     /// Messages appended upstream per batch (MULTIAPPEND when available).
     #[serde(default = "default_append_batch")]
     pub append_batch: usize,
+    /// Time between two delta passes of a mailbox in `cutover run`: seconds or a
+    /// duration string (`"5m"`, see [`crate::duration`]). Default 5 minutes.
+    #[serde(
+        default = "default_interval",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub interval: Duration,
+    /// Carry source expunges over to the destination. Off by default: a migration
+    /// must never lose mail because the legacy side was cleaned up. Not implemented yet:
+    /// `true` is refused at load.
+    #[serde(default)]
+    pub propagate_deletes: bool,
+    /// With `propagate_deletes`, refuse to delete more than this percentage of a
+    /// destination folder in one pass (a safety net against a source that lists an empty
+    /// folder by mistake).
+    #[serde(default = "default_max_delete_percent")]
+    pub max_delete_percent: u8,
 }
 
 impl Default for SyncConfig {
@@ -329,10 +424,21 @@ impl Default for SyncConfig {
             folder_map: BTreeMap::new(),
             max_message_bytes: default_max_message_bytes(),
             max_items_per_mailbox: default_max_items_per_mailbox(),
+            max_line_length: 0,
             fetch_batch_bytes: default_fetch_batch_bytes(),
             append_batch: default_append_batch(),
+            interval: default_interval(),
+            propagate_deletes: false,
+            max_delete_percent: default_max_delete_percent(),
         }
     }
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_delete_percent() -> u8 {
+    10
 }
 
 fn default_max_message_bytes() -> u64 {
@@ -417,9 +523,9 @@ impl Config {
     fn load_with_env(path: &Path, env: Env) -> Result<Config, ConfigError> {
         // figment's `Toml::file` treats a missing file as empty, and `file_exact` reports
         // a bare I/O error without the path, so check readability ourselves first.
-        std::fs::read(path).map_err(|source| ConfigError::Read {
+        std::fs::read(path).map_err(|reason| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            reason,
         })?;
         let env = env.split("__").filter(|key| {
             let key = key.as_str().to_ascii_lowercase();
@@ -451,9 +557,13 @@ impl Config {
         resolve(&mut self.mailboxes);
         resolve(&mut self.spool.path);
         for server in [&mut self.source, &mut self.upstream] {
-            for p in [&mut server.tls_ca_file, &mut server.admin_password_file]
-                .into_iter()
-                .flatten()
+            for p in [
+                &mut server.tls_ca_file,
+                &mut server.admin_password_file,
+                &mut server.oauth_client_secret_file,
+            ]
+            .into_iter()
+            .flatten()
             {
                 resolve(p);
             }
@@ -484,6 +594,12 @@ impl Config {
         if server.host.trim().is_empty() {
             return Err(invalid("host", "must not be empty".into()));
         }
+        if server.max_connections_per_user == Some(0) {
+            return Err(invalid(
+                "max_connections_per_user",
+                "must be at least 1 (0 would never connect)".into(),
+            ));
+        }
         if server.max_connections == 0 {
             return Err(invalid(
                 "max_connections",
@@ -501,6 +617,7 @@ impl Config {
                     .into(),
             ));
         }
+        check_office365_keys(server, is_upstream, &invalid, &file, section)?;
         if let Some(pw_file) = &server.admin_password_file {
             if server.admin_password.is_some() {
                 return Err(invalid(
@@ -584,8 +701,162 @@ impl Config {
         if self.sync.max_message_bytes == 0 {
             return Err(invalid("max_message_bytes", "must be at least 1".into()));
         }
+        if self.sync.interval.is_zero() {
+            return Err(invalid("interval", "must be at least 1 second".into()));
+        }
+        if self.sync.max_delete_percent > 100 {
+            return Err(invalid("max_delete_percent", "must be 0 to 100".into()));
+        }
+        if self.sync.propagate_deletes {
+            return Err(invalid(
+                "propagate_deletes",
+                "deleting at the destination what the source expunged is not implemented \
+                 yet; leave it false"
+                    .into(),
+            ));
+        }
+        self.cutover
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                origin: origin(figment, &format!("cutover.{key}"), &self.file),
+                key: format!("cutover.{key}"),
+                message,
+            })?;
         Ok(())
     }
+}
+
+/// Checks the Office 365 keys of a server section (OAuth and rate limits) and reads
+/// `oauth_client_secret_file`. They exist only for `[upstream]`.
+fn check_office365_keys(
+    server: &mut ServerConfig,
+    is_upstream: bool,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    file: &Path,
+    section: &str,
+) -> Result<(), ConfigError> {
+    if !is_upstream {
+        let set: [(&str, bool); 12] = [
+            ("oauth_tenant", server.oauth_tenant.is_some()),
+            ("oauth_client_id", server.oauth_client_id.is_some()),
+            ("oauth_client_secret", server.oauth_client_secret.is_some()),
+            (
+                "oauth_client_secret_file",
+                server.oauth_client_secret_file.is_some(),
+            ),
+            ("oauth_scope", server.oauth_scope.is_some()),
+            ("oauth_token_url", server.oauth_token_url.is_some()),
+            ("messages_per_second", server.messages_per_second != 0.0),
+            ("bytes_per_second", server.bytes_per_second != 0),
+            (
+                "global_messages_per_second",
+                server.global_messages_per_second != 0.0,
+            ),
+            (
+                "global_bytes_per_second",
+                server.global_bytes_per_second != 0,
+            ),
+            ("burst", server.burst != default_burst()),
+            (
+                "max_connections_per_mailbox",
+                server.max_connections_per_mailbox != default_max_connections_per_mailbox(),
+            ),
+        ];
+        if let Some((key, _)) = set.iter().find(|(_, s)| *s) {
+            return Err(invalid(key, "is only supported in [upstream]".into()));
+        }
+        return Ok(());
+    }
+    for (key, v) in [
+        ("messages_per_second", server.messages_per_second),
+        (
+            "global_messages_per_second",
+            server.global_messages_per_second,
+        ),
+    ] {
+        if !v.is_finite() || v < 0.0 {
+            return Err(invalid(
+                key,
+                "must be 0 (unlimited) or a positive number".into(),
+            ));
+        }
+    }
+    if !server.burst.is_finite() || server.burst <= 0.0 {
+        return Err(invalid(
+            "burst",
+            "must be a positive number of seconds".into(),
+        ));
+    }
+    if server.max_connections_per_mailbox == 0 {
+        return Err(invalid(
+            "max_connections_per_mailbox",
+            "must be at least 1 (0 would never connect)".into(),
+        ));
+    }
+    if server.max_connections_per_mailbox > 1 {
+        return Err(invalid(
+            "max_connections_per_mailbox",
+            "more than one session per mailbox is not implemented yet; leave it at 1 \
+             (Exchange throttles per mailbox, so parallel sessions rarely help)"
+                .into(),
+        ));
+    }
+    if let Some(secret_file) = &server.oauth_client_secret_file {
+        if server.oauth_client_secret.is_some() {
+            return Err(invalid(
+                "oauth_client_secret_file",
+                "set together with oauth_client_secret; use only one".into(),
+            ));
+        }
+        let text = std::fs::read_to_string(secret_file).map_err(|e| ConfigError::File {
+            config: file.to_path_buf(),
+            key: format!("{section}.oauth_client_secret_file"),
+            path: secret_file.clone(),
+            message: e.to_string(),
+        })?;
+        let s = text.trim_end_matches(['\n', '\r']);
+        if s.is_empty() {
+            return Err(ConfigError::File {
+                config: file.to_path_buf(),
+                key: format!("{section}.oauth_client_secret_file"),
+                path: secret_file.clone(),
+                message: "file is empty".into(),
+            });
+        }
+        server.oauth_client_secret = Some(Secret::new(s));
+    }
+    if server.auth == AuthMech::XOAuth2 {
+        if server
+            .oauth_client_id
+            .as_deref()
+            .is_none_or(|s| s.trim().is_empty())
+        {
+            return Err(invalid(
+                "oauth_client_id",
+                "auth = \"xoauth2\" needs the application (client) ID of the app registration"
+                    .into(),
+            ));
+        }
+        if server
+            .oauth_client_secret
+            .as_ref()
+            .is_none_or(Secret::is_empty)
+        {
+            return Err(invalid(
+                "oauth_client_secret",
+                "auth = \"xoauth2\" needs oauth_client_secret or oauth_client_secret_file".into(),
+            ));
+        }
+        if let Err(e) = crate::oauth::token_url(server) {
+            let key = if server.oauth_token_url.is_some() {
+                "oauth_token_url"
+            } else {
+                "oauth_tenant"
+            };
+            return Err(invalid(key, e.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// "TOML file /etc/cutover/cutover.toml" or "`CUTOVER_` environment variable(s)":
@@ -781,6 +1052,9 @@ host = "outlook.office365.com"
         (dir, r)
     }
 
+    const XOAUTH2: &str = "auth = \"xoauth2\"\noauth_tenant = \"contoso.example\"\n\
+                           oauth_client_id = \"cid\"\noauth_client_secret = \"csecret\"\n";
+
     fn server(extra: &str) -> ServerConfig {
         let text = format!("{MINIMAL}{extra}");
         let (_dir, r) = load_str(&text);
@@ -811,6 +1085,14 @@ host = "outlook.office365.com"
         assert_eq!(c.sync.max_items_per_mailbox, 500_000);
         assert_eq!(c.sync.fetch_batch_bytes, 8 * 1024 * 1024);
         assert_eq!(c.sync.append_batch, 64);
+        assert_eq!(c.sync.interval, Duration::from_secs(300));
+        assert!(!c.sync.propagate_deletes);
+        assert_eq!(c.sync.max_delete_percent, 10);
+        assert_eq!(s.max_connections_per_user, None);
+        assert!(c.cutover.domains.is_empty());
+        assert_eq!(c.cutover.mx_suffix, ".mail.protection.outlook.com");
+        assert_eq!(c.cutover.grace, Duration::from_secs(72 * 3600));
+        assert_eq!(c.cutover.check_interval, Duration::from_secs(300));
         assert_eq!(c.file, dir.path().join("cutover.toml"));
     }
 
@@ -840,11 +1122,61 @@ host = "outlook.office365.com"
             "folder_map",
             "max_message_bytes",
             "max_items_per_mailbox",
+            "max_line_length",
             "fetch_batch_bytes",
             "append_batch",
+            "interval",
+            "propagate_deletes",
+            "max_delete_percent",
+            "max_connections_per_user",
+            "domains",
+            "mx_suffix",
+            "resolver",
+            "check_interval",
+            "grace",
+            "oauth_tenant",
+            "oauth_client_id",
+            "oauth_client_secret",
+            "oauth_client_secret_file",
+            "oauth_scope",
+            "oauth_token_url",
+            "messages_per_second",
+            "bytes_per_second",
+            "global_messages_per_second",
+            "global_bytes_per_second",
+            "burst",
+            "max_connections_per_mailbox",
         ] {
             assert!(text.contains(&format!("{key} = ")), "{key} undocumented");
         }
+    }
+
+    #[test]
+    fn durations_and_cutover_section() {
+        let text = format!(
+            "{MINIMAL}[sync]\ninterval = \"1h30m\"\n[cutover]\ndomains = [\"example.com\"]\n\
+             resolver = \"127.0.0.1:5353\"\ncheck_interval = 30\ngrace = \"2d\"\n"
+        );
+        let (_d, r) = load_str(&text);
+        let c = r.unwrap();
+        assert_eq!(c.sync.interval, Duration::from_secs(5400));
+        assert_eq!(c.cutover.domains, ["example.com"]);
+        assert_eq!(
+            c.cutover.resolver_addr(),
+            Some("127.0.0.1:5353".parse().unwrap())
+        );
+        assert_eq!(c.cutover.check_interval, Duration::from_secs(30));
+        assert_eq!(c.cutover.grace, Duration::from_secs(2 * 86_400));
+
+        // Both forms from the environment too; [cutover] is an overridable section.
+        let prefix = "CUTOVER_TEST_ENV_DURATIONS_";
+        std::env::set_var(format!("{prefix}SYNC__INTERVAL"), "90");
+        std::env::set_var(format!("{prefix}CUTOVER__GRACE"), "1h");
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "c.toml", MINIMAL);
+        let c = Config::load_with_env(&p, Env::prefixed(prefix)).unwrap();
+        assert_eq!(c.sync.interval, Duration::from_secs(90));
+        assert_eq!(c.cutover.grace, Duration::from_secs(3600));
     }
 
     #[test]
@@ -878,6 +1210,13 @@ timeout_secs = 30
 [upstream]
 host = "outlook.office365.com"
 auth = "xoauth2"
+oauth_tenant = "contoso.onmicrosoft.com"
+oauth_client_id = "00000000-1111-2222-3333-444444444444"
+oauth_client_secret = "app-secret"
+messages_per_second = 2.5
+bytes_per_second = 1000000
+burst = 4
+max_connections_per_mailbox = 1
 [sync]
 exclude_folders = ["Trash*", "INBOX.Junk"]
 folder_map = { "INBOX.Old" = "Archive/Old" }
@@ -896,6 +1235,18 @@ append_batch = 2
         assert_eq!(c.source.admin_password.as_ref().unwrap().expose(), "s3cret");
         assert_eq!(c.source.max_connections, 4);
         assert_eq!(c.upstream.auth, AuthMech::XOAuth2);
+        assert_eq!(
+            c.upstream.oauth_client_id.as_deref(),
+            Some("00000000-1111-2222-3333-444444444444")
+        );
+        assert_eq!(
+            c.upstream.oauth_client_secret.as_ref().unwrap().expose(),
+            "app-secret"
+        );
+        assert_eq!(c.upstream.messages_per_second, 2.5);
+        assert_eq!(c.upstream.bytes_per_second, 1_000_000);
+        assert_eq!(c.upstream.burst, 4.0);
+        assert_eq!(c.upstream.max_connections_per_mailbox, 1);
         assert_eq!(c.sync.exclude_folders, ["Trash*", "INBOX.Junk"]);
         assert_eq!(c.sync.folder_map["INBOX.Old"], "Archive/Old");
         assert_eq!(c.sync.append_batch, 2);
@@ -1079,6 +1430,26 @@ tls_ca_file = "/abs/ca.pem"
                 "sync.exclude_folders",
             ),
             ("[sync]\nappend_batch = 0\n", "sync.append_batch"),
+            (
+                "max_connections_per_user = 0\n",
+                "upstream.max_connections_per_user",
+            ),
+            ("[sync]\ninterval = \"5x\"\n", "sync.interval"),
+            ("[sync]\ninterval = 0\n", "sync.interval"),
+            (
+                "[sync]\npropagate_deletes = true\n",
+                "sync.propagate_deletes",
+            ),
+            (
+                "[sync]\nmax_delete_percent = 101\n",
+                "sync.max_delete_percent",
+            ),
+            (
+                "[cutover]\nresolver = \"dns.example\"\n",
+                "cutover.resolver",
+            ),
+            ("[cutover]\ndomains = [\"a b\"]\n", "cutover.domains"),
+            ("[cutover]\ngrace = \"3 weeks\"\n", "cutover.grace"),
             ("[sync]\nfolder_map = { a = \"/\" }\n", "sync.folder_map"),
             (
                 "[sync]\nfolder_map = { a = \"Contacts/x\" }\n",
@@ -1105,9 +1476,90 @@ tls_ca_file = "/abs/ca.pem"
             err.contains("source.auth") && err.contains("upstream"),
             "{err}"
         );
-        let s = server("auth = \"xoauth2\"\n");
+        let s = server(XOAUTH2);
         let err = s.credentials("a@b.c", None).unwrap_err().to_string();
         assert!(err.contains("token"), "{err}");
+    }
+
+    #[test]
+    fn office365_keys() {
+        // Defaults: no fixed rate, one session per mailbox, a one-second burst.
+        let s = server("");
+        assert_eq!(s.messages_per_second, 0.0);
+        assert_eq!(s.bytes_per_second, 0);
+        assert_eq!(s.burst, 1.0);
+        assert_eq!(s.max_connections_per_mailbox, 1);
+        assert!(s.oauth_tenant.is_none());
+
+        // The secret from a file; the tenant goes into Microsoft's URL.
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "secret", "from-file\n");
+        let text = format!(
+            "{MINIMAL}auth = \"xoauth2\"\noauth_tenant = \"contoso.example\"\n\
+             oauth_client_id = \"cid\"\noauth_client_secret_file = \"secret\"\n"
+        );
+        let p = write(dir.path(), "c.toml", &text);
+        let c = Config::load_with_env(&p, no_env()).unwrap();
+        assert_eq!(
+            c.upstream.oauth_client_secret.as_ref().unwrap().expose(),
+            "from-file"
+        );
+        assert_eq!(
+            crate::oauth::token_url(&c.upstream).unwrap(),
+            "https://login.microsoftonline.com/contoso.example/oauth2/v2.0/token"
+        );
+        assert!(!format!("{c:?}").contains("from-file"));
+
+        let cases = [
+            ("auth = \"xoauth2\"\n", "upstream.oauth_client_id"),
+            (
+                "auth = \"xoauth2\"\noauth_client_id = \"c\"\noauth_tenant = \"t\"\n",
+                "upstream.oauth_client_secret",
+            ),
+            (
+                "auth = \"xoauth2\"\noauth_client_id = \"c\"\noauth_client_secret = \"s\"\n",
+                "upstream.oauth_tenant",
+            ),
+            (
+                "auth = \"xoauth2\"\noauth_client_id = \"c\"\noauth_client_secret = \"s\"\n\
+                 oauth_token_url = \"http://login.example.com/token\"\n",
+                "upstream.oauth_token_url",
+            ),
+            (
+                "oauth_client_secret = \"s\"\noauth_client_secret_file = \"f\"\n",
+                "upstream.oauth_client_secret_file",
+            ),
+            ("messages_per_second = -1\n", "upstream.messages_per_second"),
+            ("burst = 0\n", "upstream.burst"),
+            (
+                "max_connections_per_mailbox = 0\n",
+                "upstream.max_connections_per_mailbox",
+            ),
+            (
+                "max_connections_per_mailbox = 2\n",
+                "upstream.max_connections_per_mailbox",
+            ),
+        ];
+        for (extra, key) in cases {
+            let (_d, r) = load_str(&format!("{MINIMAL}{extra}"));
+            let err = r.unwrap_err().to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+            assert!(!err.contains("\"s\""), "{extra}: {err}");
+        }
+        // Upstream-only keys are refused for the source.
+        let text = MINIMAL.replace(
+            "host = \"imap.legacy.example\"",
+            "host = \"imap.legacy.example\"\nmessages_per_second = 3",
+        );
+        let (_d, r) = load_str(&text);
+        let err = r.unwrap_err().to_string();
+        assert!(err.contains("source.messages_per_second"), "{err}");
+        // Plain http is fine for a loopback token endpoint (tests).
+        let (_d, r) = load_str(&format!(
+            "{MINIMAL}auth = \"xoauth2\"\noauth_client_id = \"c\"\noauth_client_secret = \"s\"\n\
+             oauth_token_url = \"http://127.0.0.1:8080/token\"\n"
+        ));
+        r.unwrap();
     }
 
     #[test]

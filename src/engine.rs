@@ -18,9 +18,21 @@ use crate::imap::client::{Client, Endpoint, Security};
 use crate::imap::transport::TlsSettings;
 use crate::imap::{Credentials, ImapError, ListedFolder};
 use crate::mapping::{FolderMapper, Mapped, Namespace};
+use crate::oauth::TokenProvider;
 use crate::source::{self, SourceOptions};
 use crate::spool::{MailboxState, Spool};
+use crate::throttle::{self, Backoff, Fault, Limits, MailboxLimiter, RateSettings};
 use crate::upstream::{self, UpstreamOptions};
+
+/// Reconnects after a lost destination connection before the mailbox is given up (the
+/// count starts again whenever a message gets through).
+pub const UPSTREAM_RETRY_LIMIT: u32 = 5;
+/// First and longest wait between those reconnects (plus up to 50 % jitter).
+pub const UPSTREAM_BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub const UPSTREAM_BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// Throttle answers in a row without a single message getting through before the
+/// mailbox is given up for this pass.
+pub const THROTTLE_LIMIT: u32 = 30;
 
 /// What happened to one mailbox in one pass: a row of the summary table.
 #[derive(Debug, Clone, Default)]
@@ -36,6 +48,15 @@ pub struct MailboxSummary {
     pub errors: Vec<String>,
     /// Set when the mailbox could not be processed at all (login refused...).
     pub fatal: Option<String>,
+    /// Throttle answers from the destination for this mailbox in this pass.
+    pub throttled: u64,
+    /// Seconds spent paused for them.
+    pub backoff_seconds: f64,
+    /// The mailbox's message rate limit at the end of the pass (messages/s), if any.
+    pub rate: Option<f64>,
+    /// Messages skipped in this pass (Microsoft's limits), one line each: folder, UID,
+    /// why, date, subject, size. Not errors: the mailbox is still complete.
+    pub skipped_details: Vec<String>,
 }
 
 impl MailboxSummary {
@@ -120,12 +141,39 @@ where
     unreachable!("the last attempt returns")
 }
 
+/// How the destination session of a mailbox logs in: fixed credentials, or an OAuth token
+/// fetched (or taken from the cache) for each new session.
+#[derive(Clone)]
+pub enum DestLogin {
+    Static(Credentials),
+    OAuth {
+        user: String,
+        tokens: Arc<TokenProvider>,
+    },
+}
+
+impl DestLogin {
+    pub async fn credentials(&self) -> anyhow::Result<Credentials> {
+        match self {
+            DestLogin::Static(c) => Ok(c.clone()),
+            DestLogin::OAuth { user, tokens } => Ok(Credentials::XOAuth2 {
+                user: user.clone(),
+                token: tokens.token().await?,
+            }),
+        }
+    }
+}
+
 /// Everything a pass needs, shared by all mailbox tasks.
 pub struct Engine {
     pub config: Arc<Config>,
     pub spool: Spool,
     pub source: Side,
     pub upstream: Side,
+    /// The destination's token source with `auth = "xoauth2"`.
+    pub tokens: Option<Arc<TokenProvider>>,
+    /// Rate limits toward the destination (global buckets; each mailbox gets its own).
+    pub limits: Arc<Limits>,
 }
 
 impl Engine {
@@ -137,11 +185,47 @@ impl Engine {
             )
         })?;
         let max = config.sync.max_message_bytes;
+        let up = &config.upstream;
+        let limits = Limits::new(RateSettings {
+            messages_per_second: up.messages_per_second,
+            bytes_per_second: up.bytes_per_second as f64,
+            global_messages_per_second: up.global_messages_per_second,
+            global_bytes_per_second: up.global_bytes_per_second as f64,
+            burst: up.burst,
+        });
         Ok(Engine {
             source: Side::new(&config.source, max)?,
             upstream: Side::new(&config.upstream, max)?,
+            tokens: TokenProvider::from_config(&config.upstream)?,
+            limits,
             spool,
             config: Arc::new(config),
+        })
+    }
+
+    /// Checks what every mailbox depends on before any is started: with `auth =
+    /// "xoauth2"`, that the token endpoint gives a token. Its failure is one clear error
+    /// for the whole run instead of one per mailbox. Returns a line for the admin.
+    pub async fn preflight(&self) -> anyhow::Result<Option<String>> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(None);
+        };
+        tokens.token().await?;
+        Ok(Some(format!(
+            "OAuth token from {} for client {}: ok",
+            tokens.settings().token_url,
+            tokens.settings().client_id
+        )))
+    }
+
+    /// How the destination session of `email` logs in.
+    pub fn dest_login(&self, email: &str) -> anyhow::Result<DestLogin> {
+        Ok(match &self.tokens {
+            Some(tokens) => DestLogin::OAuth {
+                user: email.to_string(),
+                tokens: tokens.clone(),
+            },
+            None => DestLogin::Static(self.config.upstream.credentials(email, None)?),
         })
     }
 
@@ -153,11 +237,12 @@ impl Engine {
         }
     }
 
-    fn upstream_options(&self) -> UpstreamOptions {
+    fn upstream_options(&self, limiter: Option<Arc<MailboxLimiter>>) -> UpstreamOptions {
         UpstreamOptions {
             append_batch: self.config.sync.append_batch.max(1),
             append_batch_bytes: self.config.sync.fetch_batch_bytes.max(1 << 20),
             max_attempts: 3,
+            limiter,
         }
     }
 
@@ -194,12 +279,8 @@ impl Engine {
             .config
             .source
             .credentials(&account.username, account.password.as_ref())
-            .and_then(|s| {
-                self.config
-                    .upstream
-                    .credentials(&account.email, None)
-                    .map(|d| (s, d))
-            });
+            .map_err(anyhow::Error::from)
+            .and_then(|s| self.dest_login(&account.email).map(|d| (s, d)));
         let (src_creds, dst_creds) = match creds {
             Ok(c) => c,
             Err(e) => {
@@ -223,15 +304,19 @@ impl Engine {
                 r
             })
         };
+        let limiter = Arc::new(self.limits.mailbox());
         let up_task = {
             let engine = self.clone();
             let wake = wake.clone();
             let done = source_done.clone();
             let mailbox = mailbox.clone();
+            let limiter = limiter.clone();
             tokio::spawn(async move {
-                engine
-                    .run_upstream(&mailbox, &dst_creds, &wake, &done)
-                    .await
+                let mut total = upstream::PushReport::default();
+                let r = engine
+                    .run_upstream(&mailbox, &dst_creds, &wake, &done, limiter, &mut total)
+                    .await;
+                (total, r)
             })
         };
         let (src, up) = tokio::join!(src_task, up_task);
@@ -239,25 +324,31 @@ impl Engine {
             Ok(Ok(r)) => {
                 summary.folders = r.folders;
                 summary.errors.extend(r.errors);
+                summary.skipped_details.extend(r.skipped_details);
             }
             Ok(Err(e)) => summary.fatal = Some(format!("source: {e}")),
             Err(e) => summary.fatal = Some(format!("source task: {e}")),
         }
         match up {
-            Ok(Ok(r)) => {
+            Ok((r, result)) => {
                 summary.copied = r.appended;
                 summary.bytes = r.bytes;
                 summary.errors.extend(r.errors);
-            }
-            Ok(Err(e)) => {
-                let e = format!("destination: {e}");
-                summary.fatal = Some(match summary.fatal.take() {
-                    Some(s) => format!("{s}; {e}"),
-                    None => e,
-                });
+                summary.skipped_details.extend(r.skipped_details);
+                if let Err(e) = result {
+                    let e = format!("destination: {e:#}");
+                    summary.fatal = Some(match summary.fatal.take() {
+                        Some(s) => format!("{s}; {e}"),
+                        None => e,
+                    });
+                }
             }
             Err(e) => summary.fatal = Some(format!("upstream task: {e}")),
         }
+        let stats = limiter.stats();
+        summary.throttled = stats.throttled;
+        summary.backoff_seconds = stats.backoff.as_secs_f64();
+        summary.rate = stats.rate;
         if let Ok(c) = self.spool.counts(&mailbox) {
             summary.skipped = c.skipped;
             summary.failed = c.failed + c.spooled + c.appending;
@@ -317,6 +408,10 @@ impl Engine {
     ) -> anyhow::Result<source::SourceReport> {
         let _slot = self.source.slots.acquire().await?;
         let opts = self.source_options();
+        let limits = source::MailboxLimits {
+            max_items: self.config.sync.max_items_per_mailbox,
+            max_line_length: self.config.sync.max_line_length,
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -327,13 +422,14 @@ impl Engine {
                     .into_iter()
                     .filter(|f| !self.excluded(f, &prefix))
                     .collect();
-                source::read_mailbox(
+                source::read_mailbox_with(
                     &mut client,
                     &self.spool,
                     mailbox,
                     &folders,
                     &prefix,
                     &opts,
+                    &limits,
                     || wake.notify_one(),
                 )
                 .await
@@ -353,42 +449,110 @@ impl Engine {
         }
     }
 
+    /// Pushes the mailbox's spool to the destination until the source is done and
+    /// everything is pushed. Counts into `total` (kept even when this fails).
+    ///
+    /// - A throttle answer pauses this mailbox for the suggested time (its connection slot
+    ///   is released meanwhile, so other mailboxes go on), lowers its rate (AIMD), then a
+    ///   new session resumes; the throttled messages are `Spooled` again.
+    /// - A lost connection, a timeout or `BAD User is authenticated but not connected`
+    ///   gets a new session after a capped exponential backoff with jitter; after
+    ///   [`UPSTREAM_RETRY_LIMIT`] reconnects without progress the mailbox fails.
+    /// - Anything else fails the mailbox for this pass.
     async fn run_upstream(
         &self,
         mailbox: &str,
-        creds: &Credentials,
+        login: &DestLogin,
         wake: &Notify,
         source_done: &AtomicBool,
-    ) -> anyhow::Result<upstream::PushReport> {
-        let _slot = self.upstream.slots.acquire().await?;
-        let opts = self.upstream_options();
-        let mut total = upstream::PushReport::default();
-        let mut attempt = 0;
-        'session: loop {
-            attempt += 1;
-            let mut client = self.upstream.session(creds).await?;
-            let mut created: HashMap<String, String> = HashMap::new();
-            loop {
-                // Read the flag before the pass: a pass that started after the source finished
-                // has seen everything it spooled.
-                let finished = source_done.load(Ordering::SeqCst);
-                match self
-                    .push_pass(&mut client, mailbox, &opts, &mut created, &mut total)
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(e) if is_transient(&e) && attempt < 5 => {
-                        tracing::warn!(mailbox, error = %e, attempt, "destination connection lost; resuming");
-                        tokio::time::sleep(Duration::from_secs(1 << attempt.min(5))).await;
-                        continue 'session;
+        limiter: Arc<MailboxLimiter>,
+        total: &mut upstream::PushReport,
+    ) -> anyhow::Result<()> {
+        let opts = self.upstream_options(Some(limiter.clone()));
+        let mut backoff = Backoff::new(UPSTREAM_BACKOFF_BASE, UPSTREAM_BACKOFF_CAP);
+        let mut throttles = 0u32;
+        loop {
+            let slot = self.upstream.slots.acquire().await?;
+            let progress_mark = total.appended + total.recovered;
+            let r = async {
+                let creds = login.credentials().await?;
+                let mut client = self.upstream.session(&creds).await?;
+                let mut created: HashMap<String, String> = HashMap::new();
+                loop {
+                    // Read the flag before the pass: a pass that started after the source
+                    // finished has seen everything it spooled.
+                    let finished = source_done.load(Ordering::SeqCst);
+                    self.push_pass(&mut client, mailbox, &opts, &mut created, total)
+                        .await?;
+                    if finished {
+                        client.logout().await;
+                        return Ok::<(), anyhow::Error>(());
                     }
-                    Err(e) => return Err(e),
+                    wake.notified().await;
                 }
-                if finished {
-                    client.logout().await;
-                    return Ok(total);
+            }
+            .await;
+            drop(slot);
+            let Err(e) = r else { return Ok(()) };
+            if total.appended + total.recovered > progress_mark {
+                backoff.reset();
+                throttles = 0;
+            }
+            match fault(&e) {
+                Fault::Throttled {
+                    backoff: pause,
+                    text,
+                } => {
+                    throttles += 1;
+                    if throttles > THROTTLE_LIMIT {
+                        return Err(e.context(format!(
+                            "throttled {throttles} times in a row without progress; giving up \
+                             for this pass"
+                        )));
+                    }
+                    let rate = limiter.on_throttle(pause);
+                    tracing::warn!(
+                        mailbox,
+                        backoff_ms = pause.as_millis() as u64,
+                        rate = format!("{rate:.2}"),
+                        "destination throttled the mailbox ({text}); pausing it for {} ms, \
+                         then reconnecting at {rate:.2} msg/s",
+                        pause.as_millis()
+                    );
+                    tokio::time::sleep(pause).await;
+                    tracing::info!(
+                        mailbox,
+                        backoff_ms = pause.as_millis() as u64,
+                        "throttle backoff over; reconnecting"
+                    );
                 }
-                wake.notified().await;
+                Fault::Transient => {
+                    if backoff.attempts() >= UPSTREAM_RETRY_LIMIT {
+                        return Err(e.context(format!(
+                            "destination connection lost {} times without progress; giving up",
+                            backoff.attempts() + 1
+                        )));
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        mailbox,
+                        error = %format!("{e:#}"),
+                        attempt = backoff.attempts(),
+                        delay_ms = delay.as_millis() as u64,
+                        "destination connection lost; reconnecting in {} ms",
+                        delay.as_millis()
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                Fault::Fatal => {
+                    if let (Some(tokens), Some(ImapError::Auth { .. })) =
+                        (&self.tokens, e.downcast_ref::<ImapError>())
+                    {
+                        // The token may have been revoked: the next session fetches anew.
+                        tokens.invalidate().await;
+                    }
+                    return Err(e);
+                }
             }
         }
     }
@@ -435,10 +599,24 @@ impl Engine {
                 attributes: f.attributes.clone(),
             })
             .collect();
+        let by_name: HashMap<&str, &crate::spool::FolderState> =
+            folders.iter().map(|f| (f.name.as_str(), f)).collect();
         for (src, mapped) in mapper.map_all(&listed) {
-            let dest = match mapped {
-                Mapped::Excluded { .. } => continue,
-                Mapped::To { dest, .. } => dest,
+            let Some(state) = by_name.get(src.name.as_str()) else {
+                continue;
+            };
+            let dest = match (mapped, &state.dest_name) {
+                (Mapped::Excluded { .. }, _) => continue,
+                // A folder keeps the destination it was first copied to: a later folder
+                // (or a clash rename it causes) must not send its mail somewhere new.
+                (_, Some(fixed)) => fixed.clone(),
+                (Mapped::To { dest, rule }, None) => {
+                    tracing::info!(mailbox, folder = %src.name, dest = %dest, ?rule, "folder mapping");
+                    let mut st = (*state).clone();
+                    st.dest_name = Some(dest.clone());
+                    self.spool.put_folder(mailbox, &st)?;
+                    dest
+                }
             };
             if !created.contains_key(&dest)
                 && !dest_list.iter().any(|d| d.name.eq_ignore_ascii_case(&dest))
@@ -447,25 +625,22 @@ impl Engine {
                 tracing::info!(mailbox, folder = %src.name, dest = %dest, "created destination folder");
             }
             created.insert(dest.clone(), src.name.clone());
-            let r =
-                upstream::push_folder(client, &self.spool, mailbox, &src.name, &dest, opts).await?;
-            total.appended += r.appended;
-            total.bytes += r.bytes;
-            total.recovered += r.recovered;
-            total.flags_updated += r.flags_updated;
-            total.failed += r.failed;
-            total.errors.extend(r.errors);
+            upstream::push_folder_into(client, &self.spool, mailbox, &src.name, &dest, opts, total)
+                .await?;
         }
         Ok(())
     }
 }
 
-fn is_transient(e: &anyhow::Error) -> bool {
-    if let Some(upstream::UpstreamError::Imap(i)) = e.downcast_ref::<upstream::UpstreamError>() {
-        return i.is_transient();
+/// How the upstream reacts to `e` (see [`throttle::Fault`]).
+fn fault(e: &anyhow::Error) -> Fault {
+    if let Some(u) = e.downcast_ref::<upstream::UpstreamError>() {
+        return u.fault();
     }
-    e.downcast_ref::<ImapError>()
-        .is_some_and(|i| i.is_transient())
+    if let Some(i) = e.downcast_ref::<ImapError>() {
+        return throttle::classify(i);
+    }
+    Fault::Fatal
 }
 
 /// The summary table printed at the end of a pass.
@@ -491,6 +666,24 @@ pub fn summary_table(rows: &[MailboxSummary]) -> String {
         s.push_str(&format!(
             "{:<32} {:>7} {:>8} {:>8} {:>7} {:>12} {:>8.1}  {}\n",
             r.mailbox, r.folders, r.copied, r.skipped, r.failed, r.bytes, r.seconds, result
+        ));
+    }
+    // Skipped messages and throttling, below the table (its columns stay as they are).
+    for r in rows {
+        for d in &r.skipped_details {
+            s.push_str(&format!("  {}: {d}\n", r.mailbox));
+        }
+    }
+    for r in rows.iter().filter(|r| r.throttled > 0) {
+        s.push_str(&format!(
+            "  {}: throttled {} time(s) by the destination, {:.1} s in backoff, rate now {}\n",
+            r.mailbox,
+            r.throttled,
+            r.backoff_seconds,
+            match r.rate {
+                Some(rate) => format!("{rate:.2} msg/s"),
+                None => "unlimited".to_string(),
+            }
         ));
     }
     s

@@ -6,7 +6,7 @@
 //! bookkeeping is advanced only after all of its messages are in the spool, so a crash in
 //! the middle means that folder is simply compared again on the next run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::imap::client::Client;
 use crate::imap::response::FetchData;
@@ -33,8 +33,83 @@ pub struct SourceReport {
     pub new_bytes: u64,
     pub flag_changes: u64,
     pub skipped: u64,
+    /// One line per message skipped in this read (folder, UID, why, date, subject, size).
+    pub skipped_details: Vec<String>,
     /// Per-folder problems, already phrased for the admin (folder and server text).
     pub errors: Vec<String>,
+}
+
+/// Microsoft's per-mailbox limits, applied while reading (see [`read_mailbox_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct MailboxLimits {
+    /// At most this many messages per mailbox (0: no limit). When the source holds more,
+    /// the newest by INTERNALDATE across all folders are copied and the others skipped.
+    /// Decided when a message is first seen: what was copied earlier stays.
+    pub max_items: u64,
+    /// Messages with a line longer than this many bytes (CRLF not counted) are skipped
+    /// (0: no check). Exchange Online refuses such an APPEND (`BAD Command Argument
+    /// Error`), and re-wrapping would change the message.
+    pub max_line_length: usize,
+}
+
+/// The length of the longest line of `body`, without its line ending.
+pub fn longest_line(body: &[u8]) -> usize {
+    body.split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l).len())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Which messages are beyond `max` for the mailbox: folder name -> UIDs, the oldest by
+/// INTERNALDATE across `folders` (an empty map when the mailbox is within the limit).
+async fn beyond_max_items(
+    client: &mut Client,
+    folders: &[ListedFolder],
+    max: u64,
+) -> Result<HashMap<String, HashSet<u32>>, SourceError> {
+    let mut total = 0u64;
+    for f in folders {
+        match client.status(&f.name).await {
+            Ok(st) => total += u64::from(st.messages),
+            Err(e) if e.is_transient() => return Err(e.into()),
+            Err(_) => {}
+        }
+    }
+    if total <= max {
+        return Ok(HashMap::new());
+    }
+    let mut all: Vec<(i64, usize, u32)> = Vec::new();
+    for (i, f) in folders.iter().enumerate() {
+        let info = match client.select(&f.name, true).await {
+            Ok(info) => info,
+            Err(e) if e.is_transient() => return Err(e.into()),
+            Err(_) => continue,
+        };
+        if info.exists == 0 {
+            continue;
+        }
+        for m in client.uid_fetch_meta("1:*", None).await? {
+            if let Some(uid) = m.uid {
+                all.push((m.internal_ts.unwrap_or(0), i, uid));
+            }
+        }
+    }
+    // Newest first; equal dates in a fixed order so that reruns decide the same way.
+    all.sort_by(|a, b| b.cmp(a));
+    let mut beyond: HashMap<String, HashSet<u32>> = HashMap::new();
+    for (_, i, uid) in all.into_iter().skip(max as usize) {
+        beyond
+            .entry(folders[i].name.clone())
+            .or_default()
+            .insert(uid);
+    }
+    Ok(beyond)
+}
+
+/// What [`read_folder`] needs besides the options.
+struct ReadContext<'a> {
+    limits: &'a MailboxLimits,
+    beyond: HashMap<String, HashSet<u32>>,
 }
 
 /// Errors that stop the read of the whole mailbox (a folder-level problem is only reported).
@@ -71,9 +146,51 @@ pub async fn read_mailbox(
     folders: &[ListedFolder],
     ns_prefix: &str,
     opts: &SourceOptions,
+    on_progress: impl FnMut(),
+) -> Result<SourceReport, SourceError> {
+    let limits = MailboxLimits::default();
+    read_mailbox_with(
+        client,
+        spool,
+        mailbox,
+        folders,
+        ns_prefix,
+        opts,
+        &limits,
+        on_progress,
+    )
+    .await
+}
+
+/// [`read_mailbox`] within Microsoft's per-mailbox limits ([`MailboxLimits`]): messages
+/// beyond them are recorded as skipped, with the reason, and reported.
+#[allow(clippy::too_many_arguments)]
+pub async fn read_mailbox_with(
+    client: &mut Client,
+    spool: &Spool,
+    mailbox: &str,
+    folders: &[ListedFolder],
+    ns_prefix: &str,
+    opts: &SourceOptions,
+    limits: &MailboxLimits,
     mut on_progress: impl FnMut(),
 ) -> Result<SourceReport, SourceError> {
     let mut report = SourceReport::default();
+    let beyond = if limits.max_items > 0 {
+        beyond_max_items(client, folders, limits.max_items).await?
+    } else {
+        HashMap::new()
+    };
+    if !beyond.is_empty() {
+        let n: usize = beyond.values().map(HashSet::len).sum();
+        tracing::warn!(
+            mailbox,
+            max_items = limits.max_items,
+            beyond = n,
+            "mailbox over max_items_per_mailbox: only the newest messages are copied"
+        );
+    }
+    let ctx = ReadContext { limits, beyond };
     let known: Vec<FolderState> = spool.folders(mailbox)?;
     for folder in folders {
         report.folders += 1;
@@ -84,6 +201,7 @@ pub async fn read_mailbox(
             folder,
             ns_prefix,
             opts,
+            &ctx,
             &mut report,
             &mut on_progress,
         )
@@ -117,6 +235,7 @@ async fn read_folder(
     folder: &ListedFolder,
     ns_prefix: &str,
     opts: &SourceOptions,
+    ctx: &ReadContext<'_>,
     report: &mut SourceReport,
     on_progress: &mut impl FnMut(),
 ) -> Result<(), SourceError> {
@@ -171,6 +290,9 @@ async fn read_folder(
         .collect();
 
     let mut wanted: Vec<FetchData> = Vec::new();
+    let mut oversized: Vec<FetchData> = Vec::new();
+    let mut skipped: Vec<MessageRecord> = Vec::new();
+    let beyond = ctx.beyond.get(&folder.name);
     let mut updates = Vec::new();
     for m in meta {
         let Some(uid) = m.uid else { continue };
@@ -183,32 +305,53 @@ async fn read_folder(
             continue;
         }
         let size = m.size.unwrap_or(0) as u64;
+        if beyond.is_some_and(|b| b.contains(&uid)) {
+            let date = m.internal_date.clone().unwrap_or_default();
+            let reason = format!(
+                "over max_items_per_mailbox ({}): only the newest messages of the mailbox \
+                 (by INTERNALDATE across folders) are copied; this one is from {date}",
+                ctx.limits.max_items
+            );
+            skipped.push(skipped_record(&m, uid, size, reason));
+            continue;
+        }
         if size > opts.max_message_bytes {
-            report.skipped += 1;
-            tracing::warn!(mailbox, folder = %folder.name, uid, size, "message over max_message_bytes skipped");
-            spool.put_message(
-                mailbox,
-                &folder.name,
-                info.uidvalidity,
-                &MessageRecord {
-                    uid,
-                    hash: [0; 32],
-                    size,
-                    internal_date: m.internal_date.clone().unwrap_or_default(),
-                    internal_ts: m.internal_ts.unwrap_or(0),
-                    flags: m.flags.clone().unwrap_or_default(),
-                    state: MessageState::Skipped {
-                        reason: format!(
-                            "message is {size} bytes, over max_message_bytes ({})",
-                            opts.max_message_bytes
-                        ),
-                    },
-                },
-            )?;
+            oversized.push(m);
             continue;
         }
         wanted.push(m);
     }
+    if !oversized.is_empty() {
+        // Name them for the admin: the Subject header only, not the body.
+        let uids: Vec<u32> = oversized.iter().filter_map(|m| m.uid).collect();
+        let subjects: HashMap<u32, String> = match client.uid_fetch_subjects(&uids).await {
+            Ok(v) => v.into_iter().collect(),
+            Err(e) if e.is_transient() => return Err(e.into()),
+            Err(_) => HashMap::new(),
+        };
+        for m in oversized {
+            let uid = m.uid.unwrap_or(0);
+            let size = m.size.unwrap_or(0) as u64;
+            let reason = format!(
+                "{size} bytes, over max_message_bytes ({}); date {}; subject {:?}",
+                opts.max_message_bytes,
+                m.internal_date.as_deref().unwrap_or("?"),
+                subjects.get(&uid).map(String::as_str).unwrap_or("")
+            );
+            skipped.push(skipped_record(&m, uid, size, reason));
+        }
+    }
+    for rec in &skipped {
+        if let MessageState::Skipped { reason } = &rec.state {
+            tracing::warn!(mailbox, folder = %folder.name, uid = rec.uid, %reason, "message skipped");
+            report.skipped_details.push(format!(
+                "folder {:?} UID {}: skipped: {reason}",
+                folder.name, rec.uid
+            ));
+        }
+    }
+    report.skipped += skipped.len() as u64;
+    spool.put_messages(mailbox, &folder.name, info.uidvalidity, &skipped)?;
     for (uid, flags) in updates {
         spool.update_message(mailbox, &folder.name, info.uidvalidity, uid, |r| {
             r.flags = flags.clone()
@@ -231,6 +374,7 @@ async fn read_folder(
         let uids: Vec<u32> = wanted[start..end].iter().filter_map(|m| m.uid).collect();
         let mut records = Vec::with_capacity(uids.len());
         let mut spool_err = None;
+        let mut long_lines: Vec<String> = Vec::new();
         client
             .uid_fetch_bodies(&uids, |f| {
                 let (Some(uid), Some(body)) = (f.uid, f.body) else {
@@ -238,8 +382,34 @@ async fn read_folder(
                 };
                 match spool.put_body(&body) {
                     Ok(hash) => {
-                        let state =
-                            take_carried(&mut carried, &hash).unwrap_or(MessageState::Spooled);
+                        let state = match take_carried(&mut carried, &hash) {
+                            Some(s) => s,
+                            None => {
+                                let longest = longest_line(&body);
+                                let max = ctx.limits.max_line_length;
+                                if max > 0 && longest > max {
+                                    let subject = crate::imap::response::header_value(
+                                        header_block(&body),
+                                        "subject",
+                                    )
+                                    .unwrap_or_default();
+                                    let reason = format!(
+                                        "has a line of {longest} characters, over \
+                                         max_line_length ({max}; Exchange Online refuses \
+                                         longer lines); date {}; subject {subject:?}; {} bytes",
+                                        f.internal_date.as_deref().unwrap_or("?"),
+                                        body.len()
+                                    );
+                                    long_lines.push(format!(
+                                        "folder {:?} UID {uid}: skipped: {reason}",
+                                        folder.name
+                                    ));
+                                    MessageState::Skipped { reason }
+                                } else {
+                                    MessageState::Spooled
+                                }
+                            }
+                        };
                         records.push(MessageRecord {
                             uid,
                             hash,
@@ -257,6 +427,11 @@ async fn read_folder(
             .await?;
         if let Some(e) = spool_err {
             return Err(e.into());
+        }
+        for line in long_lines {
+            tracing::warn!(mailbox, "{line}");
+            report.skipped += 1;
+            report.skipped_details.push(line);
         }
         if records.len() < uids.len() {
             let got: std::collections::HashSet<u32> = records.iter().map(|r| r.uid).collect();
@@ -280,12 +455,39 @@ async fn read_folder(
             spool.remove_generation(mailbox, &folder.name, uv)?;
         }
     }
+    // The upstream may have recorded the folder's destination meanwhile; keep it.
+    if let Some(current) = spool.folder(mailbox, &folder.name)? {
+        state.dest_name = current.dest_name;
+    }
     state.uidvalidity = info.uidvalidity;
     state.uidnext = info.uidnext;
     state.highestmodseq = info.highestmodseq;
     spool.put_folder(mailbox, &state)?;
     on_progress();
     Ok(())
+}
+
+/// A skipped message's record: no body in the spool, the reason kept for the reports.
+fn skipped_record(m: &FetchData, uid: u32, size: u64, reason: String) -> MessageRecord {
+    MessageRecord {
+        uid,
+        hash: [0; 32],
+        size,
+        internal_date: m.internal_date.clone().unwrap_or_default(),
+        internal_ts: m.internal_ts.unwrap_or(0),
+        flags: m.flags.clone().unwrap_or_default(),
+        state: MessageState::Skipped { reason },
+    }
+}
+
+/// The header block of a message (up to the first empty line).
+fn header_block(body: &[u8]) -> &[u8] {
+    let end = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| body.windows(2).position(|w| w == b"\n\n"))
+        .unwrap_or(body.len());
+    &body[..end]
 }
 
 /// If a message with this content was already at the destination under an old UIDVALIDITY,

@@ -423,6 +423,16 @@ impl Dovecot {
 
     /// Starts an instance that keeps its files in `dir` (created if needed, not removed).
     pub fn start_in(dir: &Path, opts: DovecotOptions, tls: &TestCa) -> Result<Dovecot> {
+        Self::start_in_with(dir, opts, tls, &DovecotExtras::default())
+    }
+
+    /// [`Dovecot::start_in`] with optional extras (e.g. XOAUTH2, see [`OAuth2Validation`]).
+    pub fn start_in_with(
+        dir: &Path,
+        opts: DovecotOptions,
+        tls: &TestCa,
+        extras: &DovecotExtras,
+    ) -> Result<Dovecot> {
         let ident = Identity::detect()?;
         let dir = make_dir(dir, &ident)?;
         check_path_fits(&dir)?;
@@ -467,6 +477,9 @@ impl Dovecot {
             format!("{}:{{PLAIN}}{}\n", opts.master_user, opts.master_password).as_bytes(),
         )?;
         std::fs::create_dir_all(dir.join("state"))?;
+        if let Some(oauth) = &extras.oauth2 {
+            oauth.write_files(&dir, &ident)?;
+        }
         // A socket left from an earlier run in the same dir would make auth log errors.
         let _ = std::fs::remove_file(dir.join("run").join("anvil-auth-penalty"));
 
@@ -488,6 +501,7 @@ impl Dovecot {
                 tls_port,
                 cert: &cert,
                 key: &key,
+                oauth2: extras.oauth2.as_ref(),
             });
             write_file(&config, text.as_bytes())?;
             // Fresh logs for each attempt, so failures show only what matters.
@@ -1120,6 +1134,7 @@ struct ConfigParams<'a> {
     tls_port: u16,
     cert: &'a Path,
     key: &'a Path,
+    oauth2: Option<&'a OAuth2Validation>,
 }
 
 fn render_config(p: &ConfigParams<'_>) -> String {
@@ -1161,7 +1176,7 @@ maildir_very_dirty_syncs = no
 mail_max_userip_connections = 100
 
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth_mechs}
 auth_master_user_separator = *
 auth_failure_delay = 0
 auth_verbose = yes
@@ -1171,7 +1186,7 @@ ssl_cert = <{cert}
 ssl_key = <{key}
 ssl_min_protocol = TLSv1.2
 
-passdb {{
+{oauth_passdb}passdb {{
   driver = passwd-file
   args = {dir}/masters
   master = yes
@@ -1241,6 +1256,20 @@ service director {{
         key = p.key.display(),
         plain_port = p.plain_port,
         tls_port = p.tls_port,
+        oauth_mechs = if p.oauth2.is_some() {
+            " xoauth2 oauthbearer"
+        } else {
+            ""
+        },
+        oauth_passdb = if p.oauth2.is_some() {
+            format!(
+                "# XOAUTH2 / OAUTHBEARER: JWTs validated locally (see OAuth2Validation).\n\
+                 passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  \
+                 args = {dir}/dovecot-oauth2.conf.ext\n}}\n"
+            )
+        } else {
+            String::new()
+        },
     );
     if !id.root {
         // Services that would setuid to root.
@@ -1282,6 +1311,64 @@ service director {{
 // Testbed
 // ---------------------------------------------------------------------------------------
 
+/// Extras for [`Dovecot::start_in_with`]; the default is a plain instance.
+#[derive(Debug, Clone, Default)]
+pub struct DovecotExtras {
+    pub oauth2: Option<OAuth2Validation>,
+}
+
+/// XOAUTH2 (and OAUTHBEARER) logins with app-only OAuth2 tokens, the way Exchange Online
+/// takes them: Dovecot 2.3's `oauth2` passdb with `introspection_mode = local` validates
+/// the JWT itself (signature with `key`, HS256, from a `fs:posix` dict; `exp`, `nbf`,
+/// `iat`) and requires the claim `scope` to hold [`OAuth2Validation::scope`].
+///
+/// Like an app-only token for Exchange, one token opens every mailbox of the domain: the
+/// token's `email` claim names the application (e.g. `cutover-app@example.test`), and
+/// Dovecot compares only its domain with the login's (`username_format = %d`). The
+/// mailbox is the one named in the XOAUTH2 `user=` field.
+#[derive(Debug, Clone)]
+pub struct OAuth2Validation {
+    /// The HS256 key (raw bytes) tokens must be signed with.
+    pub key: Vec<u8>,
+    /// The `scope` claim a token must contain, e.g. `IMAP.AccessAsApp`.
+    pub scope: String,
+}
+
+impl OAuth2Validation {
+    fn write_files(&self, dir: &Path, ident: &Identity) -> Result<()> {
+        use base64::Engine as _;
+        // Dovecot looks the key up as shared/<azp:default>/<alg>/<kid:default> and expects
+        // it base64-encoded.
+        let key_dir = dir.join("oauth2-keys").join("default").join("HS256");
+        std::fs::create_dir_all(&key_dir)?;
+        write_file(
+            &key_dir.join("default"),
+            base64::engine::general_purpose::STANDARD
+                .encode(&self.key)
+                .as_bytes(),
+        )?;
+        if self
+            .scope
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            bail!("OAuth2 scope {:?} must be one word", self.scope);
+        }
+        let conf = format!(
+            "introspection_mode = local\n\
+             local_validation_key_dict = fs:posix:prefix={}/oauth2-keys/\n\
+             username_attribute = email\n\
+             username_format = %d\n\
+             scope = {}\n",
+            dir.display(),
+            self.scope
+        );
+        write_file(&dir.join("dovecot-oauth2.conf.ext"), conf.as_bytes())?;
+        let _ = ident;
+        Ok(())
+    }
+}
+
 /// A source and a destination Dovecot sharing one test CA, all under one temp directory
 /// (`ca.pem`, `source/`, `dest/`).
 #[derive(Debug)]
@@ -1297,6 +1384,25 @@ impl Testbed {
     /// user has the same password on both sides. Both servers have the master user
     /// [`MASTER_USER`] / [`MASTER_PASSWORD`].
     pub fn start(users: &[(&str, &str, &str)]) -> Result<Testbed> {
+        Self::start_with(users, &DovecotExtras::default())
+    }
+
+    /// [`Testbed::start`] with a destination that also takes XOAUTH2 logins with tokens
+    /// validated as described in [`OAuth2Validation`] (PLAIN with the master user still
+    /// works, for the tests' own look at the mailboxes).
+    pub fn start_xoauth2(
+        users: &[(&str, &str, &str)],
+        oauth2: OAuth2Validation,
+    ) -> Result<Testbed> {
+        Self::start_with(
+            users,
+            &DovecotExtras {
+                oauth2: Some(oauth2),
+            },
+        )
+    }
+
+    fn start_with(users: &[(&str, &str, &str)], dest_extras: &DovecotExtras) -> Result<Testbed> {
         let dir = make_tempdir()?;
         let ident = Identity::detect()?;
         make_dir(dir.path(), &ident)?;
@@ -1322,7 +1428,7 @@ impl Testbed {
         let (src_dir, dst_dir) = (dir.path().join("source"), dir.path().join("dest"));
         let (source, dest) = std::thread::scope(|s| {
             let a = s.spawn(|| Dovecot::start_in(&src_dir, src_opts, &ca));
-            let b = s.spawn(|| Dovecot::start_in(&dst_dir, dst_opts, &ca));
+            let b = s.spawn(|| Dovecot::start_in_with(&dst_dir, dst_opts, &ca, dest_extras));
             (
                 a.join()
                     .unwrap_or_else(|_| Err(anyhow!("source start panicked"))),

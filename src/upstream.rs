@@ -13,10 +13,14 @@
 //! (no tracking header), so every message arrives byte-identical.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::imap::client::{AppendItem, AppendOutcome, Client};
+use crate::imap::response::Kind;
 use crate::imap::ImapError;
 use crate::spool::{BodyHash, MessageRecord, MessageState, Spool, SpoolError};
+use crate::throttle::{self, MailboxLimiter};
 
 /// Limits of the upstream.
 #[derive(Debug, Clone)]
@@ -27,6 +31,8 @@ pub struct UpstreamOptions {
     pub append_batch_bytes: u64,
     /// A message refused this many times is left as failed until the next run.
     pub max_attempts: u32,
+    /// The mailbox's rate limits (token buckets, AIMD); None: unlimited.
+    pub limiter: Option<Arc<MailboxLimiter>>,
 }
 
 /// What one push of a folder did.
@@ -37,8 +43,26 @@ pub struct PushReport {
     pub recovered: u64,
     pub flags_updated: u64,
     pub failed: u64,
+    /// APPENDs the destination answered with "throttled" (they go back to `Spooled`).
+    pub throttled: u64,
+    /// Messages the destination refused for good and that are now skipped, one line each.
+    pub skipped_details: Vec<String>,
     /// Per-message problems, phrased for the admin.
     pub errors: Vec<String>,
+}
+
+impl PushReport {
+    /// Adds `other`'s counts and errors to this report.
+    pub fn add(&mut self, other: PushReport) {
+        self.appended += other.appended;
+        self.bytes += other.bytes;
+        self.recovered += other.recovered;
+        self.flags_updated += other.flags_updated;
+        self.failed += other.failed;
+        self.throttled += other.throttled;
+        self.skipped_details.extend(other.skipped_details);
+        self.errors.extend(other.errors);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +71,29 @@ pub enum UpstreamError {
     Imap(#[from] ImapError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// The destination throttled an APPEND: the mailbox must pause for `backoff`. The
+    /// messages concerned are `Spooled` again; nothing was lost.
+    #[error("destination throttled the mailbox (backoff {} ms): {text}", .backoff.as_millis())]
+    Throttled { backoff: Duration, text: String },
+    /// The destination says the session is unusable (Exchange's `BAD User is
+    /// authenticated but not connected`): reconnect.
+    #[error("destination session lost: {0}")]
+    Disconnected(String),
+}
+
+impl UpstreamError {
+    /// How the caller should react (pause, reconnect, or give up).
+    pub fn fault(&self) -> throttle::Fault {
+        match self {
+            UpstreamError::Throttled { backoff, text } => throttle::Fault::Throttled {
+                backoff: *backoff,
+                text: text.clone(),
+            },
+            UpstreamError::Disconnected(_) => throttle::Fault::Transient,
+            UpstreamError::Imap(e) => throttle::classify(e),
+            UpstreamError::Spool(_) => throttle::Fault::Fatal,
+        }
+    }
 }
 
 /// Pushes everything pending of one source folder (all generations) to `dest`.
@@ -59,10 +106,25 @@ pub async fn push_folder(
     opts: &UpstreamOptions,
 ) -> Result<PushReport, UpstreamError> {
     let mut report = PushReport::default();
-    for uv in spool.generations(mailbox, folder)? {
-        push_generation(client, spool, mailbox, folder, uv, dest, opts, &mut report).await?;
-    }
+    push_folder_into(client, spool, mailbox, folder, dest, opts, &mut report).await?;
     Ok(report)
+}
+
+/// [`push_folder`], counting into `report` as it goes, so what was done before an error
+/// (a throttle, a lost connection) is still counted.
+pub async fn push_folder_into(
+    client: &mut Client,
+    spool: &Spool,
+    mailbox: &str,
+    folder: &str,
+    dest: &str,
+    opts: &UpstreamOptions,
+    report: &mut PushReport,
+) -> Result<(), UpstreamError> {
+    for uv in spool.generations(mailbox, folder)? {
+        push_generation(client, spool, mailbox, folder, uv, dest, opts, report).await?;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -93,19 +155,28 @@ async fn push_generation(
             _ => false,
         })
         .collect();
+    // A rate-limited mailbox sends at most what its bucket holds at once.
+    let max_batch = match opts.limiter.as_ref().and_then(|l| l.max_batch()) {
+        Some(m) => opts.append_batch.min(m).max(1),
+        None => opts.append_batch,
+    };
     let mut i = 0;
     while i < pending.len() {
         let mut j = i;
         let mut bytes = 0;
         while j < pending.len()
-            && (j == i
-                || (j - i < opts.append_batch
-                    && bytes + pending[j].size <= opts.append_batch_bytes))
+            && (j == i || (j - i < max_batch && bytes + pending[j].size <= opts.append_batch_bytes))
         {
             bytes += pending[j].size;
             j += 1;
         }
-        append_batch(
+        if let Some(limiter) = &opts.limiter {
+            for r in &pending[i..j] {
+                limiter.acquire(r.size).await;
+            }
+        }
+        let appended_before = report.appended;
+        let r = append_batch(
             client,
             spool,
             mailbox,
@@ -115,7 +186,11 @@ async fn push_generation(
             &pending[i..j],
             report,
         )
-        .await?;
+        .await;
+        if let Some(limiter) = &opts.limiter {
+            limiter.on_appended(report.appended - appended_before, r.is_ok());
+        }
+        r?;
         i = j;
     }
     sync_flags(client, spool, mailbox, folder, uv, dest, report).await?;
@@ -160,8 +235,17 @@ async fn append_batch(
             body,
         })
         .collect();
-    let outcomes = client.append_batch(dest, &items).await?;
-    for (r, outcome) in marked.iter_mut().zip(outcomes) {
+    let (outcomes, error) = match client.append_batch(dest, &items).await {
+        Ok(o) => (o, None),
+        // Mid-batch failure: the answers received before it are still facts; the rest of
+        // the batch stays `Appending` and is resolved by `recover` on the next session.
+        Err(e) => (client.take_partial_outcomes(), Some(e)),
+    };
+    drop(items);
+    let known = outcomes.len().min(marked.len());
+    let mut throttled: Option<(Duration, String)> = None;
+    let mut disconnected: Option<String> = None;
+    for ((r, outcome), body) in marked.iter_mut().zip(outcomes).zip(&bodies) {
         r.state = match outcome {
             AppendOutcome::Appended { uidvalidity, uid } => {
                 report.appended += 1;
@@ -183,6 +267,58 @@ async fn append_batch(
                     flags: r.flags.clone(),
                 }
             }
+            // Exchange's "NO/BAD Request is throttled. Suggested Backoff Time: N ms": not
+            // the message's fault. It goes back to Spooled and the mailbox pauses.
+            AppendOutcome::Refused { text, .. } if throttle::is_throttle_text(&text) => {
+                report.throttled += 1;
+                let backoff = throttle::throttle_backoff(&text);
+                tracing::warn!(
+                    mailbox,
+                    folder,
+                    uid = r.uid,
+                    backoff_ms = backoff.as_millis() as u64,
+                    "APPEND throttled by the destination: {text}"
+                );
+                if throttled.as_ref().is_none_or(|(b, _)| backoff > *b) {
+                    throttled = Some((backoff, text));
+                }
+                MessageState::Spooled
+            }
+            AppendOutcome::Refused {
+                kind: Kind::Bad,
+                text,
+            } if throttle::is_not_connected_text(&text) => {
+                disconnected = Some(text);
+                MessageState::Spooled
+            }
+            // Exchange refuses a message with a line over ~10,000 characters with "BAD
+            // Command Argument Error": permanent, so skipped (and reported) rather than
+            // retried. Re-wrapping the line would change the message.
+            AppendOutcome::Refused { kind, text }
+                if text.to_ascii_lowercase().contains("command argument error")
+                    && crate::source::longest_line(body) > LONG_LINE_HINT =>
+            {
+                let reason = format!(
+                    "the destination refused it ({kind:?} {text}): it has a line of {} \
+                     characters and Exchange Online refuses lines over about 10,000; \
+                     date {}; subject {:?}; {} bytes",
+                    crate::source::longest_line(body),
+                    if r.internal_date.is_empty() {
+                        "?"
+                    } else {
+                        &r.internal_date
+                    },
+                    crate::imap::response::header_value(header_block(body), "subject")
+                        .unwrap_or_default(),
+                    r.size
+                );
+                tracing::warn!(mailbox, folder, uid = r.uid, %reason, "message skipped");
+                report.skipped_details.push(format!(
+                    "folder {folder:?} UID {}: skipped: {reason}",
+                    r.uid
+                ));
+                MessageState::Skipped { reason }
+            }
             AppendOutcome::Refused { kind, text } => {
                 report.failed += 1;
                 let attempts = match &batch_state(batch, r.uid) {
@@ -198,8 +334,29 @@ async fn append_batch(
             }
         };
     }
-    spool.put_messages(mailbox, folder, uv, &marked)?;
+    spool.put_messages(mailbox, folder, uv, &marked[..known])?;
+    if let Some((backoff, text)) = throttled {
+        return Err(UpstreamError::Throttled { backoff, text });
+    }
+    if let Some(e) = error {
+        return Err(e.into());
+    }
+    if let Some(text) = disconnected {
+        return Err(UpstreamError::Disconnected(text));
+    }
     Ok(())
+}
+
+/// Lines longer than this make a "Command Argument Error" from Exchange a line-length refusal.
+const LONG_LINE_HINT: usize = 8_000;
+
+/// The header block of a message (up to the first empty line).
+fn header_block(body: &[u8]) -> &[u8] {
+    let end = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(body.len());
+    &body[..end]
 }
 
 fn batch_state(batch: &[&MessageRecord], uid: u32) -> Option<MessageState> {

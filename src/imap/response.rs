@@ -49,6 +49,8 @@ pub struct FetchData {
     pub modseq: Option<u64>,
     /// BODY[] (or BODY.PEEK[]) bytes.
     pub body: Option<Vec<u8>>,
+    /// The bytes of a BODY[<section>] with a section, e.g. `HEADER.FIELDS (SUBJECT)`.
+    pub section: Option<Vec<u8>>,
 }
 
 /// A LIST response; the name is still on-the-wire (modified UTF-7).
@@ -191,6 +193,11 @@ fn fetch(seq: u32, items: Vec<MessageDataItem<'_>>) -> FetchData {
                 data,
                 ..
             } => f.body = Some(nstring_bytes(data)),
+            MessageDataItem::BodyExt {
+                section: Some(_),
+                data,
+                ..
+            } => f.section = Some(nstring_bytes(data)),
             MessageDataItem::Rfc822(data) => f.body = Some(nstring_bytes(data)),
             _ => {}
         }
@@ -274,3 +281,117 @@ impl Resp {
 
 #[allow(dead_code)]
 fn _cow(_: Cow<'_, str>) {}
+
+/// The value of header `name` (case-insensitive) in a header block, unfolded, with RFC 2047
+/// encoded words (`=?utf-8?B?...?=`, `=?iso-8859-1?Q?...?=`) decoded for UTF-8, US-ASCII and
+/// Latin-1; other charsets are left encoded. For messages shown to the admin.
+pub fn header_value(headers: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(headers);
+    let mut value: Option<String> = None;
+    for line in text.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if let Some(v) = value.as_mut() {
+            if line.starts_with([' ', '\t']) {
+                v.push(' ');
+                v.push_str(line.trim());
+                continue;
+            }
+            break;
+        }
+        if let Some((n, v)) = line.split_once(':') {
+            if n.trim().eq_ignore_ascii_case(name) {
+                value = Some(v.trim().to_string());
+            }
+        }
+    }
+    value.map(|v| decode_encoded_words(&v))
+}
+
+fn decode_encoded_words(s: &str) -> String {
+    use base64::Engine as _;
+    let mut out = String::new();
+    let mut rest = s;
+    let mut last_was_word = false;
+    while let Some(start) = rest.find("=?") {
+        let before = &rest[..start];
+        let candidate = &rest[start + 2..];
+        let parsed = (|| {
+            let (charset, r) = candidate.split_once('?')?;
+            let (enc, r) = r.split_once('?')?;
+            let end = r.find("?=")?;
+            let data = &r[..end];
+            let bytes = match enc.to_ascii_uppercase().as_str() {
+                "B" => base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .ok()?,
+                "Q" => {
+                    let mut v = Vec::new();
+                    let b = data.as_bytes();
+                    let mut i = 0;
+                    while i < b.len() {
+                        match b[i] {
+                            b'_' => v.push(b' '),
+                            b'=' if i + 2 < b.len() => {
+                                let h = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
+                                v.push(u8::from_str_radix(h, 16).ok()?);
+                                i += 2;
+                            }
+                            c => v.push(c),
+                        }
+                        i += 1;
+                    }
+                    v
+                }
+                _ => return None,
+            };
+            let cs = charset.split('*').next()?.to_ascii_lowercase();
+            let text = match cs.as_str() {
+                "utf-8" | "utf8" | "us-ascii" => String::from_utf8_lossy(&bytes).into_owned(),
+                "iso-8859-1" | "latin1" | "windows-1252" => {
+                    bytes.iter().map(|&c| c as char).collect()
+                }
+                _ => return None,
+            };
+            Some((
+                text,
+                start + 2 + charset.len() + 1 + enc.len() + 1 + end + 2,
+            ))
+        })();
+        match parsed {
+            Some((text, consumed)) => {
+                // Whitespace between two encoded words is not part of the text.
+                if !(last_was_word && before.trim().is_empty()) {
+                    out.push_str(before);
+                }
+                out.push_str(&text);
+                rest = &rest[consumed..];
+                last_was_word = true;
+            }
+            None => {
+                out.push_str(&rest[..start + 2]);
+                rest = &rest[start + 2..];
+                last_was_word = false;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn subjects() {
+        let h = b"Subject: Hello\r\n world\r\n\r\n";
+        assert_eq!(header_value(h, "subject").as_deref(), Some("Hello world"));
+        let h = b"subject: =?UTF-8?B?R3LDvMOfZQ==?= =?iso-8859-1?Q?f=FCr_dich?=\r\n";
+        assert_eq!(header_value(h, "Subject").as_deref(), Some("Grüßefür dich"));
+        assert_eq!(header_value(b"From: x\r\n", "subject"), None);
+        assert_eq!(
+            decode_encoded_words("=?koi8-r?B?8NLJ18XU?= x"),
+            "=?koi8-r?B?8NLJ18XU?= x"
+        );
+    }
+}

@@ -1,0 +1,656 @@
+//! Staying within what Exchange Online tolerates, and reacting when it says "slow down".
+//!
+//! - [`classify`] reads an IMAP error the way Exchange means it: `NO Request is throttled.
+//!   Suggested Backoff Time: N milliseconds` (and the same text in a `BAD` or `* BYE`) is a
+//!   throttle with a backoff to honour; a dropped connection, a timeout or `BAD User is
+//!   authenticated but not connected` is a transient fault worth a new session; anything
+//!   else is final.
+//! - [`TokenBucket`]: messages/s and bytes/s, with a burst allowance. [`Limits`] holds the
+//!   global buckets (all mailboxes together) and makes a [`MailboxLimiter`] per mailbox,
+//!   which waits on its own buckets first and then on the global ones.
+//! - AIMD per mailbox: every throttle halves that mailbox's message rate (multiplicative
+//!   decrease; without a configured rate, the first throttle starts from the rate actually
+//!   observed), every batch that goes through raises it by 5 % of that starting point (at
+//!   least 1 msg/s; additive increase), up to the configured rate if there is one. Other
+//!   mailboxes are not slowed down by one mailbox's throttling.
+//! - [`Backoff`]: capped exponential backoff with jitter for transient faults.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::imap::client::ImapError;
+
+/// The longest suggested backoff honoured as given; longer ones are cut to this (and logged).
+pub const MAX_SUGGESTED_BACKOFF: Duration = Duration::from_secs(600);
+/// Backoff used when Exchange says "throttled" without suggesting a time.
+pub const DEFAULT_THROTTLE_BACKOFF: Duration = Duration::from_secs(5);
+/// AIMD never goes below this many messages per second.
+pub const MIN_RATE: f64 = 0.2;
+
+/// What an error from the destination means for the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Exchange asked us to slow down: pause the mailbox for `backoff`, reconnect, resume.
+    Throttled { backoff: Duration, text: String },
+    /// The connection is gone or stuck: reconnect with exponential backoff.
+    Transient,
+    /// A definite answer (refused login, bad folder name...): retrying will not help.
+    Fatal,
+}
+
+/// Parses Exchange's `Suggested Backoff Time: N milliseconds` (also `ms`, `seconds`, `s`),
+/// case-insensitively, anywhere in `text`.
+pub fn suggested_backoff(text: &str) -> Option<Duration> {
+    let lower = text.to_ascii_lowercase();
+    let at = lower.find("suggested backoff time")?;
+    let rest = &lower[at + "suggested backoff time".len()..];
+    let rest = rest.trim_start_matches([':', ' ', '\t', '=']);
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let n: u64 = digits.parse().ok()?;
+    let unit = rest[digits.len()..].trim_start();
+    let d = if unit.starts_with("ms") || unit.starts_with("milli") || unit.is_empty() {
+        Duration::from_millis(n)
+    } else if unit.starts_with('s') {
+        Duration::from_secs(n)
+    } else {
+        Duration::from_millis(n)
+    };
+    Some(d)
+}
+
+/// True if `text` is Exchange telling us we are throttled.
+pub fn is_throttle_text(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("throttl") || lower.contains("suggested backoff time")
+}
+
+/// Exchange's answer when the mailbox session behind an authenticated connection went away
+/// (a backend move, a failover): the connection is useless, a new one works.
+pub fn is_not_connected_text(text: &str) -> bool {
+    text.to_ascii_lowercase()
+        .contains("authenticated but not connected")
+}
+
+/// The backoff to honour for a throttle answer, cut to [`MAX_SUGGESTED_BACKOFF`].
+pub fn throttle_backoff(text: &str) -> Duration {
+    suggested_backoff(text)
+        .unwrap_or(DEFAULT_THROTTLE_BACKOFF)
+        .min(MAX_SUGGESTED_BACKOFF)
+}
+
+/// How to react to `e` (see [`Fault`]).
+pub fn classify(e: &ImapError) -> Fault {
+    match e {
+        ImapError::Refused { text, .. } | ImapError::Auth { text, .. }
+            if is_throttle_text(text) =>
+        {
+            Fault::Throttled {
+                backoff: throttle_backoff(text),
+                text: text.clone(),
+            }
+        }
+        ImapError::Closed { bye: Some(b), .. } if is_throttle_text(b) => Fault::Throttled {
+            backoff: throttle_backoff(b),
+            text: b.clone(),
+        },
+        ImapError::Refused { text, .. } if is_not_connected_text(text) => Fault::Transient,
+        e if e.is_transient() => Fault::Transient,
+        _ => Fault::Fatal,
+    }
+}
+
+/// Capped exponential backoff with jitter: `base`, `2 base`, `4 base`... up to `cap`, each
+/// plus a random 0-50 %, so that many mailboxes dropped at once do not come back at once.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Backoff {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// Failures since the last [`Backoff::reset`].
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The next delay (and counts one more failure).
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << self.attempt.min(20));
+        self.attempt += 1;
+        let d = exp.min(self.cap);
+        let jitter = d.mul_f64(rand::random::<f64>() * 0.5);
+        d + jitter
+    }
+
+    /// Progress was made: the next failure starts from `base` again.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// A token bucket: `rate` tokens per second, holding at most `capacity`.
+///
+/// A request for more than the capacity (a message larger than a second's worth of bytes)
+/// is not refused: it waits until the bucket is full and leaves it in debt, so the average
+/// rate still holds.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: f64, capacity: f64) -> TokenBucket {
+        let capacity = capacity.max(1.0);
+        TokenBucket {
+            rate,
+            capacity,
+            tokens: capacity,
+            last: Instant::now(),
+        }
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    pub fn capacity(&self) -> f64 {
+        self.capacity
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.capacity);
+        self.last = now;
+    }
+
+    /// Changes the rate (tokens already saved are kept, up to the new capacity).
+    pub fn set_rate(&mut self, rate: f64, capacity: f64) {
+        self.refill(Instant::now());
+        self.rate = rate;
+        self.capacity = capacity.max(1.0);
+        self.tokens = self.tokens.min(self.capacity);
+    }
+
+    /// Takes `n` tokens if possible now; otherwise says how long to wait before trying again.
+    pub fn try_take(&mut self, n: f64, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
+        let need = n.min(self.capacity);
+        if self.tokens + 1e-9 >= need {
+            self.tokens -= n;
+            Ok(())
+        } else {
+            let secs = (need - self.tokens) / self.rate.max(1e-9);
+            Err(Duration::from_secs_f64(secs.clamp(0.000_5, 3600.0)))
+        }
+    }
+}
+
+/// Waits until `bucket` gives `n` tokens.
+async fn take(bucket: &Mutex<TokenBucket>, n: f64) {
+    loop {
+        let r = bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_take(n, Instant::now());
+        match r {
+            Ok(()) => return,
+            Err(wait) => tokio::time::sleep(wait).await,
+        }
+    }
+}
+
+/// The configured limits (`[upstream] messages_per_second`, `bytes_per_second`, `burst`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateSettings {
+    /// Per mailbox; 0 = no configured limit (AIMD still applies after a throttle).
+    pub messages_per_second: f64,
+    /// Per mailbox; 0 = unlimited.
+    pub bytes_per_second: f64,
+    /// All mailboxes together; 0 = unlimited.
+    pub global_messages_per_second: f64,
+    /// All mailboxes together; 0 = unlimited.
+    pub global_bytes_per_second: f64,
+    /// Seconds of the rate an idle bucket saves up (the burst allowed after a pause).
+    pub burst: f64,
+}
+
+impl Default for RateSettings {
+    fn default() -> Self {
+        RateSettings {
+            messages_per_second: 0.0,
+            bytes_per_second: 0.0,
+            global_messages_per_second: 0.0,
+            global_bytes_per_second: 0.0,
+            burst: 1.0,
+        }
+    }
+}
+
+/// Shared by every mailbox of a run: the global buckets and the settings.
+#[derive(Debug)]
+pub struct Limits {
+    settings: RateSettings,
+    global_msgs: Option<Mutex<TokenBucket>>,
+    global_bytes: Option<Mutex<TokenBucket>>,
+}
+
+fn bucket(rate: f64, burst: f64) -> Option<Mutex<TokenBucket>> {
+    (rate > 0.0).then(|| Mutex::new(TokenBucket::new(rate, rate * burst)))
+}
+
+impl Limits {
+    pub fn new(settings: RateSettings) -> Arc<Limits> {
+        let burst = if settings.burst > 0.0 {
+            settings.burst
+        } else {
+            1.0
+        };
+        Arc::new(Limits {
+            global_msgs: bucket(settings.global_messages_per_second, burst),
+            global_bytes: bucket(settings.global_bytes_per_second, burst),
+            settings: RateSettings { burst, ..settings },
+        })
+    }
+
+    pub fn settings(&self) -> &RateSettings {
+        &self.settings
+    }
+
+    /// A limiter for one mailbox (its own buckets and AIMD state).
+    pub fn mailbox(self: &Arc<Self>) -> MailboxLimiter {
+        let s = &self.settings;
+        MailboxLimiter {
+            limits: self.clone(),
+            state: Mutex::new(MailboxState {
+                msgs: bucket(s.messages_per_second, s.burst)
+                    .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner())),
+                bytes: bucket(s.bytes_per_second, s.burst)
+                    .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner())),
+                ceiling: (s.messages_per_second > 0.0).then_some(s.messages_per_second),
+                step: (s.messages_per_second * 0.05).max(1.0),
+                throttled: 0,
+                backoff_total: Duration::ZERO,
+                window_start: Instant::now(),
+                window_msgs: 0,
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MailboxState {
+    msgs: Option<TokenBucket>,
+    bytes: Option<TokenBucket>,
+    /// The rate AIMD climbs back to: the configured one (None: no upper bound).
+    ceiling: Option<f64>,
+    /// Additive increase per clean batch, messages/s.
+    step: f64,
+    throttled: u64,
+    backoff_total: Duration,
+    /// For the observed rate (used when a throttle hits a mailbox without a configured rate).
+    window_start: Instant,
+    window_msgs: u64,
+}
+
+/// Throttling state of one mailbox, as shown in the summary.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ThrottleStats {
+    /// Throttle answers received from the destination.
+    pub throttled: u64,
+    /// Time spent paused because of them.
+    pub backoff: Duration,
+    /// The mailbox's current message rate limit (None: unlimited).
+    pub rate: Option<f64>,
+}
+
+/// One mailbox's buckets and AIMD state, plus the global buckets.
+#[derive(Debug)]
+pub struct MailboxLimiter {
+    limits: Arc<Limits>,
+    state: Mutex<MailboxState>,
+}
+
+impl MailboxLimiter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many messages to put in one pipelined batch at most: a limited mailbox sends no
+    /// more than its bucket holds at once, so the rate is smooth rather than bursty.
+    pub fn max_batch(&self) -> Option<usize> {
+        let st = self.lock();
+        st.msgs
+            .as_ref()
+            .map(|b| (b.capacity().floor() as usize).max(1))
+    }
+
+    /// Waits until one message of `bytes` may be sent (mailbox buckets, then global ones).
+    pub async fn acquire(&self, bytes: u64) {
+        loop {
+            let wait = {
+                let mut st = self.lock();
+                let now = Instant::now();
+                let m = match st.msgs.as_mut() {
+                    Some(b) => b.try_take(1.0, now),
+                    None => Ok(()),
+                };
+                match m {
+                    Err(w) => Some(w),
+                    Ok(()) => {
+                        let b = match st.bytes.as_mut() {
+                            Some(b) => b.try_take(bytes as f64, now),
+                            None => Ok(()),
+                        };
+                        match b {
+                            Ok(()) => None,
+                            Err(w) => {
+                                // Give the message token back; both are taken together.
+                                if let Some(mb) = st.msgs.as_mut() {
+                                    mb.tokens += 1.0;
+                                }
+                                Some(w)
+                            }
+                        }
+                    }
+                }
+            };
+            match wait {
+                Some(w) => tokio::time::sleep(w).await,
+                None => break,
+            }
+        }
+        if let Some(b) = &self.limits.global_msgs {
+            take(b, 1.0).await;
+        }
+        if let Some(b) = &self.limits.global_bytes {
+            take(b, bytes as f64).await;
+        }
+    }
+
+    /// `n` messages were appended; `clean`: their batch met no throttle, so the rate goes up
+    /// by one step (additive increase), up to the configured rate if any.
+    pub fn on_appended(&self, n: u64, clean: bool) {
+        let burst = self.limits.settings.burst;
+        let mut st = self.lock();
+        st.window_msgs += n;
+        if !clean || n == 0 {
+            return;
+        }
+        let (step, ceiling) = (st.step, st.ceiling.unwrap_or(f64::INFINITY));
+        if let Some(b) = st.msgs.as_mut() {
+            if b.rate() < ceiling {
+                let rate = (b.rate() + step).min(ceiling);
+                b.set_rate(rate, rate * burst);
+            }
+        }
+    }
+
+    /// The destination throttled this mailbox: multiplicative decrease. Returns the new
+    /// message rate.
+    pub fn on_throttle(&self, backoff: Duration) -> f64 {
+        let burst = self.limits.settings.burst;
+        let mut st = self.lock();
+        st.throttled += 1;
+        st.backoff_total += backoff;
+        let current = match &st.msgs {
+            Some(b) => b.rate(),
+            None => {
+                // No limit yet: start from what we were actually doing.
+                let secs = st.window_start.elapsed().as_secs_f64().max(1.0);
+                (st.window_msgs as f64 / secs).max(MIN_RATE * 2.0)
+            }
+        };
+        if st.ceiling.is_none() && st.throttled == 1 {
+            st.step = (current * 0.05).max(1.0);
+        }
+        let rate = (current / 2.0).max(MIN_RATE);
+        match st.msgs.as_mut() {
+            Some(b) => b.set_rate(rate, rate * burst),
+            None => {
+                let mut b = TokenBucket::new(rate, rate * burst);
+                // Start empty: the point is to slow down now.
+                b.tokens = 0.0;
+                st.msgs = Some(b);
+            }
+        }
+        st.window_start = Instant::now();
+        st.window_msgs = 0;
+        rate
+    }
+
+    pub fn stats(&self) -> ThrottleStats {
+        let st = self.lock();
+        ThrottleStats {
+            throttled: st.throttled,
+            backoff: st.backoff_total,
+            rate: st.msgs.as_ref().map(|b| b.rate()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::imap::response::Kind;
+
+    #[test]
+    fn parses_exchange_backoff() {
+        let t = "Request is throttled. Suggested Backoff Time: 1234 milliseconds";
+        assert_eq!(suggested_backoff(t), Some(Duration::from_millis(1234)));
+        assert!(is_throttle_text(t));
+        assert_eq!(
+            suggested_backoff("[THROTTLED] suggested backoff time: 3 seconds"),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            suggested_backoff("Suggested Backoff Time:250 ms"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(suggested_backoff("Request is throttled."), None);
+        assert_eq!(
+            throttle_backoff("Request is throttled."),
+            DEFAULT_THROTTLE_BACKOFF
+        );
+        assert_eq!(
+            throttle_backoff("Suggested Backoff Time: 99999999 milliseconds"),
+            MAX_SUGGESTED_BACKOFF
+        );
+        assert!(!is_throttle_text("APPEND completed"));
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let refused = |kind, text: &str| ImapError::Refused {
+            host: "h".into(),
+            command: "APPEND".into(),
+            kind,
+            code: None,
+            text: text.into(),
+        };
+        assert_eq!(
+            classify(&refused(
+                Kind::No,
+                "Request is throttled. Suggested Backoff Time: 500 milliseconds"
+            )),
+            Fault::Throttled {
+                backoff: Duration::from_millis(500),
+                text: "Request is throttled. Suggested Backoff Time: 500 milliseconds".into()
+            }
+        );
+        assert_eq!(
+            classify(&refused(
+                Kind::Bad,
+                "User is authenticated but not connected."
+            )),
+            Fault::Transient
+        );
+        assert_eq!(
+            classify(&refused(Kind::No, "Mailbox does not exist")),
+            Fault::Fatal
+        );
+        let bye = ImapError::Closed {
+            host: "h".into(),
+            bye: Some("Request is throttled. Suggested Backoff Time: 20 milliseconds".into()),
+        };
+        assert!(matches!(classify(&bye), Fault::Throttled { .. }));
+        let closed = ImapError::Closed {
+            host: "h".into(),
+            bye: None,
+        };
+        assert_eq!(classify(&closed), Fault::Transient);
+        let timeout = ImapError::Timeout {
+            host: "h".into(),
+            secs: 1,
+        };
+        assert_eq!(classify(&timeout), Fault::Transient);
+    }
+
+    #[test]
+    fn backoff_grows_to_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let d: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+        for (i, want) in [100u64, 200, 400, 800, 1000, 1000].iter().enumerate() {
+            let want = Duration::from_millis(*want);
+            assert!(d[i] >= want && d[i] <= want.mul_f64(1.5), "{i}: {:?}", d[i]);
+        }
+        assert_eq!(b.attempts(), 6);
+        b.reset();
+        assert!(b.next_delay() < Duration::from_millis(151));
+    }
+
+    #[test]
+    fn bucket_rate_and_debt() {
+        let start = Instant::now();
+        let mut b = TokenBucket::new(10.0, 5.0);
+        b.last = start;
+        for _ in 0..5 {
+            assert!(b.try_take(1.0, start).is_ok());
+        }
+        let w = b.try_take(1.0, start).unwrap_err();
+        assert!((w.as_secs_f64() - 0.1).abs() < 1e-3, "{w:?}");
+        // 0.5 s later: 5 tokens again, never more than the capacity.
+        let later = start + Duration::from_secs(10);
+        assert!(b.try_take(5.0, later).is_ok());
+        assert!(b.try_take(1.0, later).is_err());
+        // More than the capacity: waits for a full bucket, then goes into debt.
+        let mut b = TokenBucket::new(100.0, 100.0);
+        b.last = start;
+        assert!(b.try_take(250.0, start).is_ok());
+        let w = b.try_take(1.0, start).unwrap_err();
+        assert!((w.as_secs_f64() - 1.51).abs() < 1e-2, "{w:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limiter_holds_the_rate() {
+        let limits = Limits::new(RateSettings {
+            messages_per_second: 20.0,
+            burst: 1.0,
+            ..Default::default()
+        });
+        let m = limits.mailbox();
+        assert_eq!(m.max_batch(), Some(20));
+        let start = Instant::now();
+        for _ in 0..120 {
+            m.acquire(1000).await;
+        }
+        // 20 at once (the burst), then 100 at 20/s.
+        let secs = start.elapsed().as_secs_f64();
+        assert!((secs - 5.0).abs() < 0.05, "{secs}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_and_global_limits() {
+        let limits = Limits::new(RateSettings {
+            bytes_per_second: 10_000.0,
+            global_messages_per_second: 4.0,
+            burst: 1.0,
+            ..Default::default()
+        });
+        let a = limits.mailbox();
+        let b = limits.mailbox();
+        let start = Instant::now();
+        // 5 KB messages: the mailbox byte bucket allows 2/s; two mailboxes share 4 msg/s.
+        let t1 = async {
+            for _ in 0..10 {
+                a.acquire(5_000).await;
+            }
+        };
+        let t2 = async {
+            for _ in 0..10 {
+                b.acquire(5_000).await;
+            }
+        };
+        tokio::join!(t1, t2);
+        let secs = start.elapsed().as_secs_f64();
+        // Per mailbox 10 messages of 5 KB at 10 KB/s: (10 - 2) / 2 = 4 s.
+        assert!((3.9..=4.6).contains(&secs), "{secs}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn aimd_halves_and_recovers() {
+        let limits = Limits::new(RateSettings {
+            messages_per_second: 40.0,
+            burst: 1.0,
+            ..Default::default()
+        });
+        let m = limits.mailbox();
+        assert_eq!(m.on_throttle(Duration::from_millis(100)), 20.0);
+        assert_eq!(m.on_throttle(Duration::from_millis(100)), 10.0);
+        let s = m.stats();
+        assert_eq!(s.throttled, 2);
+        assert_eq!(s.backoff, Duration::from_millis(200));
+        assert_eq!(s.rate, Some(10.0));
+        m.on_appended(10, false);
+        assert_eq!(
+            m.stats().rate,
+            Some(10.0),
+            "a throttled batch does not raise the rate"
+        );
+        m.on_appended(10, true);
+        assert_eq!(m.stats().rate, Some(12.0), "5 % of 40 per clean batch");
+        for _ in 0..100 {
+            m.on_appended(10, true);
+        }
+        assert_eq!(
+            m.stats().rate,
+            Some(40.0),
+            "climbs back to the configured rate"
+        );
+
+        // Unlimited: the first throttle sets a limit from the observed rate.
+        let limits = Limits::new(RateSettings::default());
+        let m = limits.mailbox();
+        assert_eq!(m.max_batch(), None);
+        m.on_appended(400, true);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let r = m.on_throttle(Duration::from_secs(1));
+        assert!((r - 20.0).abs() < 0.1, "half of the observed 40/s: {r}");
+        m.on_appended(10, true);
+        let r = m.stats().rate.unwrap();
+        assert!((r - 22.0).abs() < 0.1, "+5 % of the observed rate: {r}");
+        for _ in 0..100 {
+            m.on_appended(10, true);
+        }
+        let r = m.stats().rate.unwrap();
+        assert!(
+            r > 200.0,
+            "no configured ceiling: keeps probing upwards: {r}"
+        );
+        let _ = Kind::Ok;
+    }
+}
