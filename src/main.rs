@@ -34,6 +34,30 @@ enum Command {
     },
     /// Log in to both sides for every mailbox and list folders; change nothing.
     Check,
+    /// The daemon: sync every mailbox, then deltas every `[sync] interval`, watch the MX
+    /// and complete the migration after the cutover. Stops on SIGTERM/SIGINT.
+    Run,
+    /// Per-mailbox status, from the running daemon or from the spool.
+    Status {
+        /// Print the rows as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-mailbox report and the list of skipped/failed items, as CSV.
+    Report {
+        /// CSV output (the only format; accepted for clarity in scripts).
+        #[arg(long)]
+        csv: bool,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Final sync, then Completed: for the named mailboxes, or every one.
+    Complete {
+        /// A mailbox (EmailAddress) to complete; repeat for several. Default: all.
+        #[arg(long)]
+        mailbox: Vec<String>,
+    },
     /// Start a local source and destination Dovecot with sample mailboxes and migrate them.
     Demo {
         /// Keep the demo servers running until Ctrl-C, to look at them.
@@ -64,6 +88,14 @@ fn main() -> ExitCode {
                 cutover::cli::sync_once(&cli.config).await
             }
             Command::Check => cutover::cli::check(&cli.config).await,
+            Command::Run => cutover::daemon::run(&cli.config).await,
+            Command::Status { json } => cutover::daemon::commands::status(&cli.config, json),
+            Command::Report { csv: _, output } => {
+                cutover::daemon::commands::report(&cli.config, output.as_ref())
+            }
+            Command::Complete { mailbox } => {
+                cutover::daemon::commands::complete(&cli.config, &mailbox).await
+            }
             Command::Demo { keep } => cutover::demo::run(keep).await,
         }
     });

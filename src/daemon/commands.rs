@@ -1,0 +1,198 @@
+//! `cutover status`, `cutover report` and `cutover complete`: what an admin runs beside
+//! the daemon. Each works whether the daemon runs (through its snapshot file and request
+//! directory, see [`super::report`] and [`super::requests`]) or not (on the spool).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::report::{self, Snapshot};
+use super::requests::{self, CompleteRequest};
+use super::scheduler::{now_ms, Scheduler};
+use super::{is_locked, load};
+use crate::engine::Engine;
+use crate::spool::Spool;
+
+/// Where the rows come from.
+enum Source {
+    Daemon(Snapshot),
+    Spool(Snapshot),
+    /// No spool yet: nothing has run.
+    Nothing(Vec<String>),
+}
+
+fn rows(config: &Path) -> anyhow::Result<Source> {
+    let (cfg, accounts) = load(config)?;
+    let expected: Vec<String> = accounts.iter().map(|a| a.email.clone()).collect();
+    let dir = &cfg.spool.path;
+    if !dir.exists() {
+        return Ok(Source::Nothing(expected));
+    }
+    match Spool::open(dir) {
+        Ok(spool) => Ok(Source::Spool(report::from_spool(&spool, &expected)?)),
+        Err(e) if is_locked(&e) => {
+            // A daemon that has just started writes its first snapshot within moments.
+            let path = report::snapshot_path(dir);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !path.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let snap = report::read_snapshot(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "the spool is in use (by the daemon?) and its status file {} cannot be read: {e}",
+                    path.display()
+                )
+            })?;
+            Ok(Source::Daemon(snap))
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot open the spool at {}: {e}",
+            dir.display()
+        )),
+    }
+}
+
+/// `cutover status [--json]`.
+pub fn status(config: &Path, json: bool) -> anyhow::Result<bool> {
+    let (snap, note) = match rows(config)? {
+        Source::Daemon(s) => {
+            let note = format!(
+                "from the running daemon (pid {}), as of {}",
+                s.pid,
+                report::time(Some(s.written_unix))
+            );
+            (s, note)
+        }
+        Source::Spool(s) => (s, "from the spool; the daemon is not running".to_string()),
+        Source::Nothing(expected) => {
+            let snap = Snapshot {
+                written_unix: now_ms() / 1000,
+                pid: 0,
+                mailboxes: expected
+                    .iter()
+                    .map(|m| {
+                        report::MailboxRow::new(
+                            &crate::spool::MailboxState {
+                                id: m.clone(),
+                                status: "Queued".into(),
+                                ..Default::default()
+                            },
+                            (Vec::new(), 0),
+                            0,
+                        )
+                    })
+                    .collect(),
+            };
+            (snap, "nothing has run yet (no spool)".to_string())
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&snap)?);
+    } else {
+        print!("{}", report::table(&snap));
+        println!("({note})");
+    }
+    Ok(true)
+}
+
+/// `cutover report --csv [--output FILE]`.
+pub fn report(config: &Path, output: Option<&PathBuf>) -> anyhow::Result<bool> {
+    let snap = match rows(config)? {
+        Source::Daemon(s) | Source::Spool(s) => s,
+        Source::Nothing(_) => anyhow::bail!("nothing to report: no spool yet"),
+    };
+    match output {
+        Some(path) => {
+            let tmp = path.with_extension("tmp");
+            report::write_csv(&snap, std::fs::File::create(&tmp)?)?;
+            std::fs::rename(&tmp, path)?;
+            eprintln!(
+                "wrote {} ({} mailboxes)",
+                path.display(),
+                snap.mailboxes.len()
+            );
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut lock = stdout.lock();
+            report::write_csv(&snap, &mut lock)?;
+            lock.flush()?;
+        }
+    }
+    Ok(true)
+}
+
+/// `cutover complete [--mailbox X]...`: final pass, then Completed.
+///
+/// With the daemon running, the request is handed to it and this returns at once (watch
+/// `cutover status`). With the daemon stopped, the final passes run here, one mailbox
+/// after the other; true if all of them succeeded.
+pub async fn complete(config: &Path, mailboxes: &[String]) -> anyhow::Result<bool> {
+    let (cfg, accounts) = load(config)?;
+    for m in mailboxes {
+        if !accounts.iter().any(|a| &a.email == m) {
+            anyhow::bail!("{m} is not a mailbox of {}", cfg.mailboxes.display());
+        }
+    }
+    let spool_dir = cfg.spool.path.clone();
+    let interval = cfg.sync.interval;
+    let cutover = cfg.cutover.clone();
+    let engine = match Engine::new(cfg) {
+        Ok(e) => Arc::new(e),
+        Err(e) if is_locked(&e) => {
+            let file = requests::submit(
+                &spool_dir,
+                &CompleteRequest {
+                    mailboxes: mailboxes.to_vec(),
+                },
+            )?;
+            println!(
+                "the daemon is running: asked it to complete {} ({}); follow with `cutover status`",
+                if mailboxes.is_empty() {
+                    "every mailbox".to_string()
+                } else {
+                    mailboxes.join(", ")
+                },
+                file.display()
+            );
+            return Ok(true);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut sched = Scheduler::new(
+        engine.spool.clone(),
+        &accounts,
+        interval,
+        &cutover,
+        now_ms(),
+    )?;
+    sched.request_complete(mailboxes, now_ms());
+    let mut all_ok = true;
+    for id in sched.due(now_ms()) {
+        if !sched.entries[&id].st.cutover_manual {
+            continue;
+        }
+        let account = sched.entries[&id].account.clone();
+        let is_final = sched.start(&id, now_ms());
+        let summary = engine.sync_mailbox(&account).await;
+        sched.finish(&id, &summary, is_final, now_ms());
+        let status = sched.status_of(&id).map(|s| s.as_str()).unwrap_or("?");
+        match (&summary.fatal, summary.errors.first()) {
+            (None, None) if summary.ok() => {
+                println!("{id}: final pass copied {}; {status}", summary.copied)
+            }
+            (f, e) => {
+                all_ok = false;
+                println!(
+                    "{id}: final pass FAILED ({}); {status}",
+                    f.as_deref()
+                        .or(e.map(String::as_str))
+                        .unwrap_or("messages left")
+                );
+            }
+        }
+    }
+    sched.close_all(now_ms());
+    engine.spool.flush()?;
+    Ok(all_ok)
+}

@@ -1,0 +1,311 @@
+//! `cutover run`: the appliance daemon.
+//!
+//! It syncs every mailbox of the CSV once, then again every `[sync] interval` (a delta:
+//! the engine only fetches what is new or changed), watches the MX of the `[cutover]`
+//! domains, and finishes each mailbox with a final pass once its domain's grace is over.
+//! It runs until every mailbox is Completed or it is told to stop (SIGTERM/SIGINT).
+//!
+//! The pieces:
+//! - [`state`]: the statuses and how they follow from a few facts;
+//! - [`scheduler`]: the bookkeeping (what is due, what a finished pass means), persisted
+//!   in the spool's [`MailboxState`](crate::spool::MailboxState);
+//! - this file: the loop that runs passes through the [`Engine`], listens to the MX
+//!   watch, signals and `cutover complete` requests, and reports to systemd;
+//! - [`report`] and [`commands`]: `cutover status`, `report` and `complete`.
+//!
+//! Connection limits: a pass holds one source connection at a time, so the daemon runs at
+//! most `[source] max_connections` passes at once (the engine enforces the same limit
+//! per connection), and at most `max_connections_per_user` passes of mailboxes that log in
+//! as the same source user. Mailboxes waiting for a slot keep their status.
+
+pub mod commands;
+pub mod notify;
+pub mod report;
+pub mod requests;
+pub mod scheduler;
+pub mod state;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::accounts::{self, Account};
+use crate::config::Config;
+use crate::cutover::mx;
+use crate::engine::{Engine, MailboxSummary};
+use notify::Notifier;
+use scheduler::{now_ms, Scheduler};
+
+/// How long a stopping daemon lets running passes finish before it aborts them. Short:
+/// an aborted pass is safe (the spool records an APPEND in flight as `Appending` and the
+/// next pass resolves it), and systemd's stop timeout must not be reached.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// How often the loop wakes up without an event: requests, snapshot, watchdog.
+const TICK: Duration = Duration::from_millis(500);
+
+/// A status snapshot is written at least this often, and within a tick of a change.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(10);
+
+/// How long to wait for the spool's lock at start-up: a `cutover status` that opened the
+/// spool a moment before holds it briefly.
+const SPOOL_LOCK_WAIT: Duration = Duration::from_secs(15);
+
+/// Loads the config and the CSV (printing the CSV's bad rows).
+pub fn load(config: &Path) -> anyhow::Result<(Config, Vec<Account>)> {
+    let cfg = Config::load(config)?;
+    let accts = accounts::load(&cfg.mailboxes).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the mailboxes CSV {}: {e}",
+            cfg.mailboxes.display()
+        )
+    })?;
+    for e in &accts.errors {
+        eprintln!("error: {e}");
+    }
+    Ok((cfg, accts.accounts))
+}
+
+/// True if `e` says that another process holds the spool (sled's lock).
+pub fn is_locked(e: &dyn std::fmt::Display) -> bool {
+    e.to_string().contains("could not acquire lock")
+}
+
+/// Opens the engine (and with it the spool), waiting a little if the spool is locked.
+async fn open_engine(cfg: Config) -> anyhow::Result<Engine> {
+    let deadline = Instant::now() + SPOOL_LOCK_WAIT;
+    loop {
+        match Engine::new(cfg.clone()) {
+            Ok(e) => return Ok(e),
+            Err(e) if is_locked(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) if is_locked(&e) => {
+                anyhow::bail!("{e:#} (is another `cutover run` using this spool?)")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What a pass task returns.
+struct PassDone {
+    mailbox: String,
+    summary: MailboxSummary,
+    is_final: bool,
+}
+
+/// `cutover run`. Returns Ok(true) when stopped by a signal or when every mailbox is
+/// Completed.
+pub async fn run(config: &Path) -> anyhow::Result<bool> {
+    let (cfg, accounts) = load(config)?;
+    if accounts.is_empty() {
+        anyhow::bail!("no mailboxes to migrate in {}", cfg.mailboxes.display());
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let interval = cfg.sync.interval;
+    let cutover = cfg.cutover.clone();
+    let per_user = cfg.source.max_connections_per_user;
+    let max_passes = cfg.source.max_connections.max(1);
+    let engine = Arc::new(open_engine(cfg).await?);
+    let spool_dir = engine.spool.path().to_path_buf();
+    let snapshot_path = report::snapshot_path(&spool_dir);
+    // The last daemon's snapshot is stale; `status` waits for this one's first.
+    let _ = std::fs::remove_file(&snapshot_path);
+    let mut sched = Scheduler::new(
+        engine.spool.clone(),
+        &accounts,
+        interval,
+        &cutover,
+        now_ms(),
+    )?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (mx_tx, mut mx_rx) = mpsc::channel(64);
+    if !cutover.domains.is_empty() {
+        tokio::spawn(mx::watch(cutover.clone(), mx_tx, stop_rx.clone()));
+    } else {
+        drop(mx_tx);
+    }
+
+    let pass_slots = Arc::new(Semaphore::new(max_passes));
+    let mut user_slots: HashMap<String, Arc<Semaphore>> = HashMap::new();
+    let mut passes: JoinSet<PassDone> = JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, String> = HashMap::new();
+
+    let notifier = Notifier::from_env();
+    write_snapshot(&snapshot_path, &sched);
+    tracing::info!(
+        mailboxes = accounts.len(),
+        interval = %crate::duration::format(interval),
+        domains = ?cutover.domains,
+        "daemon started"
+    );
+    notifier.ready(&sched.status_line());
+
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_snapshot = Instant::now();
+    let mut last_watchdog = Instant::now();
+    let mut last_status = String::new();
+    let mut stopping: Option<Instant> = None;
+    let mut mx_open = !cutover.domains.is_empty();
+
+    loop {
+        if stopping.is_none() {
+            for id in sched.due(now_ms()) {
+                let Ok(slot) = pass_slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                let user_slot = match per_user {
+                    Some(n) => {
+                        let key = sched.entries[&id].account.username.to_lowercase();
+                        let sem = user_slots
+                            .entry(key)
+                            .or_insert_with(|| Arc::new(Semaphore::new(n)));
+                        match sem.clone().try_acquire_owned() {
+                            Ok(p) => Some(p),
+                            Err(_) => continue,
+                        }
+                    }
+                    None => None,
+                };
+                let is_final = sched.start(&id, now_ms());
+                let account = sched.entries[&id].account.clone();
+                let handle = passes.spawn(pass(engine.clone(), account, is_final, slot, user_slot));
+                running.insert(handle.id(), id);
+            }
+            if passes.is_empty() && sched.all_completed() {
+                tracing::info!("every mailbox is Completed: the migration is over");
+                break;
+            }
+        } else if passes.is_empty() {
+            break;
+        }
+
+        tokio::select! {
+            Some(done) = passes.join_next_with_id(), if !passes.is_empty() => match done {
+                Ok((id, d)) => {
+                    running.remove(&id);
+                    sched.finish(&d.mailbox, &d.summary, d.is_final, now_ms());
+                }
+                Err(e) => {
+                    let Some(mailbox) = running.remove(&e.id()) else { continue };
+                    if e.is_cancelled() {
+                        sched.abandon(&mailbox, now_ms());
+                    } else {
+                        let summary = MailboxSummary {
+                            mailbox: mailbox.clone(),
+                            fatal: Some(format!("internal error: {e}")),
+                            ..Default::default()
+                        };
+                        sched.finish(&mailbox, &summary, false, now_ms());
+                    }
+                }
+            },
+            Some(obs) = mx_rx.recv(), if mx_open => sched.observe_mx(&obs, now_ms()),
+            _ = tick.tick() => {
+                for req in requests::take(&spool_dir) {
+                    for m in sched.request_complete(&req.mailboxes, now_ms()) {
+                        tracing::warn!(mailbox = %m, "`cutover complete` names a mailbox that is not in the CSV");
+                    }
+                }
+                if let Some(since) = stopping {
+                    if since.elapsed() >= SHUTDOWN_WAIT && !passes.is_empty() {
+                        tracing::warn!(passes = passes.len(), "aborting the passes still running; the next start resumes them");
+                        passes.abort_all();
+                    }
+                }
+            }
+            _ = term.recv() => stopping = begin_stop(stopping, &notifier, &mut passes, "SIGTERM"),
+            _ = int.recv() => stopping = begin_stop(stopping, &notifier, &mut passes, "SIGINT"),
+        }
+        if mx_rx.is_closed() && mx_rx.is_empty() {
+            mx_open = false;
+        }
+
+        if let Some(every) = notifier.watchdog_every() {
+            if last_watchdog.elapsed() >= every {
+                notifier.watchdog();
+                last_watchdog = Instant::now();
+            }
+        }
+        if (sched.dirty && last_snapshot.elapsed() >= TICK)
+            || last_snapshot.elapsed() >= SNAPSHOT_EVERY
+        {
+            write_snapshot(&snapshot_path, &sched);
+            sched.dirty = false;
+            last_snapshot = Instant::now();
+            let line = sched.status_line();
+            if line != last_status {
+                notifier.status(&line);
+                last_status = line;
+            }
+        }
+    }
+
+    let _ = stop_tx.send(true);
+    notifier.stopping();
+    // Passes aborted above were never finished: forget them, they resume next time.
+    for mailbox in running.into_values() {
+        sched.abandon(&mailbox, now_ms());
+    }
+    sched.close_all(now_ms());
+    write_snapshot(&snapshot_path, &sched);
+    engine.spool.flush()?;
+    tracing::info!("{}; stopped", sched.status_line());
+    Ok(true)
+}
+
+/// The first signal stops scheduling; a second one aborts the running passes at once.
+fn begin_stop(
+    stopping: Option<Instant>,
+    notifier: &Notifier,
+    passes: &mut JoinSet<PassDone>,
+    what: &str,
+) -> Option<Instant> {
+    match stopping {
+        None => {
+            tracing::info!(
+                running = passes.len(),
+                "{what}: stopping; running passes get {}s to finish",
+                SHUTDOWN_WAIT.as_secs()
+            );
+            notifier.stopping();
+            Some(Instant::now())
+        }
+        Some(since) => {
+            tracing::warn!("{what} again: aborting the running passes");
+            passes.abort_all();
+            Some(since)
+        }
+    }
+}
+
+/// One pass of one mailbox; the slots are released when it ends.
+async fn pass(
+    engine: Arc<Engine>,
+    account: Account,
+    is_final: bool,
+    _slot: OwnedSemaphorePermit,
+    _user_slot: Option<OwnedSemaphorePermit>,
+) -> PassDone {
+    let summary = engine.sync_mailbox(&account).await;
+    PassDone {
+        mailbox: account.email,
+        summary,
+        is_final,
+    }
+}
+
+fn write_snapshot(path: &Path, sched: &Scheduler) {
+    if let Err(e) = report::write_snapshot(path, &sched.snapshot(now_ms())) {
+        tracing::warn!(file = %path.display(), error = %e, "cannot write the status snapshot");
+    }
+}

@@ -1,0 +1,90 @@
+//! `cutover complete` while the daemon runs: a request file it picks up.
+//!
+//! The running daemon holds the spool's lock, so the command cannot change the spool
+//! itself. It drops a small JSON file into `<spool>/requests/` instead (written under a
+//! temporary name and renamed, so the daemon never reads half of one); the daemon reads
+//! and removes every such file about once a second. A request that arrives while the
+//! daemon is stopping stays there and is honoured by the next start.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Complete these mailboxes (every mailbox when empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompleteRequest {
+    pub mailboxes: Vec<String>,
+}
+
+fn dir(spool_dir: &Path) -> PathBuf {
+    spool_dir.join("requests")
+}
+
+/// Leaves a request for the daemon; returns the file written.
+pub fn submit(spool_dir: &Path, req: &CompleteRequest) -> std::io::Result<PathBuf> {
+    let d = dir(spool_dir);
+    std::fs::create_dir_all(&d)?;
+    let stamp = format!(
+        "complete-{}-{}",
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+        std::process::id()
+    );
+    let tmp = d.join(format!(".{stamp}.tmp"));
+    let file = d.join(format!("{stamp}.json"));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(req).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, &file)?;
+    Ok(file)
+}
+
+/// Reads and removes every pending request, oldest first. Unreadable files are logged
+/// and removed, so one bad file does not block the others forever.
+pub fn take(spool_dir: &Path) -> Vec<CompleteRequest> {
+    let Ok(rd) = std::fs::read_dir(dir(spool_dir)) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        match std::fs::read(&f)
+            .map_err(anyhow::Error::from)
+            .and_then(|d| Ok(serde_json::from_slice::<CompleteRequest>(&d)?))
+        {
+            Ok(r) => out.push(r),
+            Err(e) => {
+                tracing::warn!(file = %f.display(), error = %e, "ignoring a bad request file")
+            }
+        }
+        if let Err(e) = std::fs::remove_file(&f) {
+            tracing::warn!(file = %f.display(), error = %e, "cannot remove a request file");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submit_then_take() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(take(d.path()).is_empty());
+        let a = CompleteRequest {
+            mailboxes: vec!["a@x.test".into()],
+        };
+        let all = CompleteRequest { mailboxes: vec![] };
+        submit(d.path(), &a).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        submit(d.path(), &all).unwrap();
+        std::fs::write(d.path().join("requests/junk.json"), b"{").unwrap();
+        assert_eq!(take(d.path()), [a, all]);
+        assert!(take(d.path()).is_empty());
+    }
+}

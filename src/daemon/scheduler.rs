@@ -1,0 +1,506 @@
+//! The daemon's bookkeeping: which mailbox is due, what a finished pass means for it, and
+//! what an MX observation or a `cutover complete` request changes.
+//!
+//! Everything here is synchronous and talks to nothing but the spool, so the whole state
+//! machine is tested without a server. The daemon loop ([`super::run`]) owns the only
+//! [`Scheduler`] and runs the passes it asks for; every change is written to the spool
+//! at once, so a crash loses at most the pass that was running.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use super::report::{self, MailboxRow, Problem, Snapshot};
+use super::state::{self, Facts, Status};
+use crate::accounts::Account;
+use crate::cutover::mx::Observation;
+use crate::cutover::CutoverConfig;
+use crate::engine::MailboxSummary;
+use crate::spool::{MailboxState, Spool};
+
+/// One mailbox of the CSV.
+pub struct Entry {
+    pub account: Account,
+    pub st: MailboxState,
+    pub facts: Facts,
+    /// The watched domain the mailbox belongs to, if any.
+    pub domain: Option<String>,
+    /// When the next pass may start (unix milliseconds).
+    pub next_due_ms: i64,
+    pub problems: (Vec<Problem>, u64),
+}
+
+impl Entry {
+    pub fn id(&self) -> &str {
+        &self.st.id
+    }
+}
+
+/// What the daemon knows of a watched domain.
+#[derive(Debug, Default, Clone)]
+struct DomainWatch {
+    /// The MX points at Office 365.
+    moved: bool,
+    /// TTL of the last answer that did not point at Office 365: senders may cache it that
+    /// long, so it is the floor of the grace.
+    old_ttl: u32,
+}
+
+pub struct Scheduler {
+    pub entries: BTreeMap<String, Entry>,
+    spool: Spool,
+    interval: Duration,
+    grace: Duration,
+    mx_suffix: String,
+    domains: HashMap<String, DomainWatch>,
+    /// Something changed since the last snapshot.
+    pub dirty: bool,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn secs(ms: i64) -> i64 {
+    ms.div_euclid(1000)
+}
+
+impl Scheduler {
+    /// Restores every mailbox of `accounts` from the spool (new ones start `Queued`).
+    pub fn new(
+        spool: Spool,
+        accounts: &[Account],
+        interval: Duration,
+        cutover: &CutoverConfig,
+        now_ms: i64,
+    ) -> anyhow::Result<Scheduler> {
+        let now = secs(now_ms);
+        let mut entries = BTreeMap::new();
+        for a in accounts {
+            let mut st = spool.mailbox(&a.email)?.unwrap_or_else(|| MailboxState {
+                id: a.email.clone(),
+                ..Default::default()
+            });
+            let facts = Facts::restore(&st);
+            // Time while no daemon ran is not counted in any status.
+            st.status_since_unix = now;
+            state::enter(&mut st, facts.status(), now);
+            let next_due_ms = match (facts.completed, st.last_sync_unix, facts.last_ok) {
+                (true, _, _) => i64::MAX,
+                // Synced before the restart: the next delta when the interval is up.
+                (false, Some(last), Some(true)) => {
+                    (last * 1000 + interval.as_millis() as i64).max(now_ms)
+                }
+                _ => now_ms,
+            };
+            let problems = report::problems(&spool, &a.email, report::MAX_PROBLEMS);
+            spool.put_mailbox(&st)?;
+            entries.insert(
+                a.email.clone(),
+                Entry {
+                    account: a.clone(),
+                    domain: cutover.domain_of(&a.email),
+                    st,
+                    facts,
+                    next_due_ms,
+                    problems,
+                },
+            );
+        }
+        let mut s = Scheduler {
+            entries,
+            spool,
+            interval,
+            grace: cutover.grace,
+            mx_suffix: cutover.mx_suffix.clone(),
+            domains: HashMap::new(),
+            dirty: true,
+        };
+        // A restart in the cutover phase: the final pass is due when the grace ends.
+        for e in s.entries.values_mut() {
+            if let (Some(after), false) = (e.st.complete_after_unix, e.facts.completed) {
+                e.next_due_ms = e.next_due_ms.min(after * 1000);
+            }
+        }
+        s.dirty = true;
+        Ok(s)
+    }
+
+    /// Mailboxes whose next pass is due, oldest due first.
+    pub fn due(&self, now_ms: i64) -> Vec<String> {
+        let mut due: Vec<(&i64, &String)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.facts.running && !e.facts.completed && e.next_due_ms <= now_ms)
+            .map(|(id, e)| (&e.next_due_ms, id))
+            .collect();
+        due.sort();
+        due.into_iter().map(|(_, id)| id.clone()).collect()
+    }
+
+    /// Marks a pass of `id` as started; returns true if it is the final one (the grace
+    /// is over), after which the mailbox is Completed if the pass succeeds.
+    pub fn start(&mut self, id: &str, now_ms: i64) -> bool {
+        let Some(e) = self.entries.get_mut(id) else {
+            return false;
+        };
+        e.facts.running = true;
+        let is_final =
+            e.st.complete_after_unix
+                .is_some_and(|after| after * 1000 <= now_ms);
+        state::enter(&mut e.st, e.facts.status(), secs(now_ms));
+        if is_final {
+            tracing::info!(mailbox = id, "grace over: final pass");
+        }
+        self.persist(id);
+        is_final
+    }
+
+    /// Records the outcome of a pass.
+    pub fn finish(&mut self, id: &str, summary: &MailboxSummary, is_final: bool, now_ms: i64) {
+        let counts = self.spool.counts(id);
+        let problems = report::problems(&self.spool, id, report::MAX_PROBLEMS);
+        let interval_ms = self.interval.as_millis() as i64;
+        let Some(e) = self.entries.get_mut(id) else {
+            return;
+        };
+        let now = secs(now_ms);
+        e.facts.running = false;
+        e.st.passes += 1;
+        if let Ok(c) = counts {
+            e.st.items_synced = c.appended;
+            e.st.items_skipped = c.skipped;
+            e.st.items_failed = c.failed + c.spooled + c.appending;
+            e.st.bytes = c.bytes_appended;
+        }
+        e.problems = problems;
+        let ok = summary.ok();
+        e.facts.last_ok = Some(ok);
+        if ok {
+            e.facts.synced_once = true;
+            e.st.last_sync_unix = Some(now);
+            e.st.last_error = None;
+            if is_final {
+                e.facts.completed = true;
+                e.st.completed_unix = Some(now);
+                tracing::info!(mailbox = id, "final pass done: Completed");
+            }
+        } else {
+            let error = summary
+                .fatal
+                .clone()
+                .or_else(|| summary.errors.first().cloned())
+                .unwrap_or_else(|| {
+                    format!("{} messages are not at the destination yet", summary.failed)
+                });
+            tracing::warn!(mailbox = id, %error, "pass failed; retried after the interval");
+            e.st.last_error = Some(error);
+        }
+        e.next_due_ms = if e.facts.completed {
+            i64::MAX
+        } else {
+            let mut due = now_ms + interval_ms;
+            if let Some(after) = e.st.complete_after_unix {
+                due = due.min(after * 1000);
+            }
+            due
+        };
+        state::enter(&mut e.st, e.facts.status(), now);
+        self.persist(id);
+    }
+
+    /// Forgets that a pass runs (the daemon aborted it while stopping).
+    pub fn abandon(&mut self, id: &str, now_ms: i64) {
+        if let Some(e) = self.entries.get_mut(id) {
+            e.facts.running = false;
+            e.next_due_ms = now_ms;
+            state::enter(&mut e.st, e.facts.status(), secs(now_ms));
+            self.persist(id);
+        }
+    }
+
+    /// Applies one MX lookup result.
+    pub fn observe_mx(&mut self, obs: &Observation, now_ms: i64) {
+        let Ok(answer) = &obs.answer else {
+            return;
+        };
+        let now = secs(now_ms);
+        let watch = self.domains.entry(obs.domain.clone()).or_default();
+        let moved = answer.all_point_to(&self.mx_suffix);
+        let mut changed = Vec::new();
+        if moved {
+            let floor = Duration::from_secs(watch.old_ttl.into());
+            let grace = self.grace.max(floor);
+            if !watch.moved {
+                tracing::info!(domain = %obs.domain, mx = ?answer.exchanges, grace = %crate::duration::format(grace),
+                    "every MX points at Office 365: cutover begins");
+            }
+            watch.moved = true;
+            for e in self.entries.values_mut() {
+                if e.domain.as_deref() != Some(obs.domain.as_str())
+                    || e.facts.completed
+                    || e.facts.in_cutover
+                {
+                    continue;
+                }
+                let after = now + grace.as_secs() as i64;
+                e.st.cutover_since_unix = Some(now);
+                e.st.complete_after_unix = Some(after);
+                e.st.cutover_manual = false;
+                e.facts.in_cutover = true;
+                e.next_due_ms = e.next_due_ms.min(after * 1000);
+                state::enter(&mut e.st, e.facts.status(), now);
+                changed.push(e.id().to_string());
+            }
+        } else {
+            if watch.moved {
+                tracing::warn!(domain = %obs.domain, mx = ?answer.exchanges,
+                    "the MX no longer points at Office 365 only: cutover cancelled, syncing goes on");
+            }
+            watch.moved = false;
+            watch.old_ttl = answer.ttl;
+            for e in self.entries.values_mut() {
+                if e.domain.as_deref() != Some(obs.domain.as_str())
+                    || e.facts.completed
+                    || !e.facts.in_cutover
+                    || e.st.cutover_manual
+                {
+                    continue;
+                }
+                e.st.cutover_since_unix = None;
+                e.st.complete_after_unix = None;
+                e.facts.in_cutover = false;
+                state::enter(&mut e.st, e.facts.status(), now);
+                changed.push(e.id().to_string());
+            }
+        }
+        for id in changed {
+            self.persist(&id);
+        }
+    }
+
+    /// `cutover complete`: the named mailboxes (all when empty) get their final pass as
+    /// soon as possible. Returns the names that are not mailboxes of the CSV.
+    pub fn request_complete(&mut self, mailboxes: &[String], now_ms: i64) -> Vec<String> {
+        let now = secs(now_ms);
+        let unknown: Vec<String> = mailboxes
+            .iter()
+            .filter(|m| !self.entries.contains_key(*m))
+            .cloned()
+            .collect();
+        let mut changed = Vec::new();
+        for e in self.entries.values_mut() {
+            if e.facts.completed || !(mailboxes.is_empty() || mailboxes.contains(&e.st.id)) {
+                continue;
+            }
+            e.st.cutover_since_unix.get_or_insert(now);
+            e.st.complete_after_unix = Some(now);
+            e.st.cutover_manual = true;
+            e.facts.in_cutover = true;
+            e.next_due_ms = e.next_due_ms.min(now_ms);
+            state::enter(&mut e.st, e.facts.status(), now);
+            changed.push(e.id().to_string());
+        }
+        for id in changed {
+            tracing::info!(mailbox = %id, "completion requested by hand: final pass next");
+            self.persist(&id);
+        }
+        unknown
+    }
+
+    pub fn all_completed(&self) -> bool {
+        self.entries.values().all(|e| e.facts.completed)
+    }
+
+    pub fn running(&self) -> usize {
+        self.entries.values().filter(|e| e.facts.running).count()
+    }
+
+    /// Closes every status stretch (the daemon stops) and writes everything.
+    pub fn close_all(&mut self, now_ms: i64) {
+        let ids: Vec<String> = self.entries.keys().cloned().collect();
+        for id in ids {
+            if let Some(e) = self.entries.get_mut(&id) {
+                state::close_stretch(&mut e.st, secs(now_ms));
+            }
+            self.persist(&id);
+        }
+    }
+
+    pub fn snapshot(&self, now_ms: i64) -> Snapshot {
+        let now = secs(now_ms);
+        Snapshot {
+            written_unix: now,
+            pid: std::process::id(),
+            mailboxes: self
+                .entries
+                .values()
+                .map(|e| MailboxRow::new(&e.st, e.problems.clone(), now))
+                .collect(),
+        }
+    }
+
+    /// `3 mailboxes: 2 Synced, 1 IncrementalSyncing`, for sd_notify's STATUS.
+    pub fn status_line(&self) -> String {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in self.entries.values() {
+            *counts.entry(e.st.status.as_str()).or_default() += 1;
+        }
+        report::summary_line(&counts, self.entries.len())
+    }
+
+    pub fn status_of(&self, id: &str) -> Option<Status> {
+        self.entries.get(id).map(|e| e.facts.status())
+    }
+
+    fn persist(&mut self, id: &str) {
+        self.dirty = true;
+        if let Some(e) = self.entries.get(id) {
+            if let Err(err) = self.spool.put_mailbox(&e.st) {
+                tracing::error!(mailbox = id, error = %err, "cannot record the mailbox state");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cutover::mx::MxAnswer;
+
+    fn account(email: &str) -> Account {
+        crate::accounts::parse(format!("EmailAddress,UserName,Password\n{email},u,p\n").as_bytes())
+            .accounts
+            .remove(0)
+    }
+
+    fn setup(grace: u64) -> (tempfile::TempDir, Spool, Vec<Account>, CutoverConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).unwrap();
+        let accounts = vec![account("a@moved.test"), account("b@stays.test")];
+        let cfg = CutoverConfig {
+            domains: vec!["moved.test".into()],
+            grace: Duration::from_secs(grace),
+            ..Default::default()
+        };
+        (dir, spool, accounts, cfg)
+    }
+
+    fn ok() -> MailboxSummary {
+        MailboxSummary::default()
+    }
+
+    fn mx(domain: &str, exchange: &str, ttl: u32) -> Observation {
+        Observation {
+            domain: domain.into(),
+            answer: Ok(MxAnswer {
+                exchanges: vec![(10, exchange.into())],
+                ttl,
+            }),
+        }
+    }
+
+    #[test]
+    fn from_queued_to_completed() {
+        let (_d, spool, accounts, cfg) = setup(100);
+        let t0 = 1_700_000_000_000;
+        let mut s =
+            Scheduler::new(spool.clone(), &accounts, Duration::from_secs(60), &cfg, t0).unwrap();
+        assert_eq!(s.status_of("a@moved.test"), Some(Status::Queued));
+        assert_eq!(s.due(t0), ["a@moved.test", "b@stays.test"]);
+        assert!(!s.start("a@moved.test", t0));
+        assert_eq!(s.status_of("a@moved.test"), Some(Status::Syncing));
+        assert!(s.due(t0).len() == 1, "a running mailbox is not due");
+        s.finish("a@moved.test", &ok(), false, t0 + 5_000);
+        assert_eq!(s.status_of("a@moved.test"), Some(Status::Synced));
+        assert!(
+            s.due(t0 + 60_000).is_empty()
+                || !s.due(t0 + 60_000).contains(&"a@moved.test".to_string())
+        );
+        assert!(s.due(t0 + 65_000).contains(&"a@moved.test".to_string()));
+        s.start("a@moved.test", t0 + 65_000);
+        assert_eq!(
+            s.status_of("a@moved.test"),
+            Some(Status::IncrementalSyncing)
+        );
+        let failed = MailboxSummary {
+            fatal: Some("login refused".into()),
+            ..Default::default()
+        };
+        s.finish("a@moved.test", &failed, false, t0 + 66_000);
+        assert_eq!(s.status_of("a@moved.test"), Some(Status::Failed));
+        let st = spool.mailbox("a@moved.test").unwrap().unwrap();
+        assert_eq!(st.status, "Failed");
+        assert_eq!(st.last_error.as_deref(), Some("login refused"));
+        assert_eq!(st.passes, 2);
+
+        // The old MX (TTL 300) is seen first, then the move: grace = max(100, 300).
+        s.observe_mx(&mx("moved.test", "mx.legacy.test", 300), t0 + 70_000);
+        assert_eq!(s.status_of("a@moved.test"), Some(Status::Failed));
+        s.observe_mx(
+            &mx("moved.test", "x.mail.protection.outlook.com", 3600),
+            t0 + 80_000,
+        );
+        let st = &s.entries["a@moved.test"].st;
+        assert_eq!(st.complete_after_unix, Some(1_700_000_080 + 300));
+        assert_eq!(
+            s.status_of("b@stays.test"),
+            Some(Status::Queued),
+            "other domain"
+        );
+        // A pass during the grace is not final and keeps the mailbox pending.
+        assert!(!s.start("a@moved.test", t0 + 90_000));
+        assert_eq!(s.status_of("a@moved.test"), Some(Status::CutoverPending));
+        s.finish("a@moved.test", &ok(), false, t0 + 91_000);
+        assert_eq!(s.status_of("a@moved.test"), Some(Status::CutoverPending));
+        // Due again after the interval, or when the grace ends if that comes first.
+        assert_eq!(s.entries["a@moved.test"].next_due_ms, 1_700_000_151_000);
+        s.start("a@moved.test", t0 + 360_000);
+        s.finish("a@moved.test", &ok(), false, t0 + 361_000);
+        assert_eq!(s.entries["a@moved.test"].next_due_ms, 1_700_000_380_000);
+        assert!(s.start("a@moved.test", t0 + 380_000));
+        s.finish("a@moved.test", &ok(), true, t0 + 381_000);
+        assert_eq!(s.status_of("a@moved.test"), Some(Status::Completed));
+        assert!(!s.due(i64::MAX - 1).contains(&"a@moved.test".to_string()));
+
+        // A restart keeps it Completed; the other mailbox is queued again.
+        drop(s);
+        let s = Scheduler::new(
+            spool,
+            &accounts,
+            Duration::from_secs(60),
+            &cfg,
+            t0 + 400_000,
+        )
+        .unwrap();
+        assert_eq!(s.status_of("a@moved.test"), Some(Status::Completed));
+        assert_eq!(s.due(t0 + 400_000), ["b@stays.test"]);
+        let st = &s.entries["a@moved.test"].st;
+        assert!(st.seconds_in_status["CutoverPending"] >= 290, "{st:?}");
+    }
+
+    #[test]
+    fn mx_moving_back_cancels_but_not_by_hand() {
+        let (_d, spool, mut accounts, cfg) = setup(100);
+        accounts.push(account("c@moved.test"));
+        let t0 = 1_700_000_000_000;
+        let mut s = Scheduler::new(spool, &accounts, Duration::from_secs(60), &cfg, t0).unwrap();
+        for id in ["a@moved.test", "c@moved.test"] {
+            s.start(id, t0);
+            s.finish(id, &ok(), false, t0 + 1000);
+        }
+        s.request_complete(&["c@moved.test".to_string()], t0 + 2000);
+        s.observe_mx(
+            &mx("moved.test", "x.mail.protection.outlook.com", 60),
+            t0 + 3000,
+        );
+        assert_eq!(s.status_of("a@moved.test"), Some(Status::CutoverPending));
+        s.observe_mx(&mx("moved.test", "mx.legacy.test", 60), t0 + 4000);
+        assert_eq!(s.status_of("a@moved.test"), Some(Status::Synced));
+        assert_eq!(s.status_of("c@moved.test"), Some(Status::CutoverPending));
+        let due = s.due(t0 + 4000);
+        assert!(due.contains(&"c@moved.test".to_string()), "{due:?}");
+        assert!(!due.contains(&"a@moved.test".to_string()), "{due:?}");
+        let unknown = s.request_complete(&["nobody@x.test".to_string()], t0 + 5000);
+        assert_eq!(unknown, ["nobody@x.test"]);
+    }
+}
