@@ -160,6 +160,7 @@ async fn push_generation(
         Some(m) => opts.append_batch.min(m).max(1),
         None => opts.append_batch,
     };
+    let mut cursor = None;
     let mut i = 0;
     while i < pending.len() {
         let mut j = i;
@@ -185,6 +186,7 @@ async fn push_generation(
             dest,
             &pending[i..j],
             report,
+            &mut cursor,
         )
         .await;
         if let Some(limiter) = &opts.limiter {
@@ -207,14 +209,25 @@ async fn append_batch(
     dest: &str,
     batch: &[&MessageRecord],
     report: &mut PushReport,
+    cursor: &mut Option<(u32, u32)>,
 ) -> Result<(), UpstreamError> {
-    let status = client.status(dest).await?;
+    // The destination's (UIDVALIDITY, UIDNEXT): asked once per folder, then carried
+    // forward from APPENDUID. Any lower bound of the UIDs this batch will get is enough
+    // for recovery (it scans from there up), and UIDs only grow, so last UID + 1 is one;
+    // it saves a round trip per batch.
+    let (dest_uidvalidity, dest_uidnext) = match cursor.take() {
+        Some(c) => c,
+        None => {
+            let st = client.status(dest).await?;
+            (st.uidvalidity, st.uidnext)
+        }
+    };
     let mut marked: Vec<MessageRecord> = batch.iter().map(|r| (*r).clone()).collect();
     for r in &mut marked {
         r.state = MessageState::Appending {
             dest_folder: dest.to_string(),
-            dest_uidvalidity: status.uidvalidity,
-            dest_uidnext: status.uidnext,
+            dest_uidvalidity,
+            dest_uidnext,
         };
     }
     spool.put_messages(mailbox, folder, uv, &marked)?;
@@ -236,7 +249,23 @@ async fn append_batch(
         })
         .collect();
     let (outcomes, error) = match client.append_batch(dest, &items).await {
-        Ok(o) => (o, None),
+        Ok(o) => {
+            // Carry the cursor only when every message reported where it went.
+            let mut next = Some((dest_uidvalidity, dest_uidnext));
+            for o in &o {
+                next = match (next, o) {
+                    (Some((v, n)), AppendOutcome::Appended { uidvalidity, uid })
+                        if *uidvalidity == v =>
+                    {
+                        Some((v, n.max(uid.saturating_add(1))))
+                    }
+                    (next, AppendOutcome::Refused { .. }) => next,
+                    _ => None,
+                };
+            }
+            *cursor = next;
+            (o, None)
+        }
         // Mid-batch failure: the answers received before it are still facts; the rest of
         // the batch stays `Appending` and is resolved by `recover` on the next session.
         Err(e) => (client.take_partial_outcomes(), Some(e)),
@@ -262,7 +291,7 @@ async fn append_batch(
                 report.bytes += r.size;
                 MessageState::Appended {
                     dest_folder: dest.to_string(),
-                    dest_uidvalidity: status.uidvalidity,
+                    dest_uidvalidity,
                     dest_uid: 0,
                     flags: r.flags.clone(),
                 }
