@@ -18,11 +18,22 @@
 //! Both tools' runs are repeated (`BENCH_REPEAT`, default 3), interleaved, each time into
 //! a new, empty destination and with a new spool / sync state; the report gives medians.
 //!
+//! Then the throttle phase (with cutover; `BENCH_THROTTLE=0` skips it): cutover copies
+//! `BENCH_THROTTLE_MESSAGES` of the first user's messages into a new, empty destination
+//! with `[upstream] messages_per_second = BENCH_THROTTLE_RATE` and a small burst, and the
+//! rate at which the messages arrived there (from the microseconds in Dovecot's Maildir
+//! file names), from the first one that had to wait for the token bucket, must be within
+//! 5 % of the configured one; the same with `bytes_per_second =
+//! BENCH_THROTTLE_BYTES_RATE` (0 skips that variant).
+//!
 //! Environment: `BENCH_USERS` (default 3), `BENCH_MESSAGES` per user (default 2000),
 //! `BENCH_REPEAT`, `BENCH_SEED`, `BENCH_ORDER` (`cutover-first` or `mbsync-first`),
 //! `BENCH_ONLY` (`cutover` or `mbsync`), `BENCH_MBSYNC_SYNC` (the channel's `Sync`,
 //! default `All`), `BENCH_CUTOVER_TOML` (appended to the generated cutover.toml),
-//! `BENCH_CUTOVER_BIN`, `BENCH_MBSYNC_BIN`, `BENCH_TIMEOUT_SECS` (per run, default 3600).
+//! `BENCH_CUTOVER_BIN`, `BENCH_MBSYNC_BIN`, `BENCH_TIMEOUT_SECS` (per run, default 3600),
+//! `BENCH_THROTTLE` (`0` skips the throttle phase), `BENCH_THROTTLE_RATE` (messages/s,
+//! default 100), `BENCH_THROTTLE_MESSAGES` (default 1000), `BENCH_THROTTLE_BYTES_RATE`
+//! (bytes/s, default 4000000; 0 skips the bytes variant).
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -30,7 +41,7 @@ use std::fs::File;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
@@ -98,10 +109,33 @@ struct Settings {
     cutover_bin: PathBuf,
     mbsync_bin: PathBuf,
     timeout: Duration,
+    /// The throttle phase; None: skipped (`BENCH_THROTTLE=0`, or cutover not benchmarked).
+    throttle: Option<ThrottleSettings>,
+}
+
+/// The throttle phase's settings (`BENCH_THROTTLE_*`).
+struct ThrottleSettings {
+    /// `[upstream] messages_per_second`.
+    rate: f64,
+    /// Messages copied (of the first user), in each variant.
+    messages: usize,
+    /// `[upstream] bytes_per_second` of the bytes variant; 0: no bytes variant.
+    bytes_rate: u64,
 }
 
 fn env_str(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn env_f64(name: &str, default: f64) -> Result<f64> {
+    match env_str(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .replace('_', "")
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a number")),
+    }
 }
 
 fn env_num(name: &str, default: u64) -> Result<u64> {
@@ -142,6 +176,26 @@ impl Settings {
                 .map(|d| d.join("cutover"))
                 .ok_or_else(|| anyhow!("cannot locate the cutover binary"))?,
         };
+        let throttle = match env_str("BENCH_THROTTLE").as_deref().map(str::trim) {
+            Some("0" | "no" | "off" | "false") => None,
+            None | Some("1" | "yes" | "on" | "true") => {
+                let rate = env_f64("BENCH_THROTTLE_RATE", 100.0)?;
+                if !rate.is_finite() || rate <= 0.0 {
+                    bail!("BENCH_THROTTLE_RATE must be a positive number of messages/s");
+                }
+                let messages = env_num("BENCH_THROTTLE_MESSAGES", 1000)? as usize;
+                if messages < 20 {
+                    bail!("BENCH_THROTTLE_MESSAGES must be at least 20");
+                }
+                Some(ThrottleSettings {
+                    rate,
+                    messages,
+                    bytes_rate: env_num("BENCH_THROTTLE_BYTES_RATE", 4_000_000)?,
+                })
+            }
+            Some(o) => bail!("BENCH_THROTTLE={o:?}: use 1 or 0"),
+        }
+        .filter(|_| tools.contains(&Tool::Cutover));
         Ok(Settings {
             users,
             messages,
@@ -155,6 +209,7 @@ impl Settings {
                 env_str("BENCH_MBSYNC_BIN").unwrap_or_else(|| "/usr/bin/mbsync".into()),
             ),
             timeout: Duration::from_secs(env_num("BENCH_TIMEOUT_SECS", 3600)?),
+            throttle,
         })
     }
 }
@@ -740,6 +795,8 @@ struct Job {
     cwd: PathBuf,
     /// Prefix of the files that get stdout, stderr and time's report.
     out: PathBuf,
+    /// Extra environment variables (e.g. `CUTOVER_SYNC__...` overrides).
+    env: Vec<(String, String)>,
 }
 
 impl Job {
@@ -811,6 +868,7 @@ fn run_jobs(jobs: &[Job], timeout: Duration) -> Result<Measure> {
             .arg("-o")
             .arg(j.file("time"))
             .args(&j.argv)
+            .envs(j.env.clone())
             .current_dir(&j.cwd)
             .stdin(Stdio::null())
             .stdout(File::create(j.file("stdout"))?)
@@ -914,12 +972,15 @@ fn user_tuples(users: &[User]) -> Vec<(&str, &str, &str)> {
         .collect()
 }
 
-/// The cutover run: one process for all users, implicit TLS on both sides.
+/// A cutover run: one process for all `users`, implicit TLS on both sides, its config
+/// (with `extra` appended), spool and output files in `dir_name` under the testbed.
 fn cutover_job(
     s: &Settings,
     tb: &Testbed,
     users: &[User],
-    round: usize,
+    dir_name: &str,
+    extra: &str,
+    env: Vec<(String, String)>,
 ) -> Result<impl Fn(Phase) -> Job> {
     if !s.cutover_bin.is_file() {
         bail!(
@@ -928,12 +989,12 @@ fn cutover_job(
             s.cutover_bin.display()
         );
     }
-    let dir = tb.dir.path().join(format!("bench-cutover-{round}"));
+    let dir = tb.dir.path().join(dir_name);
     let tls = DemoTls {
         source_implicit: true,
         dest_implicit: true,
     };
-    let config = write_config(tb, &dir, &user_tuples(users), tls, &s.cutover_toml)?;
+    let config = write_config(tb, &dir, &user_tuples(users), tls, extra)?;
     let bin = s.cutover_bin.clone();
     Ok(move |phase: Phase| Job {
         label: format!("cutover ({})", phase.tag()),
@@ -946,6 +1007,7 @@ fn cutover_job(
         ],
         cwd: dir.clone(),
         out: dir.join(format!("cutover-{}", phase.tag())),
+        env: env.clone(),
     })
 }
 
@@ -1031,6 +1093,7 @@ fn mbsync_jobs(
                 ],
                 cwd: dir.clone(),
                 out: dir.join(format!("mbsync-{login}-{}", phase.tag())),
+                env: Vec::new(),
             })
             .collect()
     })
@@ -1185,11 +1248,346 @@ fn version(cmd: &str, args: &[&str]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
+// Throttle
+// ---------------------------------------------------------------------------------------
+
+/// `[upstream] burst` of the messages variant, seconds. `burst` is in seconds of the rate
+/// (`src/throttle.rs`): a bucket holds `rate * burst` tokens (at least 1) and is full at
+/// the start. Small (20 messages at 100 msg/s), but a pause of cutover shorter than this
+/// (waiting for the source in the first second, a busy machine) costs no tokens.
+const THROTTLE_MESSAGES_BURST_SECS: f64 = 0.2;
+/// `burst` of the bytes variant, seconds: more, because small messages leave faster than
+/// cutover appends them one by one, and the bucket saves what they leave over for the
+/// next large one.
+const THROTTLE_BYTES_BURST_SECS: f64 = 0.5;
+/// How far the achieved rate may be from the configured one (issue 3).
+const THROTTLE_TOLERANCE: f64 = 0.05;
+
+/// What the throttle phase limits.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// `messages_per_second`
+    Messages(f64),
+    /// `bytes_per_second`
+    Bytes(u64),
+}
+
+impl Limit {
+    fn tag(self) -> &'static str {
+        match self {
+            Limit::Messages(_) => "messages",
+            Limit::Bytes(_) => "bytes",
+        }
+    }
+
+    /// The configured rate, as configured.
+    fn configured_shown(self) -> String {
+        match self {
+            Limit::Messages(r) => format!("{r} msg/s"),
+            Limit::Bytes(b) => format!("{} MB/s", b as f64 / MB),
+        }
+    }
+
+    /// An achieved rate (messages or bytes per second) in the same unit.
+    fn shown(self, per_second: f64) -> String {
+        match self {
+            Limit::Messages(_) => format!("{per_second:.1} msg/s"),
+            Limit::Bytes(_) => format!("{:.3} MB/s", per_second / MB),
+        }
+    }
+
+    fn configured(self) -> f64 {
+        match self {
+            Limit::Messages(r) => r,
+            Limit::Bytes(b) => b as f64,
+        }
+    }
+}
+
+/// One message as it arrived at the destination.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    /// Unix time, seconds with microseconds, when Dovecot began saving it.
+    at: f64,
+    /// Its size with CRLF line ends: the literal cutover appended.
+    vsize: u64,
+}
+
+/// When Dovecot began saving a message, from its Maildir file name (which is its GUID on
+/// a Maildir without GUIDs in the uidlist): `<secs>.M<usecs>P<pid>.<host>`, the time of
+/// the save in microseconds (Dovecot's ioloop time, kept unique per process).
+/// `date.saved` has only whole seconds, too coarse for 5 % over a few seconds.
+fn maildir_time(name: &str) -> Option<f64> {
+    let (secs, rest) = name.split_once('.')?;
+    let usecs = rest.strip_prefix('M')?.split_once('P')?.0;
+    let secs: u64 = secs.parse().ok()?;
+    let usecs: u64 = usecs.parse().ok()?;
+    (usecs < 1_000_000).then(|| secs as f64 + usecs as f64 / 1e6)
+}
+
+/// Every message of `user` at the destination `d`, in the order they arrived.
+fn arrivals(d: &Dovecot, user: &str) -> Result<Vec<Arrival>> {
+    let out = d.doveadm(&[
+        "-f",
+        "tab",
+        "fetch",
+        "-u",
+        user,
+        "guid size.virtual",
+        "mailbox",
+        "*",
+    ])?;
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split('\t').collect();
+    if header != ["guid", "size.virtual"] {
+        bail!("unexpected header from doveadm fetch: {header:?}");
+    }
+    let mut v = Vec::new();
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let (guid, vsize) = line
+            .split_once('\t')
+            .ok_or_else(|| anyhow!("doveadm fetch gave {line:?}"))?;
+        v.push(Arrival {
+            at: maildir_time(guid).ok_or_else(|| {
+                anyhow!("GUID {guid:?} is not a Maildir file name with the time of the save")
+            })?,
+            vsize: vsize
+                .trim()
+                .parse()
+                .with_context(|| format!("doveadm fetch gave {line:?}"))?,
+        });
+    }
+    v.sort_by(|a, b| a.at.total_cmp(&b.at));
+    Ok(v)
+}
+
+/// The result of one throttle variant.
+struct ThrottleResult {
+    limit: Limit,
+    achieved: f64,
+}
+
+impl ThrottleResult {
+    fn deviation(&self) -> f64 {
+        self.achieved / self.limit.configured() - 1.0
+    }
+
+    fn ok(&self) -> bool {
+        self.deviation().abs() <= THROTTLE_TOLERANCE
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "throttle: configured {}, achieved {} ({:+.1} %), within {:.0} %: {}",
+            self.limit.configured_shown(),
+            self.limit.shown(self.achieved),
+            self.deviation() * 100.0,
+            THROTTLE_TOLERANCE * 100.0,
+            if self.ok() { "yes" } else { "NO" }
+        )
+    }
+}
+
+/// One throttle variant: `user`'s newest `n` messages with `limit`, by one `cutover sync
+/// --once` into a new, empty destination; the achieved rate from when they arrived.
+fn throttle_variant(
+    s: &Settings,
+    tb: &mut Testbed,
+    user: &[User],
+    n: usize,
+    limit: Limit,
+) -> Result<ThrottleResult> {
+    // `user`: one user (a slice for the helpers).
+    let name = format!("throttle-{}", limit.tag());
+    fresh_destination(tb, user, &format!("dest-{name}"))?;
+    // `burst` as written is parsed back to the same f64 (shortest round-trip form), so
+    // the bucket's capacity here is the one cutover computes.
+    let (keys, burst) = match limit {
+        Limit::Messages(rate) => (
+            format!("messages_per_second = {rate}\nburst = {THROTTLE_MESSAGES_BURST_SECS}\n"),
+            THROTTLE_MESSAGES_BURST_SECS,
+        ),
+        Limit::Bytes(rate) => (
+            format!("bytes_per_second = {rate}\nburst = {THROTTLE_BYTES_BURST_SECS}\n"),
+            THROTTLE_BYTES_BURST_SECS,
+        ),
+    };
+    let cap = (limit.configured() * burst).max(1.0);
+    if let Limit::Messages(_) = limit {
+        if n as f64 <= cap + 10.0 {
+            bail!(
+                "throttle: {n} messages are too few for a burst of {cap:.1} (BENCH_THROTTLE_RATE \
+                 x {burst} s); raise BENCH_THROTTLE_MESSAGES"
+            );
+        }
+    }
+    // write_config appends `extra` right after the [upstream] keys.
+    let extra = format!("{keys}{}", s.cutover_toml);
+    let mut env = Vec::new();
+    if n < s.messages {
+        // The newest n by internal date, over all folders; the rest is skipped.
+        env.push(("CUTOVER_SYNC__MAX_ITEMS_PER_MAILBOX".into(), n.to_string()));
+    }
+    // One message per APPEND batch, so that every message leaves when the bucket lets it
+    // go and arrives right then: a batch waits for the tokens of all its messages, and
+    // then its last message arrives after the others have been sent.
+    env.push(("CUTOVER_SYNC__APPEND_BATCH".into(), "1".into()));
+    let job = cutover_job(s, tb, user, &format!("bench-{name}"), &extra, env)?;
+    let mut job = job(Phase::Initial);
+    job.label = format!("cutover ({name})");
+    let before = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
+    let m = run_jobs(&[job], s.timeout).with_context(|| format!("cutover {name} failed"))?;
+    let after = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
+    let login = &user[0].email;
+    let arr = arrivals(&tb.dest, login)?;
+    if arr.len() != n {
+        bail!(
+            "throttle ({}): {} messages at the destination, {n} expected",
+            limit.tag(),
+            arr.len()
+        );
+    }
+    let (first, last) = (arr[0].at, arr[n - 1].at);
+    if first < before - 1.0 || last > after + 1.0 {
+        bail!(
+            "throttle ({}): the save times in the Maildir file names ({first:.3} to \
+             {last:.3}) are not within the run ({before:.3} to {after:.3})",
+            limit.tag()
+        );
+    }
+    let rate = limit.configured();
+    // What the bucket charges for a message: a token, or its size.
+    let cost = |a: &Arrival| match limit {
+        Limit::Messages(_) => 1.0,
+        Limit::Bytes(_) => a.vsize as f64,
+    };
+    // How the bucket behaves (src/throttle.rs): full when the first message leaves (it
+    // was created full and nothing took from it before); a message leaves once the
+    // bucket holds its cost, or the whole capacity if the cost is larger (then the bucket
+    // goes into debt). So once cutover has had to wait for the bucket, every message
+    // leaves exactly when the bucket has earned it, and between two such messages j < k
+    // the bucket earned, at the configured rate,
+    //   earned(j, k) = cost(j..k-1) + min(cost k, capacity) - min(cost j, capacity)
+    // unless it overflowed in between (cutover paused longer than the bucket takes to
+    // fill). Before that, the bucket's content at the start (the burst) goes unpaced.
+    let earned = |j: usize, k: usize| {
+        arr[j..k].iter().map(cost).sum::<f64>() + cost(&arr[k]).min(cap) - cost(&arr[j]).min(cap)
+    };
+    // Replay the bucket over the arrivals: the first message that found it (nearly)
+    // empty, i.e. had to wait, starts the paced part; tokens that did not fit into the
+    // bucket afterwards were lost to pauses of cutover.
+    let slack = rate * 0.005;
+    let (mut tokens, mut prev) = (cap, first);
+    let (mut paced_from, mut lost) = (None, 0.0);
+    for (k, a) in arr.iter().enumerate() {
+        tokens += rate * (a.at - prev);
+        prev = a.at;
+        if tokens > cap {
+            if paced_from.is_some() {
+                lost += tokens - cap;
+            }
+            tokens = cap;
+        }
+        if k > 0 && paced_from.is_none() && tokens < cost(a).min(cap) + slack {
+            paced_from = Some(k);
+        }
+        tokens -= cost(a);
+    }
+    let Some(k0) = paced_from.filter(|k| *k < n / 2) else {
+        bail!(
+            "throttle ({}): cutover did not have to wait for the bucket {}: it cannot reach \
+             {} on this machine",
+            limit.tag(),
+            if paced_from.is_some() {
+                "before the second half of the run"
+            } else {
+                "at all"
+            },
+            limit.configured_shown(),
+        );
+    };
+    let paced_span = last - arr[k0].at;
+    if paced_span <= 0.0 {
+        bail!(
+            "throttle ({}): the messages arrived all at once",
+            limit.tag()
+        );
+    }
+    let achieved = earned(k0, n - 1) / paced_span;
+    // The same over the whole run, burst excluded: with no pause the last message leaves
+    // earned(0, last) - capacity + min(cost first, capacity) after the first.
+    let span = last - first;
+    let whole = (earned(0, n - 1) + cost(&arr[0]).min(cap) - cap) / span;
+    let (total, burst_shown) = match limit {
+        Limit::Messages(_) => (format!("{n} messages"), format!("{cap:.1} messages")),
+        Limit::Bytes(_) => (
+            format!(
+                "{n} messages, {:.1} MB",
+                arr.iter().map(cost).sum::<f64>() / MB
+            ),
+            format!("{:.2} MB", cap / MB),
+        ),
+    };
+    println!(
+        "  throttle ({}): {total}, one per APPEND, the bucket {burst_shown} (burst = {burst} \
+         s); {span:.3} s from the first to the last arrival (cutover ran {:.2} s)",
+        limit.tag(),
+        m.wall.as_secs_f64(),
+    );
+    println!(
+        "  throttle ({}): paced from message {} on (the first to find the bucket empty, \
+         {:.3} s after the first): {}; tokens lost to pauses after that: {:.3} s worth; over \
+         the whole run, burst excluded: {} ({:+.1} %)",
+        limit.tag(),
+        k0 + 1,
+        arr[k0].at - first,
+        limit.shown(achieved),
+        lost / rate,
+        limit.shown(whole),
+        (whole / rate - 1.0) * 100.0,
+    );
+    let r = ThrottleResult { limit, achieved };
+    println!("  {}", r.line());
+    Ok(r)
+}
+
+/// The throttle phase: the messages variant, then the bytes variant (unless
+/// `BENCH_THROTTLE_BYTES_RATE=0`). Each into a new, empty destination, with the first
+/// user's mail.
+fn throttle_phase(
+    s: &Settings,
+    t: &ThrottleSettings,
+    tb: &mut Testbed,
+    users: &[User],
+) -> Vec<Result<ThrottleResult>> {
+    let n = t.messages.min(s.messages);
+    println!(
+        "\nthrottle phase: cutover sync --once, {n} messages of {} into an empty destination",
+        users[0].login
+    );
+    if n < t.messages {
+        println!(
+            "  note: {} messages per user seeded, fewer than BENCH_THROTTLE_MESSAGES={}",
+            s.messages, t.messages
+        );
+    }
+    let mut limits = vec![Limit::Messages(t.rate)];
+    if t.bytes_rate > 0 {
+        limits.push(Limit::Bytes(t.bytes_rate));
+    }
+    limits
+        .into_iter()
+        .map(|limit| throttle_variant(s, tb, &users[..1], n, limit))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
 // Main
 // ---------------------------------------------------------------------------------------
 
-/// Replaces the testbed's destination with a new, empty Dovecot (for the next round).
-fn fresh_destination(tb: &mut Testbed, users: &[User], round: usize) -> Result<()> {
+/// Replaces the testbed's destination with a new, empty Dovecot in `dir_name` under the
+/// testbed, with `users` (for the next round, or the throttle phase).
+fn fresh_destination(tb: &mut Testbed, users: &[User], dir_name: &str) -> Result<()> {
     let opts = DovecotOptions {
         flavor: Flavor::Destination,
         users: users
@@ -1199,7 +1597,7 @@ fn fresh_destination(tb: &mut Testbed, users: &[User], round: usize) -> Result<(
         master_user: MASTER_USER.into(),
         master_password: MASTER_PASSWORD.into(),
     };
-    let dir = tb.dir.path().join(format!("dest-{round}"));
+    let dir = tb.dir.path().join(dir_name);
     let new = Dovecot::start_in(&dir, opts, &tb.ca).context("starting a new destination")?;
     drop(std::mem::replace(&mut tb.dest, new));
     Ok(())
@@ -1216,11 +1614,18 @@ fn measure_tool(
     rows: &mut Vec<Row>,
 ) -> Result<()> {
     if round > 0 {
-        fresh_destination(tb, users, round)?;
+        fresh_destination(tb, users, &format!("dest-{round}"))?;
     }
     let jobs: Box<dyn Fn(Phase) -> Vec<Job>> = match tool {
         Tool::Cutover => {
-            let f = cutover_job(s, tb, users, round)?;
+            let f = cutover_job(
+                s,
+                tb,
+                users,
+                &format!("bench-cutover-{round}"),
+                &s.cutover_toml,
+                Vec::new(),
+            )?;
             Box::new(move |p| vec![f(p)])
         }
         Tool::Mbsync => Box::new(mbsync_jobs(s, tb, users, round)?),
@@ -1364,6 +1769,21 @@ fn main() -> Result<()> {
         }
     }
 
+    let mut throttled = Vec::new();
+    if let Some(t) = &s.throttle {
+        if let Some((_, tb)) = testbeds.iter_mut().find(|(tool, _)| *tool == Tool::Cutover) {
+            for r in throttle_phase(&s, t, tb, &users) {
+                match r {
+                    Ok(r) => throttled.push(r),
+                    Err(e) => {
+                        eprintln!("\n!!!! THROTTLE PHASE FAILED: {e:#}\n");
+                        errors.push(format!("throttle phase: {e:#}"));
+                    }
+                }
+            }
+        }
+    }
+
     println!(
         "\n{} users x {} messages = {} messages, {:.1} MB (MB = 10^6 bytes); {} CPUs; \
          dovecot {}; {}",
@@ -1380,6 +1800,19 @@ fn main() -> Result<()> {
     if !r.is_empty() {
         println!();
         print!("{r}");
+    }
+    if !throttled.is_empty() {
+        println!();
+    }
+    for r in &throttled {
+        println!("{}", r.line());
+        if !r.ok() {
+            errors.push(format!(
+                "THROTTLE OUTSIDE {:.0} %: {}",
+                THROTTLE_TOLERANCE * 100.0,
+                r.line()
+            ));
+        }
     }
     drop(testbeds);
     for w in [busy_before, idle_check("after it")].into_iter().flatten() {
