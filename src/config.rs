@@ -406,13 +406,15 @@ pub struct SyncConfig {
     )]
     pub interval: Duration,
     /// Carry source expunges over to the destination. Off by default: a migration
-    /// must never lose mail because the legacy side was cleaned up. Not implemented yet:
-    /// `true` is refused at load.
+    /// must never lose mail because the legacy side was cleaned up. On: a message the
+    /// source expunged is deleted at the destination, exactly that message (UID EXPUNGE;
+    /// a destination without UIDPLUS gets an error and no deletion).
     #[serde(default)]
     pub propagate_deletes: bool,
     /// With `propagate_deletes`, refuse to delete more than this percentage of a
-    /// destination folder in one pass (a safety net against a source that lists an empty
-    /// folder by mistake).
+    /// folder's messages in one pass (a safety net against a source that lists an empty
+    /// folder by mistake): the whole folder is left alone and the refusal reported. 0 to
+    /// 100; 0 refuses every deletion.
     #[serde(default = "default_max_delete_percent")]
     pub max_delete_percent: u8,
 }
@@ -706,14 +708,6 @@ impl Config {
         }
         if self.sync.max_delete_percent > 100 {
             return Err(invalid("max_delete_percent", "must be 0 to 100".into()));
-        }
-        if self.sync.propagate_deletes {
-            return Err(invalid(
-                "propagate_deletes",
-                "deleting at the destination what the source expunged is not implemented \
-                 yet; leave it false"
-                    .into(),
-            ));
         }
         self.cutover
             .validate()
@@ -1412,6 +1406,35 @@ tls_ca_file = "/abs/ca.pem"
     }
 
     #[test]
+    fn propagate_deletes_and_its_limit() {
+        for (extra, percent) in [
+            ("[sync]\npropagate_deletes = true\n", 10),
+            (
+                "[sync]\npropagate_deletes = true\nmax_delete_percent = 0\n",
+                0,
+            ),
+            (
+                "[sync]\npropagate_deletes = true\nmax_delete_percent = 100\n",
+                100,
+            ),
+        ] {
+            let (_d, r) = load_str(&format!("{MINIMAL}{extra}"));
+            let c = r.unwrap_or_else(|e| panic!("{extra}: {e}"));
+            assert!(c.sync.propagate_deletes, "{extra}");
+            assert_eq!(c.sync.max_delete_percent, percent, "{extra}");
+        }
+        for extra in [
+            "[sync]\npropagate_deletes = true\nmax_delete_percent = 101\n",
+            "[sync]\npropagate_deletes = true\nmax_delete_percent = 300\n",
+            "[sync]\npropagate_deletes = true\nmax_delete_percent = -1\n",
+        ] {
+            let (_d, r) = load_str(&format!("{MINIMAL}{extra}"));
+            let err = r.unwrap_err().to_string();
+            assert!(err.contains("max_delete_percent"), "{extra}: {err}");
+        }
+    }
+
+    #[test]
     fn validation_errors() {
         let cases = [
             ("max_connections = 0\n", "upstream.max_connections"),
@@ -1436,10 +1459,6 @@ tls_ca_file = "/abs/ca.pem"
             ),
             ("[sync]\ninterval = \"5x\"\n", "sync.interval"),
             ("[sync]\ninterval = 0\n", "sync.interval"),
-            (
-                "[sync]\npropagate_deletes = true\n",
-                "sync.propagate_deletes",
-            ),
             (
                 "[sync]\nmax_delete_percent = 101\n",
                 "sync.max_delete_percent",

@@ -57,6 +57,9 @@ pub struct MailboxSummary {
     /// Messages skipped in this pass (Microsoft's limits), one line each: folder, UID,
     /// why, date, subject, size. Not errors: the mailbox is still complete.
     pub skipped_details: Vec<String>,
+    /// Messages deleted at the destination in this pass because the source expunged them
+    /// (`[sync] propagate_deletes`).
+    pub deleted: u64,
 }
 
 impl MailboxSummary {
@@ -243,6 +246,7 @@ impl Engine {
             append_batch_bytes: self.config.sync.fetch_batch_bytes.max(1 << 20),
             max_attempts: 3,
             limiter,
+            propagate_deletes: self.config.sync.propagate_deletes,
         }
     }
 
@@ -332,6 +336,7 @@ impl Engine {
         match up {
             Ok((r, result)) => {
                 summary.copied = r.appended;
+                summary.deleted = r.deleted;
                 summary.bytes = r.bytes;
                 summary.errors.extend(r.errors);
                 summary.skipped_details.extend(r.skipped_details);
@@ -411,6 +416,10 @@ impl Engine {
         let limits = source::MailboxLimits {
             max_items: self.config.sync.max_items_per_mailbox,
             max_line_length: self.config.sync.max_line_length,
+            deletes: source::DeletePolicy {
+                propagate: self.config.sync.propagate_deletes,
+                max_percent: self.config.sync.max_delete_percent,
+            },
         };
         let mut attempt = 0;
         loop {
@@ -673,6 +682,12 @@ pub fn summary_table(rows: &[MailboxSummary]) -> String {
         for d in &r.skipped_details {
             s.push_str(&format!("  {}: {d}\n", r.mailbox));
         }
+    }
+    for r in rows.iter().filter(|r| r.deleted > 0) {
+        s.push_str(&format!(
+            "  {}: deleted {} message(s) at the destination that the source expunged\n",
+            r.mailbox, r.deleted
+        ));
     }
     for r in rows.iter().filter(|r| r.throttled > 0) {
         s.push_str(&format!(

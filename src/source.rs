@@ -5,6 +5,11 @@
 //! spool holds, fetches only the bodies it lacks, and records flag changes. A folder's
 //! bookkeeping is advanced only after all of its messages are in the spool, so a crash in
 //! the middle means that folder is simply compared again on the next run.
+//!
+//! With `[sync] propagate_deletes` ([`DeletePolicy`]) it also notes which known messages
+//! the source no longer has (UID SEARCH ALL) and records them as expunged, for the
+//! upstream to delete at the destination, unless that would be more than
+//! `max_delete_percent` of the folder: then nothing is recorded and the read reports it.
 
 use std::collections::{HashMap, HashSet};
 
@@ -37,6 +42,9 @@ pub struct SourceReport {
     pub skipped_details: Vec<String>,
     /// Per-folder problems, already phrased for the admin (folder and server text).
     pub errors: Vec<String>,
+    /// Messages found expunged at the source in this read and recorded as such (with
+    /// `propagate_deletes`; the upstream deletes those that reached the destination).
+    pub expunged: u64,
 }
 
 /// Microsoft's per-mailbox limits, applied while reading (see [`read_mailbox_with`]).
@@ -50,6 +58,21 @@ pub struct MailboxLimits {
     /// (0: no check). Exchange Online refuses such an APPEND (`BAD Command Argument
     /// Error`), and re-wrapping would change the message.
     pub max_line_length: usize,
+    /// What to do about messages the source expunged (`[sync] propagate_deletes`).
+    pub deletes: DeletePolicy,
+}
+
+/// Source expunges (`[sync] propagate_deletes`, `max_delete_percent`). The default
+/// records nothing: no message is ever deleted at the destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeletePolicy {
+    /// Record the messages the source no longer has, so that the upstream deletes their
+    /// destination copies.
+    pub propagate: bool,
+    /// Refuse, for the whole folder and with an error, when more than this percentage of
+    /// the folder's known messages is gone in one read (a folder emptied by mistake at
+    /// the source must not empty the destination). 0 refuses every deletion.
+    pub max_percent: u8,
 }
 
 /// The length of the longest line of `body`, without its line ending.
@@ -249,10 +272,15 @@ async fn read_folder(
     state.gone = false;
 
     let same_generation = previous.as_ref().map(|p| p.uidvalidity) == Some(info.uidvalidity);
+    let deletes = ctx.limits.deletes;
     if same_generation
         && info.highestmodseq != 0
         && info.highestmodseq == state.highestmodseq
         && info.uidnext == state.uidnext
+        // Watching for expunges: as many messages as the spool knows, or look closer.
+        && (!deletes.propagate
+            || live_count(spool, mailbox, &folder.name, info.uidvalidity)?
+                == info.exists as usize)
     {
         // CONDSTORE says nothing changed since the last complete read: no FETCH at all.
         spool.put_folder(mailbox, &state)?;
@@ -283,11 +311,21 @@ async fn read_folder(
     } else {
         client.uid_fetch_meta("1:*", changed_since).await?
     };
+    // Which UIDs the source still has, when deletes are propagated. A FETCH with
+    // CHANGEDSINCE shows only the changed messages (expunges do not show at all), and even
+    // a FETCH of 1:* is no proof of absence: a response that cannot be parsed is skipped.
+    // UID SEARCH ALL answers with nothing but the UIDs.
+    let present: Option<HashSet<u32>> = if deletes.propagate && same_generation {
+        Some(client.uid_search_all().await?.into_iter().collect())
+    } else {
+        None
+    };
     let mut have: HashMap<u32, MessageRecord> = spool
         .messages(mailbox, &folder.name, info.uidvalidity)?
         .into_iter()
         .map(|r| (r.uid, r))
         .collect();
+    let live_known = have.values().filter(|r| r.state.is_live()).count();
 
     let mut wanted: Vec<FetchData> = Vec::new();
     let mut oversized: Vec<FetchData> = Vec::new();
@@ -320,6 +358,24 @@ async fn read_folder(
             continue;
         }
         wanted.push(m);
+    }
+    if let Some(present) = &present {
+        // Gone: known, not in the FETCH (what is left of `have`) and not in the SEARCH.
+        let mut gone: Vec<MessageRecord> = have
+            .into_values()
+            .filter(|r| r.state.is_live() && !present.contains(&r.uid))
+            .collect();
+        gone.sort_by_key(|r| r.uid);
+        record_expunges(
+            spool,
+            mailbox,
+            &folder.name,
+            info.uidvalidity,
+            live_known,
+            &gone,
+            deletes,
+            report,
+        )?;
     }
     if !oversized.is_empty() {
         // Name them for the admin: the Subject header only, not the body.
@@ -385,8 +441,9 @@ async fn read_folder(
                         let state = match take_carried(&mut carried, &hash) {
                             Some(s) => s,
                             None => {
-                                let longest = longest_line(&body);
+                                // Scanning every byte costs ~4 % of a copy: only when asked.
                                 let max = ctx.limits.max_line_length;
+                                let longest = if max > 0 { longest_line(&body) } else { 0 };
                                 if max > 0 && longest > max {
                                     let subject = crate::imap::response::header_value(
                                         header_block(&body),
@@ -465,6 +522,100 @@ async fn read_folder(
     spool.put_folder(mailbox, &state)?;
     on_progress();
     Ok(())
+}
+
+/// Records the messages of one folder generation that the source no longer has
+/// (`gone`, out of `known` live records): `Expunging` where a copy is at the destination,
+/// `Expunged` where none is. Over the policy's percentage nothing is recorded and the
+/// refusal is reported, every read, until the limit is raised or the mail comes back.
+#[allow(clippy::too_many_arguments)]
+fn record_expunges(
+    spool: &Spool,
+    mailbox: &str,
+    folder: &str,
+    uidvalidity: u32,
+    known: usize,
+    gone: &[MessageRecord],
+    policy: DeletePolicy,
+    report: &mut SourceReport,
+) -> Result<(), SourceError> {
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let count = gone.len() as u64;
+    let known = (known as u64).max(count);
+    if count * 100 > u64::from(policy.max_percent) * known {
+        let percent = percent(count, known);
+        let msg = format!(
+            "mailbox {mailbox}, folder {folder:?}: refusing to delete {count} of {known} \
+             messages ({percent}) that the source no longer has: over [sync] \
+             max_delete_percent = {}; nothing is deleted in this folder (raise the limit if \
+             the source really expunged them)",
+            policy.max_percent
+        );
+        tracing::error!(mailbox, folder, count, known, %percent, "{msg}");
+        report.errors.push(msg);
+        return Ok(());
+    }
+    let mut recorded = 0u64;
+    for r in gone {
+        let updated = spool.update_message(mailbox, folder, uidvalidity, r.uid, |rec| {
+            rec.state = match &rec.state {
+                MessageState::Appended {
+                    dest_folder,
+                    dest_uidvalidity,
+                    dest_uid,
+                    ..
+                } => MessageState::Expunging {
+                    dest_folder: dest_folder.clone(),
+                    dest_uidvalidity: *dest_uidvalidity,
+                    dest_uid: *dest_uid,
+                },
+                // Never reached the destination: nothing to delete there.
+                MessageState::Spooled
+                | MessageState::Failed { .. }
+                | MessageState::Skipped { .. } => MessageState::Expunged,
+                // An APPEND whose outcome is unknown: the upstream settles it first, and
+                // the next read sees the message gone again.
+                other => other.clone(),
+            };
+        })?;
+        if updated.is_some_and(|u| !u.state.is_live()) {
+            recorded += 1;
+        }
+    }
+    if recorded > 0 {
+        tracing::info!(
+            mailbox,
+            folder,
+            count = recorded,
+            known,
+            "messages expunged at the source; their destination copies will be deleted"
+        );
+    }
+    report.expunged += recorded;
+    Ok(())
+}
+
+/// `part` of `whole` as a percentage for the admin: `75%`, `33.3%`.
+fn percent(part: u64, whole: u64) -> String {
+    let p = part as f64 * 100.0 / whole.max(1) as f64;
+    let s = format!("{p:.1}");
+    format!("{}%", s.strip_suffix(".0").unwrap_or(&s))
+}
+
+/// How many messages of one folder generation the spool holds as still at the source.
+fn live_count(
+    spool: &Spool,
+    mailbox: &str,
+    folder: &str,
+    uidvalidity: u32,
+) -> Result<usize, SourceError> {
+    Ok(spool
+        .messages(mailbox, folder, uidvalidity)?
+        .iter()
+        .filter(|r| r.state.is_live())
+        .count())
 }
 
 /// A skipped message's record: no body in the spool, the reason kept for the reports.

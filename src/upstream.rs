@@ -11,8 +11,12 @@
 //! or above the recorded UIDNEXT and matches it against the uncertain messages: a match is
 //! recorded as appended, the rest go back to `Spooled`. Nothing is added to the message
 //! (no tracking header), so every message arrives byte-identical.
+//!
+//! With `[sync] propagate_deletes`, the messages the source recorded `Expunging` are
+//! deleted at the destination after the folder's APPENDs and flag changes, by UID and
+//! nothing else (see `delete_expunged`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +37,9 @@ pub struct UpstreamOptions {
     pub max_attempts: u32,
     /// The mailbox's rate limits (token buckets, AIMD); None: unlimited.
     pub limiter: Option<Arc<MailboxLimiter>>,
+    /// `[sync] propagate_deletes`: delete at the destination what the source expunged
+    /// (the messages the source recorded `Expunging`). Off: nothing is ever deleted.
+    pub propagate_deletes: bool,
 }
 
 /// What one push of a folder did.
@@ -45,6 +52,8 @@ pub struct PushReport {
     pub failed: u64,
     /// APPENDs the destination answered with "throttled" (they go back to `Spooled`).
     pub throttled: u64,
+    /// Messages deleted at the destination because the source expunged them.
+    pub deleted: u64,
     /// Messages the destination refused for good and that are now skipped, one line each.
     pub skipped_details: Vec<String>,
     /// Per-message problems, phrased for the admin.
@@ -60,6 +69,7 @@ impl PushReport {
         self.flags_updated += other.flags_updated;
         self.failed += other.failed;
         self.throttled += other.throttled;
+        self.deleted += other.deleted;
         self.skipped_details.extend(other.skipped_details);
         self.errors.extend(other.errors);
     }
@@ -196,6 +206,9 @@ async fn push_generation(
         i = j;
     }
     sync_flags(client, spool, mailbox, folder, uv, dest, report).await?;
+    if opts.propagate_deletes {
+        delete_expunged(client, spool, mailbox, folder, uv, report).await?;
+    }
     Ok(())
 }
 
@@ -429,6 +442,11 @@ async fn recover(
                     dest_folder,
                     dest_uid,
                     ..
+                }
+                | MessageState::Expunging {
+                    dest_folder,
+                    dest_uid,
+                    ..
                 } if *dest_folder == dest => Some(*dest_uid),
                 _ => None,
             })
@@ -470,6 +488,153 @@ async fn recover(
     }
     spool.flush()?;
     Ok(found)
+}
+
+/// Destination UIDs per UID STORE / UID EXPUNGE command.
+const DELETE_CHUNK: usize = 500;
+
+/// A message's UID at the source and at the destination.
+type UidPair = (u32, u32);
+
+/// Deletes at the destination the messages of one folder generation that the source
+/// expunged (`Expunging`, recorded by the source within `max_delete_percent`), and
+/// records them `Expunged`.
+///
+/// Exactly those messages, exactly once: per destination folder, after checking that its
+/// UIDVALIDITY is still the one the UIDs were given under, `\Deleted` is added to their
+/// UIDs and UID EXPUNGE removes those UIDs alone; other messages marked `\Deleted` there
+/// are left alone, and without UIDPLUS nothing is deleted at all (a plain EXPUNGE would
+/// take them too). After a crash between the EXPUNGE and the record, the next run sends
+/// the same two commands again: the UIDs no longer exist and are never reused, so the
+/// repeat changes nothing.
+async fn delete_expunged(
+    client: &mut Client,
+    spool: &Spool,
+    mailbox: &str,
+    folder: &str,
+    uv: u32,
+    report: &mut PushReport,
+) -> Result<(), UpstreamError> {
+    // (destination folder, its UIDVALIDITY) -> (source UID, destination UID).
+    let mut groups: BTreeMap<(String, u32), Vec<UidPair>> = BTreeMap::new();
+    for r in spool.messages(mailbox, folder, uv)? {
+        if let MessageState::Expunging {
+            dest_folder,
+            dest_uidvalidity,
+            dest_uid,
+        } = r.state
+        {
+            groups
+                .entry((dest_folder, dest_uidvalidity))
+                .or_default()
+                .push((r.uid, dest_uid));
+        }
+    }
+    if groups.is_empty() {
+        return Ok(());
+    }
+    if !client.caps().has("UIDPLUS") {
+        let n: usize = groups.values().map(Vec::len).sum();
+        let msg = format!(
+            "folder {folder:?}: {n} message(s) expunged at the source are not deleted at the \
+             destination: {} does not offer UIDPLUS (UID EXPUNGE), and a plain EXPUNGE could \
+             remove other messages",
+            client.host()
+        );
+        tracing::error!(mailbox, folder, "{msg}");
+        report.errors.push(msg);
+        return Ok(());
+    }
+    // The source's records are what says "delete this UID"; they are on disk before the
+    // first deletion, so no restart can see the message as still wanted.
+    spool.flush()?;
+    for ((dest, dest_uv), items) in groups {
+        let (unknown, known): (Vec<UidPair>, Vec<UidPair>) =
+            items.into_iter().partition(|(_, d)| *d == 0);
+        if !unknown.is_empty() {
+            let msg = format!(
+                "folder {folder:?}: {} message(s) expunged at the source are not deleted in \
+                 {dest:?}: the destination gave no UID for them when they were appended (no \
+                 APPENDUID)",
+                unknown.len()
+            );
+            tracing::error!(mailbox, folder, "{msg}");
+            report.errors.push(msg);
+        }
+        if known.is_empty() {
+            continue;
+        }
+        let info = match client.select(&dest, false).await {
+            Ok(info) => info,
+            Err(e @ ImapError::Refused { .. }) if !is_throttle(&e) => {
+                let msg = format!(
+                    "folder {folder:?}: {} message(s) expunged at the source are not deleted \
+                     in {dest:?}: {e}",
+                    known.len()
+                );
+                tracing::error!(mailbox, folder, "{msg}");
+                report.errors.push(msg);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if info.uidvalidity != dest_uv {
+            let msg = format!(
+                "folder {folder:?}: {} message(s) expunged at the source are not deleted in \
+                 {dest:?}: that folder was recreated at the destination (UIDVALIDITY {dest_uv} \
+                 is now {}), so their UIDs no longer name them",
+                known.len(),
+                info.uidvalidity
+            );
+            tracing::error!(mailbox, folder, "{msg}");
+            report.errors.push(msg);
+            continue;
+        }
+        let mut deleted = 0u64;
+        for chunk in known.chunks(DELETE_CHUNK) {
+            let uids: Vec<u32> = chunk.iter().map(|(_, d)| *d).collect();
+            match client.uid_delete(&uids).await {
+                Ok(()) => {}
+                Err(e @ ImapError::Refused { .. }) if !is_throttle(&e) => {
+                    let msg = format!(
+                        "folder {folder:?}: {} message(s) expunged at the source are not \
+                         deleted in {dest:?}: {e}",
+                        chunk.len()
+                    );
+                    tracing::error!(mailbox, folder, "{msg}");
+                    report.errors.push(msg);
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            for (src_uid, dest_uid) in chunk {
+                spool.update_message(mailbox, folder, uv, *src_uid, |rec| {
+                    if matches!(&rec.state, MessageState::Expunging { dest_uid: d, .. } if d == dest_uid)
+                    {
+                        rec.state = MessageState::Expunged;
+                    }
+                })?;
+            }
+            deleted += chunk.len() as u64;
+        }
+        if deleted > 0 {
+            report.deleted += deleted;
+            tracing::info!(
+                mailbox,
+                folder,
+                dest = %dest,
+                count = deleted,
+                "deleted at the destination: expunged at the source"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A refusal that is Exchange asking us to slow down (the mailbox pauses and retries),
+/// not an answer about the command.
+fn is_throttle(e: &ImapError) -> bool {
+    matches!(throttle::classify(e), throttle::Fault::Throttled { .. })
 }
 
 /// Carries source flag changes to messages already at the destination.

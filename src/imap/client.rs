@@ -208,6 +208,31 @@ pub enum AppendOutcome {
 
 const READ_CHUNK: usize = 64 * 1024;
 
+/// A UID set in IMAP syntax with runs collapsed (`1:3,7,9:10`); `uids` in any order.
+pub fn uid_set(uids: &[u32]) -> String {
+    let mut v: Vec<u32> = uids.iter().copied().filter(|u| *u != 0).collect();
+    v.sort_unstable();
+    v.dedup();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if j == i {
+            out.push_str(&v[i].to_string());
+        } else {
+            out.push_str(&format!("{}:{}", v[i], v[j]));
+        }
+        i = j + 1;
+    }
+    out
+}
+
 /// A logged-in (or about to log in) IMAP session.
 pub struct Client {
     stream: Stream,
@@ -1076,6 +1101,84 @@ impl Client {
         Ok(())
     }
 
+    /// Adds `flags` to the messages `uids` of the selected folder (UID STORE set
+    /// +FLAGS.SILENT (flags)); other flags are left alone.
+    pub async fn uid_add_flags(&mut self, uids: &[u32], flags: &[&str]) -> Result<()> {
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let flags: Vec<Flag<'_>> = flags
+            .iter()
+            .map(|f| Flag::try_from(*f).map_err(|_| self.protocol(format!("bad flag {f}"))))
+            .collect::<Result<_>>()?;
+        let set = uid_set(uids);
+        let seq = SequenceSet::try_from(set.as_str())
+            .map_err(|_| self.protocol(format!("bad UID set {set}")))?;
+        let body = CommandBody::store(seq, StoreType::Add, StoreResponse::Silent, flags, true)
+            .map_err(|_| self.protocol("bad UID set"))?;
+        self.run(body, "UID STORE").await?;
+        Ok(())
+    }
+
+    /// Every UID of the selected folder (UID SEARCH ALL), ascending. Unlike a FETCH with
+    /// CHANGEDSINCE, this shows which messages are gone.
+    pub async fn uid_search_all(&mut self) -> Result<Vec<u32>> {
+        let out = self.run_raw("UID SEARCH ALL", "UID SEARCH").await?;
+        let mut uids: Vec<u32> = out
+            .untagged
+            .into_iter()
+            .filter_map(|u| match u {
+                Untagged::Search(v) => Some(v),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        uids.sort_unstable();
+        uids.dedup();
+        Ok(uids)
+    }
+
+    /// Expunges exactly the messages `uids` of the selected folder, if they carry
+    /// `\Deleted` (UID EXPUNGE, RFC 4315). Without UIDPLUS this is refused: a plain
+    /// EXPUNGE would also remove every other message marked `\Deleted` in the folder (by
+    /// the user, or copied so from the source).
+    pub async fn uid_expunge(&mut self, uids: &[u32]) -> Result<()> {
+        if uids.is_empty() {
+            return Ok(());
+        }
+        self.require_uidplus()?;
+        let set = uid_set(uids);
+        let seq = SequenceSet::try_from(set.as_str())
+            .map_err(|_| self.protocol(format!("bad UID set {set}")))?;
+        self.run(CommandBody::ExpungeUid { sequence_set: seq }, "UID EXPUNGE")
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes exactly the messages `uids` of the selected folder (opened read-write):
+    /// `\Deleted` is added to them, then they alone are expunged with UID EXPUNGE.
+    /// Refused up front, before anything is marked, when the server lacks UIDPLUS. UIDs
+    /// that no longer exist are ignored by the server, so a repeat is harmless.
+    pub async fn uid_delete(&mut self, uids: &[u32]) -> Result<()> {
+        if uids.is_empty() {
+            return Ok(());
+        }
+        self.require_uidplus()?;
+        self.uid_add_flags(uids, &["\\Deleted"]).await?;
+        self.uid_expunge(uids).await
+    }
+
+    fn require_uidplus(&self) -> Result<()> {
+        if self.caps.has("UIDPLUS") {
+            return Ok(());
+        }
+        Err(ImapError::Unsupported(format!(
+            "{} does not offer UIDPLUS (UID EXPUNGE): cannot delete single messages without \
+             risking others marked \\Deleted, so nothing is deleted",
+            self.host
+        )))
+    }
+
     /// Fetches (UID, BODY.PEEK[]) of `set` and returns (uid, sha256) pairs: how the upstream
     /// recognises its own earlier APPENDs without adding anything to the message.
     pub async fn uid_hashes(&mut self, set: &str) -> Result<Vec<(u32, [u8; 32])>> {
@@ -1159,5 +1262,22 @@ impl Client {
 
     pub fn is_tls(&self) -> bool {
         self.stream.is_tls()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_sets_collapse_runs() {
+        assert_eq!(uid_set(&[]), "");
+        assert_eq!(uid_set(&[7]), "7");
+        assert_eq!(uid_set(&[3, 1, 2, 7, 9, 10, 10, 0]), "1:3,7,9:10");
+        assert_eq!(uid_set(&[u32::MAX, u32::MAX - 1]), "4294967294:4294967295");
+        // Every set it writes is one the command encoder accepts.
+        for set in ["1:3,7,9:10", "4294967294:4294967295"] {
+            assert!(SequenceSet::try_from(set).is_ok(), "{set}");
+        }
     }
 }

@@ -77,6 +77,8 @@ pub enum Untagged {
     },
     /// Personal namespaces: (prefix, delimiter).
     Namespace(Vec<(String, Option<char>)>),
+    /// `* SEARCH n n n`: UIDs after a UID SEARCH, sequence numbers after a SEARCH.
+    Search(Vec<u32>),
     /// `* OK [code] text` and friends (`* NO`, `* BAD`).
     State {
         kind: Kind,
@@ -273,6 +275,7 @@ impl Resp {
                         })
                         .collect(),
                 ),
+                Data::Search(nums, ..) => Untagged::Search(nums.iter().map(|n| n.get()).collect()),
                 _ => Untagged::Other,
             }),
         }

@@ -1672,6 +1672,24 @@ mod tests {
         assert!(text.contains("folder m/INBOX"), "{text}");
     }
 
+    /// sled releases its file lock from its flusher thread, a moment after the last handle
+    /// is dropped; a reopen in the same process waits for it (bounded).
+    fn reopen(path: &Path) -> Spool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Spool::open(path) {
+                Ok(s) => return s,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(25))
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn data_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -1681,7 +1699,7 @@ mod tests {
         let rec1;
         let rec2;
         {
-            let spool = Spool::open(&path).unwrap();
+            let spool = reopen(&path);
             let hash = spool.put_body(&body1).unwrap();
             rec1 = MessageRecord {
                 hash,
@@ -1707,7 +1725,7 @@ mod tests {
         // Without an explicit flush: writing the record syncs the body, and dropping the
         // last handle flushes sled. The body goes to a second segment.
         {
-            let spool = Spool::open(&path).unwrap();
+            let spool = reopen(&path);
             let hash = spool.put_body(&body2).unwrap();
             rec2 = MessageRecord {
                 hash,
@@ -1717,7 +1735,7 @@ mod tests {
             // Known bodies are not stored again after a reopen.
             assert_eq!(spool.put_body(&body1).unwrap(), rec1.hash);
         }
-        let spool = Spool::open(&path).unwrap();
+        let spool = reopen(&path);
         assert_eq!(spool.path(), path);
         assert_eq!(std::fs::read_dir(spool.body_log.dir()).unwrap().count(), 2);
         assert_eq!(spool.bodies.len(), 2);
