@@ -298,8 +298,9 @@ pub struct ServerConfig {
     /// Seconds of the configured rates an idle bucket may save up and spend at once.
     #[serde(default = "default_burst")]
     pub burst: f64,
-    /// Sessions one mailbox may use at once. Only 1 is implemented (more is refused at
-    /// load); the key exists so configurations can state it.
+    /// The most sessions one mailbox may use at once (at least 1). cutover pushes a
+    /// mailbox over one session, so any value holds; a tenant that must stay lower than
+    /// Exchange's own per-mailbox limit can say so here.
     #[serde(default = "default_max_connections_per_mailbox")]
     pub max_connections_per_mailbox: usize,
 }
@@ -785,14 +786,6 @@ fn check_office365_keys(
         return Err(invalid(
             "max_connections_per_mailbox",
             "must be at least 1 (0 would never connect)".into(),
-        ));
-    }
-    if server.max_connections_per_mailbox > 1 {
-        return Err(invalid(
-            "max_connections_per_mailbox",
-            "more than one session per mailbox is not implemented yet; leave it at 1 \
-             (Exchange throttles per mailbox, so parallel sessions rarely help)"
-                .into(),
         ));
     }
     if let Some(secret_file) = &server.oauth_client_secret_file {
@@ -1552,10 +1545,6 @@ tls_ca_file = "/abs/ca.pem"
             ("burst = 0\n", "upstream.burst"),
             (
                 "max_connections_per_mailbox = 0\n",
-                "upstream.max_connections_per_mailbox",
-            ),
-            (
-                "max_connections_per_mailbox = 2\n",
                 "upstream.max_connections_per_mailbox",
             ),
         ];
