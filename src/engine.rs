@@ -480,6 +480,19 @@ impl Engine {
         let opts = self.upstream_options(Some(limiter.clone()));
         let mut backoff = Backoff::new(UPSTREAM_BACKOFF_BASE, UPSTREAM_BACKOFF_CAP);
         let mut throttles = 0u32;
+        // No session until there is something to push: a pass where nothing changed then
+        // costs the destination nothing (no TLS, no login; Exchange counts both), and
+        // the first batch of a fresh copy is spooled by the time the session is up.
+        loop {
+            let finished = source_done.load(Ordering::SeqCst);
+            if self.spool.needs_push(mailbox, opts.max_attempts)? {
+                break;
+            }
+            if finished {
+                return Ok(());
+            }
+            wake.notified().await;
+        }
         loop {
             let slot = self.upstream.slots.acquire().await?;
             let progress_mark = total.appended + total.recovered;

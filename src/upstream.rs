@@ -660,7 +660,7 @@ async fn sync_flags(
         else {
             continue;
         };
-        if *dest_uid == 0 || dest_folder != dest || same_flags(flags, &r.flags) {
+        if *dest_uid == 0 || dest_folder != dest || crate::spool::same_flag_set(flags, &r.flags) {
             continue;
         }
         if !selected {
@@ -677,13 +677,4 @@ async fn sync_flags(
         report.flags_updated += 1;
     }
     Ok(())
-}
-
-fn same_flags(a: &[String], b: &[String]) -> bool {
-    let norm = |v: &[String]| {
-        let mut v: Vec<String> = v.iter().map(|f| f.to_ascii_lowercase()).collect();
-        v.sort();
-        v
-    };
-    norm(a) == norm(b)
 }

@@ -694,6 +694,42 @@ impl Spool {
         Ok(counts)
     }
 
+    /// True if the upstream has anything to do for this mailbox: a folder not yet mapped
+    /// to the destination, or a message to append, confirm, retry (fewer than
+    /// `max_attempts` tries), delete, or whose flags changed since they were written.
+    /// Stops at the first one, so a mailbox with work answers fast; one without costs a
+    /// scan of its records, which is what lets a pass with no change skip the destination
+    /// altogether.
+    pub fn needs_push(&self, mailbox: &str, max_attempts: u32) -> Result<bool> {
+        if self
+            .folders(mailbox)?
+            .iter()
+            .any(|f| f.dest_name.is_none() && !f.gone)
+        {
+            return Ok(true);
+        }
+        let prefix = mailbox_prefix(mailbox)?;
+        for item in self.messages.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let rec = decode_message(&key, &value)?;
+            let pending = match &rec.state {
+                MessageState::Spooled
+                | MessageState::Appending { .. }
+                | MessageState::Expunging { .. } => true,
+                MessageState::Failed { attempts, .. } => *attempts < max_attempts,
+                // Without a destination UID the flags cannot be written (see upstream).
+                MessageState::Appended {
+                    flags, dest_uid, ..
+                } => *dest_uid != 0 && !same_flag_set(flags, &rec.flags),
+                MessageState::Skipped { .. } | MessageState::Expunged => false,
+            };
+            if pending {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Makes everything written so far durable, and waits until it is.
     ///
     /// sled writes to an in-memory log that reaches the disk in the background (every
@@ -709,6 +745,18 @@ impl Spool {
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// Flags compared as a set, case-insensitively (IMAP flags are case-insensitive and
+/// servers may reorder them).
+pub fn same_flag_set(a: &[String], b: &[String]) -> bool {
+    let norm = |v: &[String]| {
+        let mut v: Vec<String> = v.iter().map(|f| f.to_ascii_lowercase()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    norm(a) == norm(b)
 }
 
 // ===== Keys =====
