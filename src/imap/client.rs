@@ -878,7 +878,36 @@ impl Client {
     }
 
     /// STATUS (MESSAGES UIDNEXT UIDVALIDITY).
+    ///
+    /// Dovecot answers `UIDVALIDITY 0` (not valid IMAP, so not decodable) for a folder
+    /// that exists only in its configuration so far (an auto-created special-use folder
+    /// nobody opened yet); opening it with EXAMINE creates it, and STATUS is asked again.
     pub async fn status(&mut self, name: &str) -> Result<StatusInfo> {
+        match self.status_once(name).await {
+            Ok(st) if st.uidvalidity != 0 => Ok(st),
+            Ok(_) | Err(ImapError::Protocol { .. }) => {
+                tracing::debug!(host = %self.host, folder = name, "STATUS without UIDVALIDITY; opening the folder first");
+                let info = self.select(name, true).await?;
+                let st = self.status_once(name).await?;
+                Ok(StatusInfo {
+                    uidvalidity: if st.uidvalidity != 0 {
+                        st.uidvalidity
+                    } else {
+                        info.uidvalidity
+                    },
+                    uidnext: if st.uidnext != 0 {
+                        st.uidnext
+                    } else {
+                        info.uidnext
+                    },
+                    messages: st.messages,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn status_once(&mut self, name: &str) -> Result<StatusInfo> {
         let body = CommandBody::status(
             Self::mailbox(name)?,
             vec![
