@@ -23,13 +23,6 @@ const TLS: DemoTls = DemoTls {
     dest_implicit: true,
 };
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// A `cutover run` process; killed (SIGKILL, by PID) if still running when dropped.
 struct Daemon {
     child: Child,

@@ -12,23 +12,6 @@ use cutover::demo::{write_config, DemoTls};
 use cutover::spool::{MessageState, Spool};
 use cutover::testbed::Testbed;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Column `copied` of the summary row of `mailbox`.
-fn copied(out: &std::process::Output, mailbox: &str) -> u64 {
-    let text = stdout(out);
-    let row = text
-        .lines()
-        .find(|l| l.starts_with(mailbox))
-        .unwrap_or_else(|| panic!("no summary row for {mailbox} in:\n{text}"));
-    row.split_whitespace().nth(2).unwrap().parse().unwrap()
-}
-
 /// The summary row of `mailbox`.
 fn row(out: &std::process::Output, mailbox: &str) -> String {
     let text = stdout(out);

@@ -13,23 +13,6 @@ const USERS: [(&str, &str, &str); 3] = [
     ("carol", "carol-pw", "carol@example.test"),
 ];
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Column `copied` of the summary row of `mailbox`.
-fn copied(out: &std::process::Output, mailbox: &str) -> u64 {
-    let text = stdout(out);
-    let row = text
-        .lines()
-        .find(|l| l.starts_with(mailbox))
-        .unwrap_or_else(|| panic!("no summary row for {mailbox} in:\n{text}"));
-    row.split_whitespace().nth(2).unwrap().parse().unwrap()
-}
-
 /// Seeds a user with nested, special-use, non-ASCII and spaced folders, flags, keywords
 /// and internal dates.
 fn seed(tb: &cutover::testbed::Testbed, user: &str, base_ts: i64) -> usize {

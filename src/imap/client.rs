@@ -541,21 +541,7 @@ impl Client {
                     code,
                     text,
                 } if t == tag => {
-                    return if kind == Kind::Ok {
-                        Ok(Outcome {
-                            untagged: Vec::new(),
-                            code,
-                            text,
-                        })
-                    } else {
-                        Err(ImapError::Refused {
-                            host: self.host.clone(),
-                            command: command.to_string(),
-                            kind,
-                            code,
-                            text,
-                        })
-                    };
+                    return self.completion(command, kind, code, text);
                 }
                 Resp::Tagged { tag: t, .. } => {
                     return Err(self.protocol(format!("unexpected completion for tag {t}")))
@@ -571,6 +557,31 @@ impl Client {
                     })
                 }
             }
+        }
+    }
+
+    /// The tagged completion of a command: its outcome, or the server's refusal.
+    fn completion(
+        &self,
+        command: &str,
+        kind: Kind,
+        code: Option<RespCode>,
+        text: String,
+    ) -> Result<Outcome> {
+        if kind == Kind::Ok {
+            Ok(Outcome {
+                untagged: Vec::new(),
+                code,
+                text,
+            })
+        } else {
+            Err(ImapError::Refused {
+                host: self.host.clone(),
+                command: command.to_string(),
+                kind,
+                code,
+                text,
+            })
         }
     }
 
@@ -728,21 +739,7 @@ impl Client {
                     code,
                     text,
                 } if t == tag => {
-                    return if kind == Kind::Ok {
-                        Ok(Outcome {
-                            untagged: Vec::new(),
-                            code,
-                            text,
-                        })
-                    } else {
-                        Err(ImapError::Refused {
-                            host: self.host.clone(),
-                            command: command.into(),
-                            kind,
-                            code,
-                            text,
-                        })
-                    }
+                    return self.completion(command, kind, code, text);
                 }
                 Resp::Bye(b) => {
                     return Err(ImapError::Closed {

@@ -250,3 +250,21 @@ pub fn cutover_log(config: &Path, args: &[&str], log: &str) -> Output {
         stderr: err_t.join().unwrap_or_default(),
     }
 }
+
+/// A multi-threaded runtime for the tests' own IMAP sessions.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Column `copied` of the summary row of `mailbox` in a `sync --once` output.
+pub fn copied(out: &std::process::Output, mailbox: &str) -> u64 {
+    let text = stdout(out);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(mailbox))
+        .unwrap_or_else(|| panic!("no summary row for {mailbox} in:\n{text}"));
+    row.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
