@@ -998,6 +998,21 @@ impl Client {
                 peek: true,
             },
         ];
+        self.uid_fetch_each(seq, items, |u| match u {
+            Untagged::Fetch(f) if f.body.is_some() => on_message(f),
+            _ => Ok(()),
+        })
+        .await
+    }
+
+    /// UID FETCH of `items` for `seq`, handing each untagged response to `on` as it
+    /// arrives instead of collecting them: how whole messages stay one at a time in memory.
+    async fn uid_fetch_each(
+        &mut self,
+        seq: SequenceSet,
+        items: Vec<MessageDataItemName<'static>>,
+        on: impl FnMut(Untagged) -> Result<()>,
+    ) -> Result<()> {
         let body = CommandBody::fetch(
             seq,
             MacroOrMessageDataItemNames::MessageDataItemNames(items),
@@ -1008,11 +1023,7 @@ impl Client {
             Ok(t) => t,
             Err(r) => return Err(self.refusal("UID FETCH", r)),
         };
-        self.complete(&tag, "UID FETCH", |u| match u {
-            Untagged::Fetch(f) if f.body.is_some() => on_message(f),
-            _ => Ok(()),
-        })
-        .await?;
+        self.complete(&tag, "UID FETCH", on).await?;
         Ok(())
     }
 
@@ -1219,18 +1230,8 @@ impl Client {
                 peek: true,
             },
         ];
-        let body = CommandBody::fetch(
-            seq,
-            MacroOrMessageDataItemNames::MessageDataItemNames(items),
-            true,
-        )
-        .map_err(|_| self.protocol("bad FETCH"))?;
-        let tag = match self.send(body).await? {
-            Ok(t) => t,
-            Err(r) => return Err(self.refusal("UID FETCH", r)),
-        };
         let mut out = Vec::new();
-        self.complete(&tag, "UID FETCH", |u| {
+        self.uid_fetch_each(seq, items, |u| {
             if let Untagged::Fetch(FetchData {
                 uid: Some(uid),
                 body: Some(b),
