@@ -122,12 +122,25 @@ fn full_copy_corpus_reruns_and_deltas() {
         assert_eq!(s["INBOX"], d["INBOX"]);
     }
 
-    // Second pass: nothing is appended again.
+    // Second pass: nothing is appended again, and with nothing to push the destination
+    // is not even logged in to (its log counts the logins).
+    let logins = |tb: &cutover::testbed::Testbed| tb.dest.log().matches("Login: user=<").count();
+    let before = logins(&tb);
+    assert!(
+        before > 0,
+        "the destination log records logins:\n{}",
+        tb.dest.log()
+    );
     let out = cutover(&config, &["sync", "--once"]);
     assert_eq!(out.status.code(), Some(0));
     for (_, _, email) in USERS {
         assert_eq!(copied(&out, email), 0, "rerun copied nothing for {email}");
     }
+    assert_eq!(
+        logins(&tb),
+        before,
+        "a pass with nothing to push logged in upstream"
+    );
 
     // Deltas: a new message, a flag change, a new folder.
     tb.source
