@@ -1,7 +1,8 @@
 //! The upstream side: pushes spooled messages to the destination, exactly once.
 //!
 //! The protocol with the spool, per batch of messages of one folder:
-//! 1. read the destination folder's UIDVALIDITY and UIDNEXT (STATUS);
+//! 1. take the destination folder's UIDVALIDITY and UIDNEXT (STATUS for a folder's first
+//!    batch, then the last APPENDUID + 1: a lower bound is all recovery needs);
 //! 2. mark every message of the batch `Appending { uidnext }` and flush the spool;
 //! 3. APPEND them (pipelined with LITERAL+), unchanged, with their flags and INTERNALDATE;
 //! 4. record `Appended { dest_uid }` from APPENDUID, or `Failed` with the server's text.

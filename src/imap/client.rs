@@ -1,7 +1,7 @@
 //! An IMAP client session: tagged commands, untagged data, literals both ways.
 //!
-//! Framing is imap-codec's `Fragmentizer` (it follows `{n}` literals, so a message body is
-//! never mistaken for protocol), decoding is imap-codec's `ResponseCodec`, and commands are
+//! Framing is [`super::framer`] (it counts `{n}` literals, so a message body is never
+//! mistaken for protocol), decoding is imap-codec's `ResponseCodec`, and commands are
 //! built as imap-codec values and encoded by `CommandCodec`. This file adds only what a
 //! migration needs on top: timeouts, STARTTLS, SASL, pipelining of APPEND with LITERAL+,
 //! and FETCH results handed to the caller one message at a time so memory stays bounded.
