@@ -560,6 +560,20 @@ impl Client {
         }
     }
 
+    /// Waits for the completion of `tag` and returns it with every untagged response
+    /// that came before it.
+    async fn collect(&mut self, tag: &str, command: &str) -> Result<Outcome> {
+        let mut untagged = Vec::new();
+        let mut out = self
+            .complete(tag, command, |u| {
+                untagged.push(u);
+                Ok(())
+            })
+            .await?;
+        out.untagged = untagged;
+        Ok(out)
+    }
+
     /// The tagged completion of a command: its outcome, or the server's refusal.
     fn completion(
         &self,
@@ -591,15 +605,7 @@ impl Client {
             Ok(tag) => tag,
             Err(resp) => return Err(self.refusal(command, resp)),
         };
-        let mut untagged = Vec::new();
-        let mut out = self
-            .complete(&tag, command, |u| {
-                untagged.push(u);
-                Ok(())
-            })
-            .await?;
-        out.untagged = untagged;
-        Ok(out)
+        self.collect(&tag, command).await
     }
 
     fn refusal(&self, command: &str, resp: Resp) -> ImapError {
@@ -760,15 +766,7 @@ impl Client {
         self.wbuf.push(b' ');
         self.wbuf.extend_from_slice(line.as_bytes());
         self.wbuf.extend_from_slice(b"\r\n");
-        let mut untagged = Vec::new();
-        let mut out = self
-            .complete(&tag, command, |u| {
-                untagged.push(u);
-                Ok(())
-            })
-            .await?;
-        out.untagged = untagged;
-        Ok(out)
+        self.collect(&tag, command).await
     }
 
     /// The personal namespace (prefix, delimiter), if the server has NAMESPACE.
