@@ -33,7 +33,13 @@
 //! `BENCH_CUTOVER_BIN`, `BENCH_MBSYNC_BIN`, `BENCH_TIMEOUT_SECS` (per run, default 3600),
 //! `BENCH_THROTTLE` (`0` skips the throttle phase), `BENCH_THROTTLE_RATE` (messages/s,
 //! default 100), `BENCH_THROTTLE_MESSAGES` (default 1000), `BENCH_THROTTLE_BYTES_RATE`
-//! (bytes/s, default 4000000; 0 skips the bytes variant).
+//! (bytes/s, default 4000000; 0 skips the bytes variant), `BENCH_STATE_DIR` (see below).
+//!
+//! Where things live: the testbeds (the Dovecot servers' mail, configs and sockets, and
+//! the tools' configs and output) in the temporary directory (`TMPDIR`; `run.sh` picks a
+//! tmpfs, see bench/README.md), the tools' own state (cutover's spool, mbsync's
+//! `SyncState`) in a new directory under `BENCH_STATE_DIR` (default `/var/tmp`), on disk,
+//! because writing it is part of what each tool costs. Both filesystems are printed.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -111,6 +117,121 @@ struct Settings {
     timeout: Duration,
     /// The throttle phase; None: skipped (`BENCH_THROTTLE=0`, or cutover not benchmarked).
     throttle: Option<ThrottleSettings>,
+    /// Where the tools' own state goes (cutover's spool, mbsync's SyncState).
+    state: StateDir,
+}
+
+/// A new directory for the tools' own state, under `BENCH_STATE_DIR` (default
+/// `/var/tmp`): on disk, since writing the spool (with fsync) and the sync state is part
+/// of what each tool costs. Removed when dropped (at the end, also after an error),
+/// unless `CUTOVER_TESTBED_KEEP` is set.
+struct StateDir {
+    dir: tempfile::TempDir,
+    fs: FsInfo,
+}
+
+impl StateDir {
+    const DEFAULT_PARENT: &'static str = "/var/tmp";
+
+    fn create() -> Result<StateDir> {
+        let explicit = env_str("BENCH_STATE_DIR");
+        let parent = PathBuf::from(explicit.as_deref().unwrap_or(Self::DEFAULT_PARENT));
+        let fs = FsInfo::of(&parent)
+            .with_context(|| format!("{} (BENCH_STATE_DIR)", parent.display()))?;
+        if explicit.is_none() && fs.in_memory() {
+            bail!(
+                "{} is on {}, in memory: the tools' state (cutover's spool, mbsync's \
+                 SyncState) must be on disk, writing it is part of what each tool costs; set \
+                 BENCH_STATE_DIR to a directory on a disk filesystem",
+                parent.display(),
+                fs.fstype
+            );
+        }
+        let mut dir = tempfile::Builder::new()
+            .prefix("cutover-bench-state-")
+            .tempdir_in(&parent)
+            .with_context(|| {
+                format!(
+                    "creating the state directory under {} (BENCH_STATE_DIR)",
+                    parent.display()
+                )
+            })?;
+        let keep = std::env::var_os(cutover::testbed::KEEP_ENV);
+        if keep.is_some_and(|v| !v.is_empty() && v != "0") {
+            dir.disable_cleanup(true);
+            eprintln!("bench: keeping {}", dir.path().display());
+        }
+        Ok(StateDir { dir, fs })
+    }
+
+    /// The state directory of one run's configuration (`bench-cutover-0`, ...).
+    fn join(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// The filesystem a path lives on, from `df` (and whether an ext4 has a journal).
+struct FsInfo {
+    fstype: String,
+    mount: String,
+    /// ext4 only: Some(false) when it has no journal (no entry in /proc/fs/jbd2).
+    journal: Option<bool>,
+}
+
+impl FsInfo {
+    fn of(path: &Path) -> Result<FsInfo> {
+        let out = Command::new("df")
+            .args(["--output=source,fstype,target", "--"])
+            .arg(path)
+            .stdin(Stdio::null())
+            .output()
+            .context("running df")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().nth(1).filter(|_| out.status.success());
+        let mut f = line.map(|l| l.split_whitespace()).ok_or_else(|| {
+            anyhow!(
+                "df {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })?;
+        let (source, fstype) = (f.next().unwrap_or("?"), f.next().unwrap_or("?"));
+        let mount = f.collect::<Vec<_>>().join(" ");
+        // jbd2 names a journal `<device>-<journal inode>`, e.g. `sda1-8`.
+        let journal = (fstype == "ext4")
+            .then(|| {
+                let dev = source.rsplit('/').next()?;
+                let entries = std::fs::read_dir("/proc/fs/jbd2").ok()?;
+                Some(entries.flatten().any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{dev}-"))
+                }))
+            })
+            .flatten();
+        Ok(FsInfo {
+            fstype: fstype.to_string(),
+            mount,
+            journal,
+        })
+    }
+
+    fn in_memory(&self) -> bool {
+        matches!(self.fstype.as_str(), "tmpfs" | "ramfs")
+    }
+
+    /// `tmpfs`, or `ext4 without journal`.
+    fn kind(&self) -> String {
+        match self.journal {
+            Some(false) => format!("{} without journal", self.fstype),
+            _ => self.fstype.clone(),
+        }
+    }
+
+    /// `tmpfs on /dev/shm`.
+    fn shown(&self) -> String {
+        format!("{} on {}", self.kind(), self.mount)
+    }
 }
 
 /// The throttle phase's settings (`BENCH_THROTTLE_*`).
@@ -210,6 +331,7 @@ impl Settings {
             ),
             timeout: Duration::from_secs(env_num("BENCH_TIMEOUT_SECS", 3600)?),
             throttle,
+            state: StateDir::create()?,
         })
     }
 }
@@ -973,7 +1095,8 @@ fn user_tuples(users: &[User]) -> Vec<(&str, &str, &str)> {
 }
 
 /// A cutover run: one process for all `users`, implicit TLS on both sides, its config
-/// (with `extra` appended), spool and output files in `dir_name` under the testbed.
+/// (with `extra` appended) and output files in `dir_name` under the testbed, its spool in
+/// `dir_name` under the state directory (on disk).
 fn cutover_job(
     s: &Settings,
     tb: &Testbed,
@@ -995,6 +1118,7 @@ fn cutover_job(
         dest_implicit: true,
     };
     let config = write_config(tb, &dir, &user_tuples(users), tls, extra)?;
+    set_spool_path(&config, &s.state.join(dir_name).join("spool"))?;
     let bin = s.cutover_bin.clone();
     Ok(move |phase: Phase| Job {
         label: format!("cutover ({})", phase.tag()),
@@ -1009,6 +1133,32 @@ fn cutover_job(
         out: dir.join(format!("cutover-{}", phase.tag())),
         env: env.clone(),
     })
+}
+
+/// Points `[spool] path` of the cutover.toml that `write_config` wrote (`path =
+/// "spool"`, next to the config) at `spool`.
+fn set_spool_path(config: &Path, spool: &Path) -> Result<()> {
+    const WRITTEN: &str = "[spool]\npath = \"spool\"\n";
+    let text = std::fs::read_to_string(config)?;
+    if text.matches(WRITTEN).count() != 1 {
+        bail!(
+            "{}: no `{}` to point at the state directory (has cutover::demo::write_config \
+             changed?)",
+            config.display(),
+            WRITTEN.escape_debug()
+        );
+    }
+    std::fs::create_dir_all(spool)?;
+    let spool = spool
+        .to_str()
+        .ok_or_else(|| anyhow!("{spool:?} is not UTF-8"))?;
+    let line = format!(
+        "[spool]\n# On disk (BENCH_STATE_DIR), not in the testbed: see bench/README.md.\n\
+         path = {}\n",
+        quote(spool)
+    );
+    std::fs::write(config, text.replacen(WRITTEN, &line, 1))?;
+    Ok(())
 }
 
 fn quote(v: &str) -> String {
@@ -1069,10 +1219,13 @@ fn mbsync_jobs(
             s.mbsync_bin.display()
         );
     }
-    let dir = tb.dir.path().join(format!("bench-mbsync-{round}"));
+    let name = format!("bench-mbsync-{round}");
+    let dir = tb.dir.path().join(&name);
+    std::fs::create_dir_all(&dir)?;
     let mut configs = Vec::new();
     for u in users {
-        let state = dir.join(format!("state-{}", u.login));
+        // On disk, in the state directory; the config and output stay in the testbed.
+        let state = s.state.join(&name).join(format!("state-{}", u.login));
         std::fs::create_dir_all(&state)?;
         let rc = dir.join(format!("mbsyncrc-{}", u.login));
         std::fs::write(&rc, mbsync_config(s, tb, u, &state))?;
@@ -1689,6 +1842,35 @@ fn main() -> Result<()> {
     if !cutover::testbed::dovecot_available() {
         bail!("Dovecot not found: apt-get install dovecot-imapd");
     }
+    // The testbeds go where tempfile puts them: TMPDIR (run.sh picks a tmpfs).
+    let tb_parent = std::env::temp_dir();
+    let tb_fs = FsInfo::of(&tb_parent);
+    let places = format!(
+        "testbeds (the Dovecot servers' mail, configs and sockets; the tools' configs and \
+         output) under {}: {}\ntools' state (cutover's spool, mbsync's SyncState) in {}: {}",
+        tb_parent.display(),
+        tb_fs
+            .as_ref()
+            .map_or_else(|e| format!("? ({e:#})"), FsInfo::shown),
+        s.state.dir.path().display(),
+        s.state.fs.shown(),
+    );
+    println!("{places}");
+    if let Some(f) = tb_fs.as_ref().ok().filter(|f| !f.in_memory()) {
+        println!(
+            "note: the testbeds are not on a tmpfs but on {}: creating and deleting the \
+             servers' files can cost more than the tools (see bench/README.md); set \
+             BENCH_TMPDIR to a tmpfs",
+            f.kind()
+        );
+    }
+    if s.state.fs.in_memory() {
+        println!(
+            "note: the tools' state is in memory ({}, BENCH_STATE_DIR): cutover's fsyncs \
+             cost nothing there",
+            s.state.fs.fstype
+        );
+    }
     let busy_before = idle_check("before the benchmark");
     if let Some(w) = &busy_before {
         println!("{w}");
@@ -1795,6 +1977,7 @@ fn main() -> Result<()> {
         version(cutover::testbed::DOVECOT_BIN, &["--version"]),
         version(&s.mbsync_bin.to_string_lossy(), &["--version"]),
     );
+    println!("{places}");
     print!("{}", table(&rows, &seeded, &s.tools));
     let r = ratios(&rows);
     if !r.is_empty() {
