@@ -27,7 +27,7 @@ use imap_codec::{CommandCodec, GreetingCodec, ResponseCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::framer::{FrameError, Framer};
+use super::framer::{Frame, FrameError, Framer};
 use super::response::{parse_internal_date, FetchData, Kind, Resp, RespCode, Untagged};
 use super::transport::{Stream, TlsSettings};
 use super::{Credentials, ListedFolder};
@@ -341,24 +341,22 @@ impl Client {
         }
     }
 
+    /// Reads once from the socket into the framer's read room (the main buffer, or the
+    /// message body being received).
     async fn fill(&mut self) -> Result<()> {
-        let spare = self.frames.spare(READ_CHUNK);
-        let r = tokio::time::timeout(self.timeout, self.stream.read(spare)).await;
+        let mut room = self.frames.read_room();
+        let r = tokio::time::timeout(self.timeout, self.stream.read_buf(&mut room)).await;
         let n = match r {
             Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                self.frames.filled(READ_CHUNK, 0);
-                return Err(self.err_io(e));
-            }
+            Ok(Err(e)) => return Err(self.err_io(e)),
             Err(_) => {
-                self.frames.filled(READ_CHUNK, 0);
                 return Err(ImapError::Timeout {
                     host: self.host.clone(),
                     secs: self.timeout.as_secs(),
-                });
+                })
             }
         };
-        self.frames.filled(READ_CHUNK, n);
+        // The room is never empty, so 0 means end of stream.
         if n == 0 {
             return Err(ImapError::Closed {
                 host: self.host.clone(),
@@ -369,22 +367,23 @@ impl Client {
     }
 
     /// Reads until one whole server response is buffered, then decodes it with `codec`
-    /// and converts it with `convert` while its bytes are still borrowed.
+    /// and converts it with `convert` while its bytes are still borrowed. `convert` also
+    /// gets the `BODY[]` literals the framer took out of the response (see
+    /// [`super::framer`]), to put back into the decoded value.
     async fn next_decoded<C: Decoder, T>(
         &mut self,
         codec: &C,
-        convert: impl FnOnce(Result<C::Message<'_>, &[u8]>) -> T,
+        convert: impl FnOnce(Result<C::Message<'_>, &[u8]>, Vec<Vec<u8>>) -> T,
     ) -> Result<T> {
         loop {
             match self.frames.next_frame() {
-                Ok(Some(frame)) => {
+                Ok(Some(Frame { bytes, bodies })) => {
                     // Lifetimes: the frame lives in `self.frames`; decode and convert here.
-                    let frame: &[u8] = frame;
-                    let decoded = match codec.decode(frame) {
+                    let decoded = match codec.decode(bytes) {
                         Ok(([], msg)) => Ok(msg),
-                        _ => Err(frame),
+                        _ => Err(bytes),
                     };
-                    return Ok(convert(decoded));
+                    return Ok(convert(decoded, bodies));
                 }
                 Ok(None) => {}
                 Err(FrameError::TooLong { limit }) => {
@@ -397,7 +396,7 @@ impl Client {
 
     async fn read_greeting(&mut self) -> Result<()> {
         let greeting = self
-            .next_decoded(&GreetingCodec::default(), |g| {
+            .next_decoded(&GreetingCodec::default(), |g, _bodies| {
                 g.ok().map(|g| {
                     let caps = match &g.code {
                         Some(imap_codec::imap_types::response::Code::Capability(c)) => {
@@ -436,8 +435,11 @@ impl Client {
         }
         let host = self.host.clone();
         let resp = self
-            .next_decoded(&ResponseCodec::default(), |r| match r {
-                Ok(r) => Resp::from_codec(r),
+            .next_decoded(&ResponseCodec::default(), |r, bodies| match r {
+                Ok(r) => Resp::from_codec(r, bodies).unwrap_or_else(|| {
+                    tracing::warn!(host = %host, "response whose BODY[] literals do not match its items skipped");
+                    Resp::Untagged(Untagged::Other)
+                }),
                 Err(bytes) => {
                     // The frame is intact (literals were counted), so the session can go
                     // on; the caller notices what is missing and names it.

@@ -8,12 +8,65 @@
 //! This does what imap-codec's `Fragmentizer` does, in one contiguous buffer: the
 //! fragmentizer moves every byte from a `VecDeque` into its message buffer one at a time,
 //! which was the largest single cost of copying a mailbox.
+//!
+//! # Message bodies bypass the decoder
+//!
+//! The value of a `BODY[]` item (a whole message, the bulk of every byte a migration reads)
+//! is taken out of the response: it goes into a `Vec` of its own and the decoder sees the
+//! same response with that literal announced as `{0}` and its bytes absent. imap-codec
+//! would otherwise scan every byte of it (for NUL) and the conversion to owned values
+//! would copy it once more. A body larger than what is already buffered is read from the
+//! socket straight into its `Vec` ([`Framer::read_room`]), so most of its bytes are never
+//! copied at all. [`super::response`] puts the bodies back into the decoded `BODY[]` items,
+//! in wire order.
+//!
+//! Which literals are taken is decided from the bytes just before the announcement, in the
+//! same stretch of line (not inside an earlier literal): `(` or a space, then `BODY[] `
+//! (any case). In a response imap-codec accepts, that is only ever a `BODY[]` item, and
+//! every `BODY[]` item with a literal value looks like that, so the two pair up one to one.
+//! Every such literal is taken, whatever its size (an empty one too): a size threshold
+//! would make a placeholder `{0}` indistinguishable from a genuinely empty body. Only the
+//! digits of the announcement change, so anything imap-codec refused before (`{n-}`, a bare
+//! LF) it still refuses. `BODY[]<origin>` (never requested) and literal8 `~{n}` are not
+//! taken and are decoded as before.
+
+use bytes::buf::Limit;
+use bytes::BufMut;
+
+/// How much one read into the main buffer may bring: a response head and the start of a
+/// body. The rest of a large body is read into the body's own `Vec`.
+const READ_ROOM: usize = 64 * 1024;
+
+/// What the 7 bytes before a taken literal's `{` are (compared ignoring ASCII case).
+const BODY_ITEM: &[u8] = b"BODY[] ";
 
 /// Why no frame could be produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameError {
     /// The response is larger than the configured maximum.
     TooLong { limit: usize },
+}
+
+/// One complete response.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// The response for the decoder: as received, except that each taken `BODY[]` literal
+    /// is announced with length 0 and its bytes are left out.
+    pub bytes: &'a [u8],
+    /// The values of the taken `BODY[]` literals, in wire order.
+    pub bodies: Vec<Vec<u8>>,
+}
+
+/// Where a taken literal was in `Framer::buf` (indices into it, all past `start`).
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    /// The announced length's digits, `digits..digits_end`, replaced by `0`.
+    digits: usize,
+    digits_end: usize,
+    /// The literal's first byte: what of it was buffered (`data..resume`) was copied into
+    /// its body, and the response goes on at `resume`.
+    data: usize,
+    resume: usize,
 }
 
 /// An accumulating buffer with the framing state of the response being read.
@@ -26,79 +79,183 @@ pub struct Framer {
     /// Where to continue scanning for the end of that line.
     scan: usize,
     max: usize,
+    /// `BODY[]` literals taken out of the response being framed, in wire order.
+    bodies: Vec<Vec<u8>>,
+    /// The announced length of the last of `bodies`: until it holds that many bytes, reads
+    /// go into it rather than into `buf`.
+    last_body_len: usize,
+    /// Where those literals were in `buf`.
+    cuts: Vec<Cut>,
+    /// Bytes of the response being framed that are in `bodies` but never were in `buf`;
+    /// with `buf`'s share, the response's size as the limit `max` counts it.
+    outside: usize,
+    /// The last frame that had literals taken out, as handed to the decoder.
+    skeleton: Vec<u8>,
 }
 
 impl Framer {
     pub fn new(max_response_bytes: usize) -> Framer {
         Framer {
-            buf: Vec::with_capacity(64 * 1024),
+            buf: Vec::with_capacity(READ_ROOM),
             start: 0,
             line: 0,
             scan: 0,
             max: max_response_bytes,
+            bodies: Vec::new(),
+            last_body_len: 0,
+            cuts: Vec::new(),
+            outside: 0,
+            skeleton: Vec::new(),
         }
     }
 
-    /// Room to read into: the caller writes at most `spare.len()` bytes, then calls
-    /// [`Framer::filled`] with the count.
-    pub fn spare(&mut self, want: usize) -> &mut [u8] {
-        if self.start > 0 && (self.start == self.buf.len() || self.start >= self.buf.capacity() / 2)
-        {
-            // Drop consumed bytes with one move, not per byte.
-            self.buf.drain(..self.start);
-            self.scan -= self.start;
-            self.line -= self.start;
-            self.start = 0;
+    /// Room to read into (e.g. with tokio's `read_buf`): the body being received when one
+    /// is incomplete (limited to its missing bytes, so nothing of the next response lands
+    /// in it), otherwise the main buffer. Never empty, so a read of 0 bytes means the
+    /// connection closed.
+    ///
+    /// The room is the `Vec`'s spare capacity, which `read_buf` fills without zeroing it
+    /// first (TCP reads into it directly, tokio-rustls copies into it): zero-filling 64 KiB
+    /// before every read cost more than 1 % of a copy's CPU.
+    pub fn read_room(&mut self) -> Limit<&mut Vec<u8>> {
+        let missing = self.body_missing();
+        if missing == 0 {
+            self.compact();
+            self.buf.reserve(READ_ROOM);
         }
-        let len = self.buf.len();
-        self.buf.resize(len + want, 0);
-        &mut self.buf[len..]
+        match self.bodies.last_mut() {
+            Some(body) if missing > 0 => BufMut::limit(body, missing),
+            _ => BufMut::limit(&mut self.buf, READ_ROOM),
+        }
     }
 
-    /// Records that `n` bytes were written into the last [`Framer::spare`] (the rest of the
-    /// spare room is dropped).
-    pub fn filled(&mut self, want: usize, n: usize) {
-        let len = self.buf.len();
-        self.buf.truncate(len - want + n);
+    /// Drops consumed bytes with one move, not per byte, once they are worth it.
+    fn compact(&mut self) {
+        let start = self.start;
+        if start == 0 || (start < self.buf.len() && start < self.buf.capacity() / 2) {
+            return;
+        }
+        self.buf.drain(..start);
+        self.scan -= start;
+        self.line -= start;
+        for cut in &mut self.cuts {
+            cut.digits -= start;
+            cut.digits_end -= start;
+            cut.data -= start;
+            cut.resume -= start;
+        }
+        self.start = 0;
+    }
+
+    /// How many bytes the body being received still lacks (0 when none is).
+    fn body_missing(&self) -> usize {
+        self.bodies
+            .last()
+            .map_or(0, |b| self.last_body_len.saturating_sub(b.len()))
     }
 
     /// True if bytes are buffered that belong to no complete response yet.
     pub fn has_pending(&self) -> bool {
-        self.start < self.buf.len()
+        self.start < self.buf.len() || !self.bodies.is_empty()
+    }
+
+    /// The size of the response being framed if it ended at `pos` in `buf`, counting taken
+    /// bodies at their full length: what `max` limits.
+    fn frame_len(&self, pos: usize) -> usize {
+        (pos - self.start).saturating_add(self.outside)
     }
 
     /// The next complete response, if buffered. Its bytes stay valid until the next call.
-    pub fn next_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, FrameError> {
+        if self.body_missing() > 0 {
+            return Ok(None);
+        }
         loop {
             let Some(nl) = memchr(b'\n', &self.buf[self.scan..]) else {
-                if self.buf.len() - self.start > self.max {
+                if self.frame_len(self.buf.len()) > self.max {
                     return Err(FrameError::TooLong { limit: self.max });
                 }
                 self.scan = self.buf.len();
                 return Ok(None);
             };
             let eol = self.scan + nl; // index of '\n'
-            match literal_len(&self.buf[self.line..eol]) {
-                Some(n) => {
-                    let end = eol + 1 + n;
-                    if end - self.start > self.max {
-                        return Err(FrameError::TooLong { limit: self.max });
-                    }
-                    if end > self.buf.len() {
-                        // Wait for the whole literal; rescan this line when more arrives.
-                        return Ok(None);
-                    }
-                    self.line = end;
-                    self.scan = end;
-                }
-                None => {
-                    let frame = self.start..eol + 1;
-                    self.start = eol + 1;
-                    self.line = self.start;
-                    self.scan = self.start;
-                    return Ok(Some(&self.buf[frame]));
-                }
+            let line = &self.buf[self.line..eol];
+            let Some(n) = literal_len(line) else {
+                return Ok(Some(self.finish(eol + 1)));
+            };
+            let data = eol + 1;
+            if self.frame_len(data).saturating_add(n) > self.max {
+                return Err(FrameError::TooLong { limit: self.max });
             }
+            if let Some(digits) = body_digits(line, n) {
+                let digits = self.line + digits.start..self.line + digits.end;
+                self.take_body(digits, data, n);
+                if self.body_missing() > 0 {
+                    // The rest of the body is read straight into it.
+                    return Ok(None);
+                }
+            } else {
+                let end = data + n;
+                if end > self.buf.len() {
+                    // Wait for the whole literal; rescan this line when more arrives.
+                    return Ok(None);
+                }
+                self.line = end;
+                self.scan = end;
+            }
+        }
+    }
+
+    /// Takes the `n`-byte literal starting at `data` (announced by the digits at `digits`)
+    /// out of the response: what of it is buffered is copied into a new body, which then
+    /// receives the rest directly. Scanning goes on after the buffered part.
+    fn take_body(&mut self, digits: std::ops::Range<usize>, data: usize, n: usize) {
+        let resume = data + n.min(self.buf.len() - data);
+        // `n` is within `max` (checked by the caller), so this allocation is bounded.
+        let mut body = Vec::with_capacity(n);
+        body.extend_from_slice(&self.buf[data..resume]);
+        self.outside += n - (resume - data);
+        self.bodies.push(body);
+        self.last_body_len = n;
+        self.cuts.push(Cut {
+            digits: digits.start,
+            digits_end: digits.end,
+            data,
+            resume,
+        });
+        self.line = resume;
+        self.scan = resume;
+    }
+
+    /// Ends the response being framed at `end` (just past its final `\n`) and hands it
+    /// out: straight from `buf` when nothing was taken out, else rebuilt in `skeleton`
+    /// (only the response's structure: a few hundred bytes for a FETCH of a message).
+    fn finish(&mut self, end: usize) -> Frame<'_> {
+        let start = std::mem::replace(&mut self.start, end);
+        self.line = end;
+        self.scan = end;
+        self.outside = 0;
+        self.last_body_len = 0;
+        let bodies = std::mem::take(&mut self.bodies);
+        if self.cuts.is_empty() {
+            return Frame {
+                bytes: &self.buf[start..end],
+                bodies,
+            };
+        }
+        self.skeleton.clear();
+        let mut from = start;
+        for cut in self.cuts.drain(..) {
+            self.skeleton.extend_from_slice(&self.buf[from..cut.digits]);
+            self.skeleton.push(b'0');
+            self.skeleton
+                .extend_from_slice(&self.buf[cut.digits_end..cut.data]);
+            from = cut.resume;
+        }
+        self.skeleton.extend_from_slice(&self.buf[from..end]);
+        Frame {
+            bytes: &self.skeleton,
+            bodies,
         }
     }
 }
@@ -124,26 +281,64 @@ fn literal_len(line: &[u8]) -> Option<usize> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
+/// Where the digits of the announcement ending `line` are, if it announces the value of a
+/// `BODY[]` item: `(` or a space, `BODY[] ` in any case, then `{` (so not literal8 `~{`).
+/// `line` is known to end in an announcement of `n` bytes (see [`literal_len`]).
+///
+/// A length imap-codec cannot parse (over `u32::MAX`) is left alone, so that such a
+/// response still fails to decode as it did before, rather than decode with `{0}`.
+fn body_digits(line: &[u8], n: usize) -> Option<std::ops::Range<usize>> {
+    u32::try_from(n).ok()?;
+    let open = line.iter().rposition(|&b| b == b'{')?;
+    let before = &line[..open];
+    let item = before.get(before.len().checked_sub(BODY_ITEM.len())?..)?;
+    let lead = before.get(before.len().checked_sub(BODY_ITEM.len() + 1)?);
+    if !item.eq_ignore_ascii_case(BODY_ITEM) || !matches!(lead, Some(b'(' | b' ')) {
+        return None;
+    }
+    let digits = open + 1;
+    let len = line[digits..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    Some(digits..digits + len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn feed(f: &mut Framer, bytes: &[u8]) {
-        let spare = f.spare(bytes.len());
-        spare.copy_from_slice(bytes);
-        f.filled(bytes.len(), bytes.len());
+    /// Writes as much of `bytes` as the read room takes, as one read from a socket would;
+    /// returns how many.
+    fn feed(f: &mut Framer, bytes: &[u8]) -> usize {
+        let mut room = f.read_room();
+        let n = bytes.len().min(room.remaining_mut());
+        room.put_slice(&bytes[..n]);
+        n
     }
 
-    fn frames(chunks: &[&[u8]]) -> Vec<Vec<u8>> {
+    type Framed = (Vec<u8>, Vec<Vec<u8>>);
+
+    /// Every frame (bytes for the decoder, taken bodies) of `chunks`, each chunk arriving
+    /// as one or more reads, frames taken between reads the way the client does.
+    fn frames(chunks: &[&[u8]]) -> Vec<Framed> {
         let mut f = Framer::new(1 << 20);
         let mut out = Vec::new();
         for c in chunks {
-            feed(&mut f, c);
-            while let Some(fr) = f.next_frame().unwrap() {
-                out.push(fr.to_vec());
+            let mut rest = *c;
+            while !rest.is_empty() {
+                rest = &rest[feed(&mut f, rest)..];
+                while let Some(fr) = f.next_frame().unwrap() {
+                    out.push((fr.bytes.to_vec(), fr.bodies));
+                }
             }
         }
+        assert!(!f.has_pending(), "bytes left over");
         out
+    }
+
+    fn framed(bytes: &[u8], bodies: &[&[u8]]) -> Framed {
+        (bytes.to_vec(), bodies.iter().map(|b| b.to_vec()).collect())
     }
 
     #[test]
@@ -155,9 +350,9 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                b"* OK hi\r\n".to_vec(),
-                b"* 1 FETCH (BODY[] {5}\r\nab\r\nc UID 4)\r\n".to_vec(),
-                b"A1 OK done\r\n".to_vec()
+                framed(b"* OK hi\r\n", &[]),
+                framed(b"* 1 FETCH (BODY[] {0}\r\n UID 4)\r\n", &[b"ab\r\nc"]),
+                framed(b"A1 OK done\r\n", &[]),
             ]
         );
     }
@@ -172,9 +367,99 @@ mod tests {
         // Fed one byte at a time.
         let chunks: Vec<&[u8]> = msg.chunks(1).collect();
         let got = frames(&chunks);
-        assert_eq!(got.len(), 2);
-        assert!(got[0].ends_with(b")\r\n"));
-        assert_eq!(got[1], b"A2 OK\r\n");
+        assert_eq!(
+            got,
+            vec![
+                framed(b"* 2 FETCH (BODY[] {0}\r\n)\r\n", &[body]),
+                framed(b"A2 OK\r\n", &[])
+            ]
+        );
+    }
+
+    #[test]
+    fn only_body_literals_are_taken() {
+        let wire: &[u8] = b"* 1 FETCH (UID 3 BODY[HEADER.FIELDS (SUBJECT)] {12}\r\n\
+            Subject: x\r\n BODY[] {4}\r\nab)c body[] {0}\r\n BODY[]<0> {2}\r\nxy \
+            BINARY[] ~{1}\r\nz)\r\n";
+        assert_eq!(
+            frames(&[wire]),
+            vec![framed(
+                b"* 1 FETCH (UID 3 BODY[HEADER.FIELDS (SUBJECT)] {12}\r\nSubject: x\r\n \
+                  BODY[] {0}\r\n body[] {0}\r\n BODY[]<0> {2}\r\nxy BINARY[] ~{1}\r\nz)\r\n",
+                &[b"ab)c", b""]
+            )]
+        );
+    }
+
+    #[test]
+    fn body_item_text_inside_a_literal_is_not_an_announcement() {
+        // "BODY[] " ends the first literal; the second announcement's own stretch of line
+        // is just " ", so the second literal stays where it is.
+        let wire: &[u8] = b"* 1 FETCH (ENVELOPE ({7}\r\nBODY[]  {2}\r\nab NIL)\r\n";
+        assert_eq!(frames(&[wire]), vec![framed(wire, &[])]);
+    }
+
+    #[test]
+    fn every_split_of_the_input_frames_the_same() {
+        let wire: &[u8] = b"* 1 FETCH (UID 7 BODY[] {11}\r\n\0)\r\nA1 OK\r\n FLAGS (\\Seen))\r\n\
+            * 2 FETCH (BODY[] {0}\r\n UID 8)\r\nA1 OK done\r\n";
+        let whole = frames(&[wire]);
+        assert_eq!(whole.len(), 3);
+        assert_eq!(whole[0].1, vec![b"\0)\r\nA1 OK\r\n".to_vec()]);
+        assert_eq!(whole[1].1, vec![Vec::<u8>::new()]);
+        for i in 0..=wire.len() {
+            for j in i..=wire.len() {
+                let got = frames(&[&wire[..i], &wire[i..j], &wire[j..]]);
+                assert_eq!(got, whole, "split at {i} and {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_body_is_read_into_its_own_buffer() {
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut wire = format!("* 5 FETCH (UID 9 BODY[] {{{}}}\r\n", body.len()).into_bytes();
+        wire.extend_from_slice(&body);
+        wire.extend_from_slice(b" FLAGS ())\r\n");
+        let mut f = Framer::new(1 << 20);
+        let mut rest = &wire[..];
+        rest = &rest[feed(&mut f, rest)..];
+        assert_eq!(f.next_frame(), Ok(None));
+        // The room offered now is exactly what the body still lacks.
+        let head = wire.len() - body.len() - b" FLAGS ())\r\n".len();
+        let taken = wire.len() - rest.len() - head;
+        assert_eq!(f.read_room().remaining_mut(), body.len() - taken);
+        while f.body_missing() > 0 {
+            rest = &rest[feed(&mut f, rest)..];
+        }
+        assert_eq!(rest, b" FLAGS ())\r\n");
+        assert_eq!(f.next_frame(), Ok(None));
+        rest = &rest[feed(&mut f, rest)..];
+        assert!(rest.is_empty());
+        let fr = f.next_frame().unwrap().unwrap();
+        assert_eq!(fr.bytes, b"* 5 FETCH (UID 9 BODY[] {0}\r\n FLAGS ())\r\n");
+        assert!(fr.bodies == [body], "body differs");
+        assert!(!f.has_pending());
+    }
+
+    #[test]
+    fn consumed_bytes_are_dropped_in_the_middle_of_a_response() {
+        // A long first response, then half of a second one with its body already taken:
+        // the next read room drops the first (over half the buffer), moving the second.
+        let mut first = b"* OK ".to_vec();
+        first.extend(std::iter::repeat_n(b'x', 40_000));
+        first.extend_from_slice(b"\r\n");
+        let mut f = Framer::new(1 << 20);
+        let mut read = first.clone();
+        read.extend_from_slice(b"* 2 FETCH (BODY[] {3}\r\nabc UID");
+        assert_eq!(feed(&mut f, &read), read.len());
+        assert_eq!(f.next_frame().unwrap().unwrap().bytes, &first[..]);
+        assert_eq!(f.next_frame(), Ok(None));
+        feed(&mut f, b" 5)\r\n");
+        assert_eq!(f.start, 0, "consumed bytes were dropped");
+        let fr = f.next_frame().unwrap().unwrap();
+        assert_eq!(fr.bytes, b"* 2 FETCH (BODY[] {0}\r\n UID 5)\r\n");
+        assert_eq!(fr.bodies, vec![b"abc".to_vec()]);
     }
 
     #[test]
@@ -189,6 +474,22 @@ mod tests {
     }
 
     #[test]
+    fn body_announcements() {
+        assert_eq!(body_digits(b"* 1 FETCH (BODY[] {12}\r", 12), Some(19..21));
+        assert_eq!(body_digits(b" body[] {5+}", 5), Some(9..10));
+        assert_eq!(body_digits(b" BODY[] {007-}\r", 7), Some(9..12));
+        assert_eq!(body_digits(b"BODY[] {5}\r", 5), None);
+        assert_eq!(body_digits(b" XBODY[] {5}\r", 5), None);
+        assert_eq!(body_digits(b" RFC822 {5}\r", 5), None);
+        assert_eq!(body_digits(b" BODY[]<0> {5}\r", 5), None);
+        assert_eq!(body_digits(b" BODY[TEXT] {5}\r", 5), None);
+        assert_eq!(body_digits(b" BODY[] ~{5}\r", 5), None);
+        assert_eq!(body_digits(b" BODY[]  {5}\r", 5), None);
+        let huge = u32::MAX as usize + 1;
+        assert_eq!(body_digits(b" BODY[] {4294967296}\r", huge), None);
+    }
+
+    #[test]
     fn too_long_is_an_error_not_an_allocation() {
         let mut f = Framer::new(100);
         feed(&mut f, b"* 1 FETCH (BODY[] {1000000000}\r\n");
@@ -196,5 +497,18 @@ mod tests {
         let mut f = Framer::new(10);
         feed(&mut f, b"* OK a very long line without end");
         assert_eq!(f.next_frame(), Err(FrameError::TooLong { limit: 10 }));
+        // Taken bodies count at their full size, together with the rest of the response.
+        let mut f = Framer::new(100);
+        feed(&mut f, b"* 1 FETCH (BODY[] {40}\r\n");
+        assert_eq!(f.next_frame(), Ok(None));
+        feed(&mut f, &[b'a'; 40]);
+        feed(&mut f, b" BODY[] {40}\r\n");
+        assert_eq!(f.next_frame(), Err(FrameError::TooLong { limit: 100 }));
+        let mut f = Framer::new(100);
+        feed(&mut f, b"* 1 FETCH (BODY[] {70}\r\n");
+        assert_eq!(f.next_frame(), Ok(None));
+        feed(&mut f, &[b'a'; 70]);
+        feed(&mut f, b" UID 1 FLAGS (\\Seen)");
+        assert_eq!(f.next_frame(), Err(FrameError::TooLong { limit: 100 }));
     }
 }

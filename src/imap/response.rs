@@ -164,7 +164,15 @@ pub fn parse_internal_date(s: &str) -> Option<chrono::DateTime<chrono::FixedOffs
     chrono::DateTime::parse_from_str(s.trim(), "%d-%b-%Y %H:%M:%S %z").ok()
 }
 
-fn fetch(seq: u32, items: Vec<MessageDataItem<'_>>) -> FetchData {
+/// Bodies the framer took out of a response (see [`super::framer`]), in wire order, to be
+/// put back into its `BODY[]` items.
+type Taken = std::vec::IntoIter<Vec<u8>>;
+
+/// A FETCH response's items; each `BODY[]` item with a literal value gets the next of
+/// `bodies` (the decoder saw `{0}` in its place). None if a body is missing or the literal
+/// is not that empty placeholder: the framer and the decoder disagree, and the response
+/// cannot be trusted.
+fn fetch(seq: u32, items: Vec<MessageDataItem<'_>>, bodies: &mut Taken) -> Option<FetchData> {
     let mut f = FetchData {
         seq,
         ..Default::default()
@@ -192,6 +200,16 @@ fn fetch(seq: u32, items: Vec<MessageDataItem<'_>>) -> FetchData {
             MessageDataItem::ModSeq(m) => f.modseq = Some(m.get()),
             MessageDataItem::BodyExt {
                 section: None,
+                origin: None,
+                data: NString(Some(IString::Literal(placeholder))),
+            } => {
+                if !placeholder.data().is_empty() {
+                    return None;
+                }
+                f.body = Some(bodies.next()?);
+            }
+            MessageDataItem::BodyExt {
+                section: None,
                 data,
                 ..
             } => f.body = Some(nstring_bytes(data)),
@@ -204,13 +222,23 @@ fn fetch(seq: u32, items: Vec<MessageDataItem<'_>>) -> FetchData {
             _ => {}
         }
     }
-    f
+    Some(f)
 }
 
 impl Resp {
-    /// Converts a decoded imap-codec response, consuming it.
-    pub fn from_codec(r: Response<'_>) -> Resp {
-        match r {
+    /// Converts a decoded imap-codec response, consuming it. `bodies` are the `BODY[]`
+    /// literals the framer took out of it ([`super::framer::Frame::bodies`]); each goes
+    /// back into the `BODY[]` item that the decoder saw as `{0}`. None if they do not pair
+    /// up one to one (no response the decoder accepts should cause that).
+    pub fn from_codec(r: Response<'_>, bodies: Vec<Vec<u8>>) -> Option<Resp> {
+        let mut bodies = bodies.into_iter();
+        let resp = Resp::convert(r, &mut bodies)?;
+        // A body left over belongs to no item.
+        bodies.next().is_none().then_some(resp)
+    }
+
+    fn convert(r: Response<'_>, bodies: &mut Taken) -> Option<Resp> {
+        Some(match r {
             Response::CommandContinuationRequest(CommandContinuationRequest::Basic(_))
             | Response::CommandContinuationRequest(_) => Resp::Continue,
             Response::Status(Status::Tagged(t)) => {
@@ -244,7 +272,9 @@ impl Resp {
                         .collect(),
                 }),
                 Data::Exists(n) => Untagged::Exists(n),
-                Data::Fetch { seq, items } => Untagged::Fetch(fetch(seq.get(), items.into_inner())),
+                Data::Fetch { seq, items } => {
+                    Untagged::Fetch(fetch(seq.get(), items.into_inner(), bodies)?)
+                }
                 Data::Status { mailbox, items } => {
                     let mut st = (None, None, None, None);
                     for item in items.iter() {
@@ -278,7 +308,7 @@ impl Resp {
                 Data::Search(nums, ..) => Untagged::Search(nums.iter().map(|n| n.get()).collect()),
                 _ => Untagged::Other,
             }),
-        }
+        })
     }
 }
 
@@ -396,5 +426,152 @@ mod header_tests {
             decode_encoded_words("=?koi8-r?B?8NLJ18XU?= x"),
             "=?koi8-r?B?8NLJ18XU?= x"
         );
+    }
+}
+
+/// Responses from the wire through the framer, imap-codec and [`Resp::from_codec`], as the
+/// client reads them: the `BODY[]` literals the framer takes out must come back intact.
+#[cfg(test)]
+mod framed_tests {
+    use bytes::BufMut;
+    use imap_codec::decode::Decoder;
+    use imap_codec::ResponseCodec;
+
+    use super::super::framer::Framer;
+    use super::*;
+
+    /// Every response in `chunks`, each chunk arriving as one or more reads.
+    fn read(chunks: &[&[u8]]) -> Vec<Resp> {
+        let mut framer = Framer::new(1 << 20);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            let mut rest = *chunk;
+            while !rest.is_empty() {
+                let mut room = framer.read_room();
+                let n = rest.len().min(room.remaining_mut());
+                room.put_slice(&rest[..n]);
+                rest = &rest[n..];
+                while let Some(frame) = framer.next_frame().unwrap() {
+                    let (left, r) = ResponseCodec::default()
+                        .decode(frame.bytes)
+                        .unwrap_or_else(|e| panic!("{e:?} in {:?}", frame.bytes));
+                    assert!(left.is_empty());
+                    out.push(Resp::from_codec(r, frame.bodies).expect("bodies pair up"));
+                }
+            }
+        }
+        assert!(!framer.has_pending());
+        out
+    }
+
+    fn fetch_of(r: &Resp) -> &FetchData {
+        match r {
+            Resp::Untagged(Untagged::Fetch(f)) => f,
+            other => panic!("not a FETCH: {other:?}"),
+        }
+    }
+
+    /// A FETCH response with `body` as its BODY[] literal, between UID and FLAGS.
+    fn fetch_wire(seq: u32, uid: u32, body: &[u8]) -> Vec<u8> {
+        let mut wire =
+            format!("* {seq} FETCH (UID {uid} BODY[] {{{}}}\r\n", body.len()).into_bytes();
+        wire.extend_from_slice(body);
+        wire.extend_from_slice(b" FLAGS (\\Seen $Work))\r\n");
+        wire
+    }
+
+    /// Looks like protocol, and holds the one byte imap-codec refuses in a literal.
+    const TRICKY: &[u8] =
+        b"From: a\r\n\r\n* OK [ALERT] x\r\nA1 OK done\r\n) {5}\r\n\0\0NUL\r\n* 3 FETCH (\r\n";
+
+    #[test]
+    fn body_comes_back_byte_for_byte() {
+        let wire = fetch_wire(2, 41, TRICKY);
+        let got = read(&[&wire, b"c1 OK fetched\r\n"]);
+        assert_eq!(got.len(), 2);
+        let f = fetch_of(&got[0]);
+        assert_eq!(f.seq, 2);
+        assert_eq!(f.uid, Some(41));
+        assert_eq!(f.body.as_deref(), Some(TRICKY));
+        assert_eq!(
+            f.flags,
+            Some(vec!["\\Seen".to_string(), "$Work".to_string()])
+        );
+        assert!(matches!(&got[1], Resp::Tagged { tag, kind: Kind::Ok, .. } if tag == "c1"));
+    }
+
+    #[test]
+    fn two_fetches_in_one_read() {
+        let mut wire = fetch_wire(1, 10, b"first\r\n");
+        wire.extend(fetch_wire(2, 11, TRICKY));
+        wire.extend_from_slice(b"c2 OK done\r\n");
+        let got = read(&[&wire]);
+        assert_eq!(got.len(), 3);
+        assert_eq!(fetch_of(&got[0]).body.as_deref(), Some(&b"first\r\n"[..]));
+        assert_eq!(fetch_of(&got[1]).uid, Some(11));
+        assert_eq!(fetch_of(&got[1]).body.as_deref(), Some(TRICKY));
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_responses() {
+        let mut wire = fetch_wire(7, 70, b"a)\r\n\0* OK\r\nA1 OK\r\n");
+        wire.extend_from_slice(b"* 8 FETCH (BODY[] {0}\r\n UID 71)\r\n");
+        let whole = read(&[&wire]);
+        assert_eq!(whole.len(), 2);
+        for i in 0..=wire.len() {
+            assert_eq!(read(&[&wire[..i], &wire[i..]]), whole, "split at {i}");
+        }
+    }
+
+    #[test]
+    fn an_empty_body_stays_empty() {
+        let got = read(&[b"* 1 FETCH (UID 5 BODY[] {0}\r\n)\r\n"]);
+        assert_eq!(fetch_of(&got[0]).body.as_deref(), Some(&b""[..]));
+        // Not the same as no body at all.
+        let got = read(&[b"* 1 FETCH (UID 5 FLAGS ())\r\n"]);
+        assert_eq!(fetch_of(&got[0]).body, None);
+    }
+
+    #[test]
+    fn other_literals_stay_with_the_decoder() {
+        let got = read(&[
+            b"* 3 FETCH (UID 9 BODY[HEADER.FIELDS (SUBJECT)] {12}\r\nSubject: x\r\n",
+            b" BODY[] {6}\r\nab\0\r\nc)\r\n",
+            // An envelope in literals, one of which ends in what looks like `BODY[] `.
+            b"* 4 FETCH (ENVELOPE ({7}\r\nBODY[]  {4}\r\nsubj NIL NIL NIL NIL NIL NIL ",
+            b"NIL {5}\r\n<m@x>) BODY[] {3}\r\nxyz)\r\n",
+        ]);
+        let f = fetch_of(&got[0]);
+        assert_eq!(f.section.as_deref(), Some(&b"Subject: x\r\n"[..]));
+        assert_eq!(f.body.as_deref(), Some(&b"ab\0\r\nc"[..]));
+        let f = fetch_of(&got[1]);
+        assert_eq!(f.body.as_deref(), Some(&b"xyz"[..]));
+    }
+
+    #[test]
+    fn forms_that_are_not_taken_decode_as_before() {
+        // A partial body, a quoted one and a NIL one are not literals the framer takes.
+        let got = read(&[
+            b"* 1 FETCH (BODY[]<0> {3}\r\nabc)\r\n",
+            b"* 2 FETCH (BODY[] \"q\")\r\n* 3 FETCH (BODY[] NIL)\r\n",
+        ]);
+        assert_eq!(fetch_of(&got[0]).body.as_deref(), Some(&b"abc"[..]));
+        assert_eq!(fetch_of(&got[1]).body.as_deref(), Some(&b"q"[..]));
+        assert_eq!(fetch_of(&got[2]).body.as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn bodies_that_do_not_pair_up_are_refused() {
+        let decode = |wire: &'static [u8], bodies: Vec<Vec<u8>>| {
+            let (_, r) = ResponseCodec::default().decode(wire).unwrap();
+            Resp::from_codec(r, bodies)
+        };
+        assert!(decode(b"* 1 FETCH (UID 1)\r\n", vec![b"x".to_vec()]).is_none());
+        assert!(decode(b"c1 OK done\r\n", vec![Vec::new()]).is_none());
+        assert!(decode(b"* 1 FETCH (BODY[] {0}\r\n)\r\n", vec![]).is_none());
+        // A literal the framer did not take out is not a placeholder.
+        assert!(decode(b"* 1 FETCH (BODY[] {1}\r\nz)\r\n", vec![b"x".to_vec()]).is_none());
+        let r = decode(b"* 1 FETCH (BODY[] {0}\r\n)\r\n", vec![b"x".to_vec()]);
+        assert_eq!(fetch_of(&r.unwrap()).body.as_deref(), Some(&b"x"[..]));
     }
 }
