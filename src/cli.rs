@@ -25,6 +25,9 @@ fn load(config: &Path) -> anyhow::Result<(Config, accounts::Accounts)> {
 pub async fn sync_once(config: &Path) -> anyhow::Result<bool> {
     let (cfg, accts) = load(config)?;
     let engine = Arc::new(Engine::new(cfg)?);
+    // Compresses what earlier runs spooled raw, on CPU time nothing else wants; stopped
+    // (after the body at hand) when this returns.
+    let _compactor = crate::spool::Compactor::start(engine.spool.clone());
     // A token endpoint that refuses us is one error for the run, not one per mailbox.
     engine.preflight().await?;
     let rows = engine.sync_once(&accts.accounts).await;

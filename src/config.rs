@@ -168,14 +168,31 @@ pub struct SpoolConfig {
     /// Default `/var/lib/cutover/spool`, the systemd `StateDirectory`.
     #[serde(default = "default_spool_path")]
     pub path: PathBuf,
+    /// When bodies are compressed: `background` (default) or `inline`.
+    #[serde(default)]
+    pub compress: Compress,
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
             path: default_spool_path(),
+            compress: Compress::default(),
         }
     }
+}
+
+/// When the spool compresses message bodies (see `spool/compact.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum Compress {
+    /// Spooled as fetched, compressed by a background thread when the CPU is idle: the
+    /// copy gets the CPU while it runs. The default.
+    #[default]
+    #[serde(rename = "background")]
+    Background,
+    /// Compressed as they are spooled: a smaller spool at once, for a slower copy.
+    #[serde(rename = "inline")]
+    Inline,
 }
 
 fn default_spool_path() -> PathBuf {
@@ -1054,6 +1071,7 @@ host = "outlook.office365.com"
         let c = r.unwrap();
         assert_eq!(c.mailboxes, dir.path().join("mailboxes.csv"));
         assert_eq!(c.spool.path, PathBuf::from("/var/lib/cutover/spool"));
+        assert_eq!(c.spool.compress, Compress::Background);
         let s = &c.source;
         assert_eq!(s.host, "imap.legacy.example");
         assert_eq!(s.port(), 993);
@@ -1093,6 +1111,7 @@ host = "outlook.office365.com"
         for key in [
             "mailboxes",
             "path",
+            "compress",
             "host",
             "port",
             "tls",
@@ -1183,6 +1202,7 @@ host = "outlook.office365.com"
 mailboxes = "/etc/cutover/mailboxes.csv"
 [spool]
 path = "/srv/spool"
+compress = "inline"
 [source]
 host = "mail.example.org"
 port = 1993
@@ -1216,6 +1236,7 @@ append_batch = 2
         let c = r.unwrap();
         assert_eq!(c.mailboxes, PathBuf::from("/etc/cutover/mailboxes.csv"));
         assert_eq!(c.spool.path, PathBuf::from("/srv/spool"));
+        assert_eq!(c.spool.compress, Compress::Inline);
         assert_eq!(c.source.port(), 1993);
         assert!(!c.source.tls_verify);
         assert_eq!(c.source.auth, AuthMech::Plain);

@@ -187,6 +187,7 @@ impl Engine {
                 config.spool.path.display()
             )
         })?;
+        spool.set_compress_inline(config.spool.compress == crate::config::Compress::Inline);
         let max = config.sync.max_message_bytes;
         let up = &config.upstream;
         let limits = Limits::new(RateSettings {

@@ -114,6 +114,8 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
     let per_user = cfg.source.max_connections_per_user;
     let max_passes = cfg.source.max_connections.max(1);
     let engine = Arc::new(open_engine(cfg).await?);
+    // Compresses the bodies spooled raw while the daemon waits between passes.
+    let _compactor = crate::spool::Compactor::start(engine.spool.clone());
     let spool_dir = engine.spool.path().to_path_buf();
     let snapshot_path = report::snapshot_path(&spool_dir);
     // The last daemon's snapshot is stale; `status` waits for this one's first.

@@ -16,8 +16,14 @@
 //! `<spool>/bodies/<segment:08x>.seg` files, each a run of entries:
 //!
 //! ```text
-//! magic "CVB1" | sha256 (32) | frame length (u32 BE) | body length (u64 BE) | zstd frame
+//! magic | sha256 (32) | frame length (u32 BE) | body length (u64 BE) | frame
 //! ```
+//!
+//! The magic says what the frame is ([`Stored`]): `CVB1`, one zstd frame with its
+//! content size and checksum; `CVR1`, the body as fetched followed by its CRC-32 (u32 BE).
+//! Bodies are spooled raw while a copy runs, because compressing them then would take
+//! CPU from the servers being drained, and compressed later, when the machine is idle
+//! (see `compact.rs`).
 //!
 //! The header repeats what the index says, so a read can tell a wrong or stale index
 //! entry from a good one, and the index could be rebuilt from the segments alone. Every
@@ -25,8 +31,10 @@
 //! last segment, and never appending to it again means nobody has to find where the
 //! good data stops. A segment is closed for writing at [`MAX_SEGMENT_LEN`].
 //!
-//! The `bodies` tree maps a hash to a [`Location`]. Nothing is ever deleted: a body
-//! may be shared by many messages, and the spool lives only as long as the migration.
+//! The `bodies` tree maps a hash to a [`Location`]. No body is ever deleted: a body may
+//! be shared by many messages, and the spool lives only as long as the migration. A
+//! segment file is deleted only by compaction, once every body in it has been written
+//! again elsewhere and the index entries that point there are durable.
 //!
 //! # Durability
 //!
@@ -52,7 +60,7 @@ use super::{hex, BodyHash, Result, SpoolError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, IoSlice, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -60,8 +68,38 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 /// migration makes a handful of files, small enough to copy or inspect one by hand.
 const MAX_SEGMENT_LEN: u64 = 256 * 1024 * 1024;
 
-/// First bytes of every entry; lets a read tell an entry start from garbage.
+/// First bytes of an entry holding a zstd frame; lets a read tell an entry start from
+/// garbage.
 const MAGIC: [u8; 4] = *b"CVB1";
+
+/// First bytes of an entry holding the raw body and its CRC-32.
+const MAGIC_RAW: [u8; 4] = *b"CVR1";
+
+/// What the frame of an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stored {
+    /// One zstd frame (with content size and xxh64 checksum).
+    Zstd,
+    /// The body as it was fetched, then its CRC-32 (big-endian).
+    Raw,
+}
+
+impl Stored {
+    fn magic(self) -> [u8; 4] {
+        match self {
+            Stored::Zstd => MAGIC,
+            Stored::Raw => MAGIC_RAW,
+        }
+    }
+
+    fn from_magic(magic: &[u8]) -> Option<Stored> {
+        match magic {
+            m if m == MAGIC => Some(Stored::Zstd),
+            m if m == MAGIC_RAW => Some(Stored::Raw),
+            _ => None,
+        }
+    }
+}
 
 /// Length of an entry header: magic, hash, frame length, body length.
 const HEADER_LEN: usize = 4 + 32 + 4 + 8;
@@ -73,9 +111,9 @@ pub(super) struct Location {
     pub segment: u32,
     /// Offset of the entry header within the segment.
     pub offset: u64,
-    /// Length of the zstd frame that follows the header.
+    /// Length of the frame that follows the header.
     pub frame_len: u32,
-    /// Length of the body once decompressed.
+    /// Length of the body once decoded.
     pub body_len: u64,
 }
 
@@ -96,6 +134,9 @@ struct Writer {
     /// [`MAX_SEGMENT_LEN`], except in tests of segment rotation.
     max_segment_len: u64,
     current: Option<Segment>,
+    /// When the last entry was appended (to seal an idle segment, see
+    /// [`BodyLog::seal_if_idle`]).
+    last_append: std::time::Instant,
 }
 
 struct Segment {
@@ -138,6 +179,7 @@ impl BodyLog {
                 next_segment,
                 max_segment_len: MAX_SEGMENT_LEN,
                 current: None,
+                last_append: std::time::Instant::now(),
             }),
             pending: Mutex::new(HashMap::new()),
             sync_lock: Mutex::new(()),
@@ -159,41 +201,75 @@ impl BodyLog {
         }
     }
 
-    /// Appends a compressed body. The caller has checked that the hash is not known yet.
+    /// Appends a body stored as `stored`, its frame being the concatenation of `parts`
+    /// (written as they are, without copying them together). The caller has checked that
+    /// the hash is not known yet.
     ///
-    /// Compression happens before, outside any lock; the lock only covers one `write`
+    /// Any encoding happens before, outside any lock; the lock only covers the `write`
     /// into the page cache, so many tasks can spool at once.
-    pub(super) fn append(&self, hash: &BodyHash, frame: &[u8], body_len: u64) -> Result<()> {
-        let frame_len = u32::try_from(frame.len()).map_err(|_| {
-            std::io::Error::new(ErrorKind::InvalidInput, "compressed body over 4 GiB")
-        })?;
-        let mut entry = Vec::with_capacity(HEADER_LEN + frame.len());
-        entry.extend_from_slice(&MAGIC);
-        entry.extend_from_slice(hash);
-        entry.extend_from_slice(&frame_len.to_be_bytes());
-        entry.extend_from_slice(&body_len.to_be_bytes());
-        entry.extend_from_slice(frame);
-
-        let loc = {
-            let mut writer = lock(&self.writer);
-            let segment = self.writable_segment(&mut writer, entry.len() as u64)?;
-            let offset = segment.len;
-            if let Err(e) = (&*segment.file).write_all(&entry) {
-                segment.broken = true;
-                return Err(e.into());
-            }
-            segment.len += entry.len() as u64;
-            Location {
-                segment: segment.id,
-                offset,
-                frame_len,
-                body_len,
-            }
-        };
+    pub(super) fn append(
+        &self,
+        hash: &BodyHash,
+        stored: Stored,
+        parts: &[&[u8]],
+        body_len: u64,
+    ) -> Result<()> {
+        let loc = self.write_entry(hash, stored, parts, body_len)?;
         // Another task may have appended the same body meanwhile; the first location
         // wins, and this copy is a few wasted bytes.
         lock(&self.pending).entry(*hash).or_insert(loc);
         Ok(())
+    }
+
+    /// Appends a new copy of the body at `old` (compaction), which the index points at
+    /// from the next sync on.
+    pub(super) fn append_moved(
+        &self,
+        hash: &BodyHash,
+        stored: Stored,
+        frame: &[u8],
+        old: Location,
+    ) -> Result<()> {
+        let loc = self.write_entry(hash, stored, &[frame], old.body_len)?;
+        lock(&self.pending).insert(*hash, loc);
+        Ok(())
+    }
+
+    /// Writes one entry at the end of the current segment and returns where it went.
+    fn write_entry(
+        &self,
+        hash: &BodyHash,
+        stored: Stored,
+        parts: &[&[u8]],
+        body_len: u64,
+    ) -> Result<Location> {
+        let frame_len = u32::try_from(parts.iter().map(|p| p.len()).sum::<usize>())
+            .map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "body frame over 4 GiB"))?;
+        let mut header = Vec::with_capacity(HEADER_LEN);
+        header.extend_from_slice(&stored.magic());
+        header.extend_from_slice(hash);
+        header.extend_from_slice(&frame_len.to_be_bytes());
+        header.extend_from_slice(&body_len.to_be_bytes());
+        let mut slices = Vec::with_capacity(parts.len() + 1);
+        slices.push(IoSlice::new(&header));
+        slices.extend(parts.iter().map(|p| IoSlice::new(p)));
+        let entry_len = (HEADER_LEN + frame_len as usize) as u64;
+
+        let mut writer = lock(&self.writer);
+        writer.last_append = std::time::Instant::now();
+        let segment = self.writable_segment(&mut writer, entry_len)?;
+        let offset = segment.len;
+        if let Err(e) = write_all_vectored(&segment.file, &mut slices) {
+            segment.broken = true;
+            return Err(e.into());
+        }
+        segment.len += entry_len;
+        Ok(Location {
+            segment: segment.id,
+            offset,
+            frame_len,
+            body_len,
+        })
     }
 
     /// Returns the segment to append `len` bytes to, starting a new one if needed.
@@ -286,8 +362,14 @@ impl BodyLog {
         lock(&self.pending).retain(|_, loc| loc.segment != id);
     }
 
-    /// Reads the compressed frame of a body, checking the entry header against `loc`.
-    pub(super) fn read_frame(&self, hash: &BodyHash, loc: &Location) -> Result<Vec<u8>> {
+    /// Reads the frame of a body, checking the entry header against `loc`. `None` when
+    /// the segment file is gone: compaction moved the body meanwhile, and the caller
+    /// looks it up again.
+    pub(super) fn read_frame(
+        &self,
+        hash: &BodyHash,
+        loc: &Location,
+    ) -> Result<Option<(Stored, Vec<u8>)>> {
         let corrupt = |detail: String| SpoolError::Corrupt {
             what: format!("body {}", hex(hash)),
             detail,
@@ -295,9 +377,7 @@ impl BodyLog {
         let path = self.segment_path(loc.segment);
         let mut file = match File::open(&path) {
             Ok(file) => file,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(corrupt(format!("segment {} is missing", path.display())))
-            }
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         // Check the extent against the file before allocating for it: a damaged index
@@ -315,10 +395,17 @@ impl BodyLog {
         }
         file.seek(SeekFrom::Start(loc.offset))?;
         let mut header = [0u8; HEADER_LEN];
-        let mut frame = vec![0u8; loc.frame_len as usize];
-        let read = file
-            .read_exact(&mut header)
-            .and_then(|()| file.read_exact(&mut frame));
+        // Read into spare capacity: a zeroed buffer would be written twice.
+        let mut frame = Vec::with_capacity(loc.frame_len as usize);
+        let read = file.read_exact(&mut header).and_then(|()| {
+            match (&mut file)
+                .take(u64::from(loc.frame_len))
+                .read_to_end(&mut frame)?
+            {
+                n if n == loc.frame_len as usize => Ok(()),
+                _ => Err(ErrorKind::UnexpectedEof.into()),
+            }
+        });
         match read {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
@@ -330,19 +417,97 @@ impl BodyLog {
             }
             Err(e) => return Err(e.into()),
         }
-        let mut want = Vec::with_capacity(HEADER_LEN);
-        want.extend_from_slice(&MAGIC);
-        want.extend_from_slice(hash);
-        want.extend_from_slice(&loc.frame_len.to_be_bytes());
-        want.extend_from_slice(&loc.body_len.to_be_bytes());
-        if header[..] != want[..] {
-            return Err(corrupt(format!(
+        match parse_header(&header) {
+            Some((stored, h, frame_len, body_len))
+                if h == *hash && frame_len == loc.frame_len && body_len == loc.body_len =>
+            {
+                Ok(Some((stored, frame)))
+            }
+            _ => Err(corrupt(format!(
                 "entry header at {}:{} does not match the index",
                 path.display(),
                 loc.offset
-            )));
+            ))),
         }
-        Ok(frame)
+    }
+
+    /// The segments no process appends to any more, oldest first: every segment of the
+    /// directory except the one this process is writing.
+    pub(super) fn sealed_segments(&self) -> Result<Vec<u32>> {
+        let current = lock(&self.writer).current.as_ref().map(|seg| seg.id);
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let id = name
+                .to_str()
+                .and_then(|name| name.strip_suffix(".seg"))
+                .and_then(|id| u32::from_str_radix(id, 16).ok());
+            if let Some(id) = id.filter(|id| Some(*id) != current) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Every entry of a sealed segment, in order: its hash, location and kind. A torn
+    /// entry at the end (a crash while appending) ends the list.
+    pub(super) fn entries(&self, id: u32) -> Result<Vec<(BodyHash, Location, Stored)>> {
+        let file = File::open(self.segment_path(id))?;
+        let file_len = file.metadata()?.len();
+        let mut reader = std::io::BufReader::with_capacity(HEADER_LEN, file);
+        let mut out = Vec::new();
+        let mut offset = 0u64;
+        let mut header = [0u8; HEADER_LEN];
+        while offset + HEADER_LEN as u64 <= file_len {
+            reader.read_exact(&mut header)?;
+            let Some((stored, hash, frame_len, body_len)) = parse_header(&header) else {
+                break;
+            };
+            let next = offset + HEADER_LEN as u64 + u64::from(frame_len);
+            if next > file_len {
+                break;
+            }
+            out.push((
+                hash,
+                Location {
+                    segment: id,
+                    offset,
+                    frame_len,
+                    body_len,
+                },
+                stored,
+            ));
+            reader.seek_relative(i64::from(frame_len))?;
+            offset = next;
+        }
+        Ok(out)
+    }
+
+    /// Deletes a segment whose bodies all live elsewhere now (durably).
+    pub(super) fn remove_segment(&self, id: u32) -> Result<()> {
+        std::fs::remove_file(self.segment_path(id))?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Closes the segment being written if nothing was appended to it for `idle`, so
+    /// that compaction can take it. True if a segment was sealed.
+    pub(super) fn seal_if_idle(&self, idle: std::time::Duration) -> Result<bool> {
+        let mut writer = lock(&self.writer);
+        if writer.last_append.elapsed() < idle {
+            return Ok(false);
+        }
+        let Some(seg) = writer.current.take() else {
+            return Ok(false);
+        };
+        // Its pending bodies must be durable before the writer leaves it, as on rotation:
+        // a sync only fsyncs the current segment.
+        if let Err(e) = seg.file.sync_data() {
+            self.forget_segment(seg.id);
+            return Err(e.into());
+        }
+        Ok(true)
     }
 
     /// Number of bodies known, synced or not (for tests).
@@ -365,6 +530,28 @@ impl BodyLog {
     pub(super) fn dir(&self) -> &std::path::Path {
         &self.dir
     }
+}
+
+/// The fields of an entry header, if it starts with a known magic.
+fn parse_header(header: &[u8; HEADER_LEN]) -> Option<(Stored, BodyHash, u32, u64)> {
+    let stored = Stored::from_magic(&header[..4])?;
+    let hash: BodyHash = header[4..36].try_into().ok()?;
+    let frame_len = u32::from_be_bytes(header[36..40].try_into().ok()?);
+    let body_len = u64::from_be_bytes(header[40..48].try_into().ok()?);
+    Some((stored, hash, frame_len, body_len))
+}
+
+/// Writes every byte of `slices` with as few `write` calls as the kernel allows.
+fn write_all_vectored(mut file: &File, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Locks a mutex, ignoring poisoning: the critical sections here leave the data

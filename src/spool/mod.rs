@@ -1,9 +1,11 @@
 //! The spool: an embedded sled store on the appliance, the only place state lives.
 //!
 //! Layout (one sled `Db`, several trees):
-//! - `bodies`:   sha256(body) -> where the zstd-compressed body is. Each body is stored
-//!   once, whatever the number of mailboxes or folders that hold it. The compressed bytes
-//!   themselves live in append-only segment files under `<spool>/bodies/`, not in sled:
+//! - `bodies`:   sha256(body) -> where the body is. Each body is stored once, whatever
+//!   the number of mailboxes or folders that hold it. It is spooled as fetched and
+//!   compressed (zstd) later, when the machine is idle (`compact.rs`; `[spool] compress =
+//!   "inline"` compresses at once). The bytes themselves live in append-only segment
+//!   files under `<spool>/bodies/`, not in sled:
 //!   sled 0.34 keeps every value it holds in memory, and bodies would not fit the
 //!   appliance's memory budget (see `body_log.rs` for the details and the crash rules).
 //! - `mailboxes`: mailbox id (the destination address) -> [`MailboxState`].
@@ -42,18 +44,22 @@
 //! integers, little-endian, trailing bytes rejected), which keeps records small: a typical
 //! [`MessageRecord`] is well under 100 bytes. Decoding is bounded by the length of the
 //! stored value, so a corrupt length prefix fails cleanly instead of asking the allocator
-//! for gigabytes. Each body is one plain zstd frame (level 3) behind a small header in a
-//! segment file, so it can be cut out and inspected with the `zstd` tool if ever needed.
+//! for gigabytes. A compressed body is one plain zstd frame behind a small header in a
+//! segment file, so it can be cut out and inspected with the `zstd` tool if ever needed;
+//! a body not compressed yet is its bytes and their CRC-32.
 
 mod body_log;
+mod compact;
 
 use bincode::Options;
-use body_log::BodyLog;
+use body_log::{BodyLog, Stored};
+pub use compact::{CompactReport, Compactor};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Errors of the spool. sled errors are storage errors (disk full, corruption); they stop
@@ -246,8 +252,10 @@ pub struct Spool {
     mailboxes: sled::Tree,
     folders: sled::Tree,
     messages: sled::Tree,
-    /// The segment files that hold the compressed bodies; `bodies` is their index.
+    /// The segment files that hold the bodies; `bodies` is their index.
     body_log: Arc<BodyLog>,
+    /// See [`Spool::set_compress_inline`].
+    compress_inline: Arc<AtomicBool>,
     /// Where the spool lives, for error messages shown to the admin.
     path: Arc<PathBuf>,
 }
@@ -339,6 +347,7 @@ impl Spool {
             folders: db.open_tree("folders")?,
             messages: db.open_tree("messages")?,
             body_log: Arc::new(BodyLog::open(path.join("bodies"))?),
+            compress_inline: Arc::new(AtomicBool::new(false)),
             db,
             path: Arc::new(path.to_path_buf()),
         })
@@ -380,28 +389,49 @@ impl Spool {
         if self.body_log.locate(&self.bodies, &hash)?.is_some() {
             return Ok(hash);
         }
-        let frame = with_zstd(|c, _| c.compress(body))?;
-        self.body_log.append(&hash, &frame, body.len() as u64)?;
+        let len = body.len() as u64;
+        if self.compress_inline.load(Ordering::Relaxed) {
+            let frame = with_zstd(|c, _| c.compress(body))?;
+            self.body_log.append(&hash, Stored::Zstd, &[&frame], len)?;
+        } else {
+            let crc = crc32fast::hash(body).to_be_bytes();
+            self.body_log
+                .append(&hash, Stored::Raw, &[body, &crc], len)?;
+        }
         Ok(hash)
+    }
+
+    /// How [`Spool::put_body`] stores new bodies: compressed at once (`true`), or as
+    /// they come, for compaction to compress when the machine is idle (`false`, the
+    /// default; see `compact.rs`).
+    pub fn set_compress_inline(&self, inline: bool) {
+        self.compress_inline.store(inline, Ordering::Relaxed);
     }
 
     /// Returns the body with this hash, exactly as it was given to [`Spool::put_body`].
     ///
-    /// The body is checked before it is returned (length, and the zstd frame checksum
-    /// over the content). It is about to be appended to someone's mailbox, and a silently
-    /// damaged message there is far worse than an error here.
+    /// The body is checked before it is returned (length, and the zstd frame checksum or
+    /// the CRC-32 over the content). It is about to be appended to someone's mailbox, and
+    /// a silently damaged message there is far worse than an error here.
     ///
     /// Fails with [`SpoolError::MissingBody`] when no body has this hash, and with
-    /// [`SpoolError::Corrupt`] when the stored data does not decompress to bytes with
-    /// this hash.
+    /// [`SpoolError::Corrupt`] when the stored data does not decode to bytes with this
+    /// hash.
     pub fn get_body(&self, hash: &BodyHash) -> Result<Vec<u8>> {
-        match self.body_log.locate(&self.bodies, hash)? {
-            Some(loc) => {
-                let frame = self.body_log.read_frame(hash, &loc)?;
-                decompress_body(hash, &frame, loc.body_len)
+        // Twice at most: compaction may move the body between the lookup and the read
+        // (its old segment is then gone), and the second lookup finds the new place.
+        for _ in 0..2 {
+            let Some(loc) = self.body_log.locate(&self.bodies, hash)? else {
+                return Err(SpoolError::MissingBody(hex(hash)));
+            };
+            if let Some((stored, frame)) = self.body_log.read_frame(hash, &loc)? {
+                return decode_body(hash, stored, frame, loc.body_len);
             }
-            None => Err(SpoolError::MissingBody(hex(hash))),
         }
+        Err(SpoolError::Corrupt {
+            what: format!("body {}", hex(hash)),
+            detail: "its segment file is missing".into(),
+        })
     }
 
     // ===== Messages =====
@@ -948,6 +978,42 @@ fn decode_mailbox(key: &[u8], value: &[u8]) -> Result<MailboxState> {
     Ok(state)
 }
 
+/// Decodes a stored frame into the body, checking its length and checksum.
+fn decode_body(
+    hash: &BodyHash,
+    stored: Stored,
+    mut frame: Vec<u8>,
+    body_len: u64,
+) -> Result<Vec<u8>> {
+    match stored {
+        Stored::Zstd => decompress_body(hash, &frame, body_len),
+        Stored::Raw => {
+            let corrupt = |detail: String| SpoolError::Corrupt {
+                what: format!("body {}", hex(hash)),
+                detail,
+            };
+            if frame.len() as u64 != body_len + 4 {
+                return Err(corrupt(format!(
+                    "raw frame of {} bytes for a body of {body_len}",
+                    frame.len()
+                )));
+            }
+            let split = frame.len() - 4;
+            let want = u32::from_be_bytes([
+                frame[split],
+                frame[split + 1],
+                frame[split + 2],
+                frame[split + 3],
+            ]);
+            frame.truncate(split);
+            if crc32fast::hash(&frame) != want {
+                return Err(corrupt("CRC-32 mismatch: the segment is damaged".into()));
+            }
+            Ok(frame)
+        }
+    }
+}
+
 /// Decompresses a stored body and checks it against its length and hash.
 fn decompress_body(hash: &BodyHash, stored: &[u8], body_len: u64) -> Result<Vec<u8>> {
     let corrupt = |detail: String| SpoolError::Corrupt {
@@ -997,6 +1063,7 @@ fn hex(hash: &BodyHash) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn open_temp() -> (tempfile::TempDir, Spool) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1071,9 +1138,19 @@ mod tests {
         spool.flush().unwrap();
         assert_eq!(spool.bodies.len(), 1);
         assert_eq!(spool.get_body(&h1).unwrap(), body);
-        // Stored once, and compressed.
+        // Stored once, as it came (header, body, CRC-32).
+        let stored = segment_bytes(&spool);
+        assert_eq!(stored, body.len() as u64 + 48 + 4);
+        assert_eq!(spool.put_body(&body).unwrap(), h1);
+        assert_eq!(segment_bytes(&spool), stored);
+        assert_eq!(spool.bodies.len(), 1);
+        // Compacted: compressed, still readable, still once.
+        assert!(spool.body_log.seal_if_idle(Duration::ZERO).unwrap());
+        let r = spool.compact(&|| false).unwrap();
+        assert_eq!((r.segments, r.compressed, r.dropped), (1, 1, 0));
         let stored = segment_bytes(&spool);
         assert!(stored < body.len() as u64 / 10, "{stored} bytes on disk");
+        assert_eq!(spool.get_body(&h1).unwrap(), body);
         assert_eq!(spool.put_body(&body).unwrap(), h1);
         assert_eq!(segment_bytes(&spool), stored);
         assert_eq!(spool.bodies.len(), 1);
@@ -1126,6 +1203,129 @@ mod tests {
         };
         spool.put_message("m", "INBOX", 1, &rec).unwrap();
         assert_eq!(spool.bodies.len(), 2);
+    }
+
+    /// Bodies of assorted sizes and contents, some of them twice.
+    fn assorted_bodies(n: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| {
+                // The last three repeat the first three.
+                let i = i % (n - 3);
+                let mut b = format!("Subject: message {i}\r\n\r\n").into_bytes();
+                b.extend(std::iter::repeat_n(b"text \x00\xff\r\n".as_slice(), i * 37).flatten());
+                b
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compaction_compresses_moves_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let bodies = assorted_bodies(40);
+        let mut hashes = Vec::new();
+        {
+            let spool = Spool::open(&path).unwrap();
+            // Half spooled compressed at once, half raw, in one segment.
+            for (i, b) in bodies.iter().enumerate() {
+                spool.set_compress_inline(i % 2 == 0);
+                hashes.push(spool.put_body(b).unwrap());
+            }
+            spool.flush().unwrap();
+        }
+        let before = std::fs::read_dir(path.join("bodies")).unwrap().count();
+        assert_eq!(before, 1);
+        let spool = reopen(&path);
+        // A lookup made before the move...
+        let early = spool
+            .body_log
+            .locate(&spool.bodies, &hashes[1])
+            .unwrap()
+            .unwrap();
+        let r = spool.compact(&|| false).unwrap();
+        assert_eq!(r.segments, 1);
+        // 37 distinct bodies, 19 of them raw (odd indexes, minus repeats).
+        assert_eq!(spool.bodies.len(), 37);
+        assert!(r.compressed > 0 && r.compressed < 37, "{r:?}");
+        assert!(r.compressed_bytes < r.raw_bytes, "{r:?}");
+        // ... finds its segment gone; get_body looks again and finds the new copy.
+        assert!(spool
+            .body_log
+            .read_frame(&hashes[1], &early)
+            .unwrap()
+            .is_none());
+        for (h, b) in hashes.iter().zip(&bodies) {
+            assert_eq!(&spool.get_body(h).unwrap(), b);
+        }
+        // The old segment is gone, the new one holds only compressed entries, and a
+        // second compaction has nothing to do.
+        let sealed = spool.body_log.sealed_segments().unwrap();
+        assert!(sealed.is_empty(), "{sealed:?}");
+        drop(spool);
+        let spool = reopen(&path);
+        let ids = spool.body_log.sealed_segments().unwrap();
+        assert_eq!(ids.len(), 1);
+        let entries = spool.body_log.entries(ids[0]).unwrap();
+        assert_eq!(entries.len(), 37);
+        assert!(entries.iter().all(|(_, _, s)| *s == Stored::Zstd));
+        assert_eq!(spool.compact(&|| false).unwrap(), CompactReport::default());
+        for (h, b) in hashes.iter().zip(&bodies) {
+            assert_eq!(&spool.get_body(h).unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn interrupted_compaction_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let bodies = assorted_bodies(30); // 27 distinct
+        let hashes: Vec<BodyHash> = {
+            let spool = Spool::open(&path).unwrap();
+            let h = bodies.iter().map(|b| spool.put_body(b).unwrap()).collect();
+            spool.flush().unwrap();
+            h
+        };
+        let spool = reopen(&path);
+        // Stop after ten bodies: they moved, the rest did not, the old segment stays.
+        let calls = std::cell::Cell::new(0);
+        let r = spool
+            .compact(&|| {
+                calls.set(calls.get() + 1);
+                calls.get() > 10
+            })
+            .unwrap();
+        assert_eq!((r.segments, r.compressed), (0, 10));
+        for (h, b) in hashes.iter().zip(&bodies) {
+            assert_eq!(&spool.get_body(h).unwrap(), b);
+        }
+        // As after a crash: a new process finishes the job, and drops the ten stale
+        // copies in the old segment instead of moving them twice.
+        drop(spool);
+        let spool = reopen(&path);
+        let r = spool.compact(&|| false).unwrap();
+        // The first run's new segment holds compressed bodies only and is left alone.
+        assert_eq!((r.segments, r.compressed, r.dropped), (1, 17, 10), "{r:?}");
+        for (h, b) in hashes.iter().zip(&bodies) {
+            assert_eq!(&spool.get_body(h).unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn compactor_thread_compacts_and_stops() {
+        let (_dir, spool) = open_temp();
+        let body = b"Subject: x\r\n\r\n".repeat(5000);
+        let h = spool.put_body(&body).unwrap();
+        spool.flush().unwrap();
+        assert!(spool.body_log.seal_if_idle(Duration::ZERO).unwrap());
+        let raw = segment_bytes(&spool);
+        let compactor = Compactor::start(spool.clone());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while segment_bytes(&spool) >= raw && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(compactor);
+        assert!(segment_bytes(&spool) < raw / 10, "not compacted");
+        assert_eq!(spool.get_body(&h).unwrap(), body);
     }
 
     #[test]

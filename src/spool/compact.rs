@@ -1,0 +1,198 @@
+//! Compaction: compressing the bodies that were spooled raw, when the machine is idle.
+//!
+//! # Why later
+//!
+//! While a mailbox is drained, the appliance's CPU is shared with the two servers (and,
+//! on a small box, the TLS of both connections). Compressing every body as it arrives
+//! costs about a third of cutover's own CPU during a copy, and that time comes out of
+//! the copy. The body's bytes are on disk either way; compression only makes them
+//! smaller. So bodies are spooled as they come (with a CRC-32), and a background thread
+//! at the lowest scheduling class (`SCHED_IDLE`: it runs only on a core nobody else
+//! wants) compresses them afterwards. During a delta sync, which is most of an
+//! appliance's life, the CPU is idle nearly all the time.
+//!
+//! # How
+//!
+//! A sealed segment (one no process appends to any more) that holds raw bodies is
+//! rewritten: each body the index still points at is compressed and appended to the
+//! segment being written, the index is pointed at the new copy, and once every body of
+//! the old segment has moved and the index is durable, the old file is deleted. Bodies
+//! the index does not point at (a copy two tasks spooled at once, a body spooled just
+//! before a crash) are dropped on the way.
+//!
+//! Crash safety follows from the order: a new copy is synced before the index points at
+//! it, and the old segment is deleted only after the index is flushed. A crash at any
+//! point leaves every index entry pointing at a complete copy; the worst case is a
+//! segment that is rewritten again by the next run. A reader that looked a body up just
+//! before it moved and opens the old segment after its deletion looks it up again (see
+//! [`Spool::get_body`]).
+
+use super::{with_zstd, Result, Spool, Stored};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A segment nothing was appended to for this long is sealed, so that it can be
+/// compacted while the process goes on (the daemon keeps its process for weeks).
+const SEAL_AFTER: Duration = Duration::from_secs(30);
+
+/// How often the compactor looks for work when it found none.
+const POLL: Duration = Duration::from_secs(5);
+
+/// The new copies are synced and indexed after this many bytes of them, so that an
+/// interrupted compaction keeps most of its work.
+const SYNC_EVERY: u64 = 16 * 1024 * 1024;
+
+/// What one compaction did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Segments rewritten and deleted.
+    pub segments: u64,
+    /// Raw bodies compressed.
+    pub compressed: u64,
+    /// Their size before and after.
+    pub raw_bytes: u64,
+    pub compressed_bytes: u64,
+    /// Entries dropped because the index points elsewhere.
+    pub dropped: u64,
+}
+
+impl Spool {
+    /// Rewrites every sealed segment that holds raw bodies, compressing them, until done
+    /// or until `stop` returns true (checked between bodies; what was done is kept).
+    pub fn compact(&self, stop: &dyn Fn() -> bool) -> Result<CompactReport> {
+        let mut report = CompactReport::default();
+        // Bodies appended but not indexed yet are indexed first, so that "the index
+        // points here" decides what is live.
+        self.body_log.sync(&self.bodies)?;
+        for id in self.body_log.sealed_segments()? {
+            let entries = self.body_log.entries(id)?;
+            if !entries.iter().any(|(_, _, stored)| *stored == Stored::Raw) {
+                continue;
+            }
+            let mut unsynced = 0u64;
+            let mut done = true;
+            for (hash, loc, stored) in entries {
+                if stop() {
+                    done = false;
+                    break;
+                }
+                if self.body_log.locate(&self.bodies, &hash)? != Some(loc) {
+                    report.dropped += 1;
+                    continue;
+                }
+                let Some((_, frame)) = self.body_log.read_frame(&hash, &loc)? else {
+                    // The segment vanished under us: nobody else deletes segments.
+                    return Err(std::io::Error::other(format!(
+                        "body segment {id:08x} disappeared during compaction"
+                    ))
+                    .into());
+                };
+                let new_len = match stored {
+                    Stored::Raw => {
+                        let body = super::decode_body(&hash, stored, frame, loc.body_len)?;
+                        let compressed = with_zstd(|c, _| c.compress(&body))?;
+                        self.body_log
+                            .append_moved(&hash, Stored::Zstd, &compressed, loc)?;
+                        report.compressed += 1;
+                        report.raw_bytes += loc.body_len;
+                        report.compressed_bytes += compressed.len() as u64;
+                        compressed.len() as u64
+                    }
+                    Stored::Zstd => {
+                        self.body_log
+                            .append_moved(&hash, Stored::Zstd, &frame, loc)?;
+                        frame.len() as u64
+                    }
+                };
+                unsynced += new_len;
+                if unsynced >= SYNC_EVERY {
+                    self.body_log.sync(&self.bodies)?;
+                    unsynced = 0;
+                }
+            }
+            self.body_log.sync(&self.bodies)?;
+            if !done {
+                break;
+            }
+            // The index must point at the new copies on disk before the old ones go.
+            self.db.flush()?;
+            self.body_log.remove_segment(id)?;
+            report.segments += 1;
+        }
+        Ok(report)
+    }
+}
+
+/// The background thread that compacts the spool while the process runs. Stopped (and
+/// joined; it finishes the body at hand) when dropped.
+pub struct Compactor {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Compactor {
+    /// Starts compacting `spool` at idle priority.
+    pub fn start(spool: Spool) -> Compactor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("spool-compact".into())
+            .spawn(move || run(&spool, &flag))
+            .map_err(|e| tracing::warn!(error = %e, "cannot start the spool compactor"))
+            .ok();
+        Compactor { stop, thread }
+    }
+}
+
+impl Drop for Compactor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(spool: &Spool, stop: &AtomicBool) {
+    idle_priority();
+    let stopped = || stop.load(Ordering::SeqCst);
+    while !stopped() {
+        if let Err(e) = spool.body_log.seal_if_idle(SEAL_AFTER) {
+            tracing::warn!(error = %e, spool = %spool.path().display(), "cannot seal a body segment");
+        }
+        match spool.compact(&stopped) {
+            Ok(r) if r.segments > 0 || r.compressed > 0 => tracing::info!(
+                segments = r.segments,
+                bodies = r.compressed,
+                raw_bytes = r.raw_bytes,
+                compressed_bytes = r.compressed_bytes,
+                dropped = r.dropped,
+                "spool compacted"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, spool = %spool.path().display(), "spool compaction failed; retrying later")
+            }
+        }
+        if !stopped() {
+            std::thread::park_timeout(POLL);
+        }
+    }
+}
+
+/// Puts the calling thread in the `SCHED_IDLE` class, so compaction only ever uses CPU
+/// time that nothing else wants. If that is refused, it goes on at normal priority.
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter struct.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "SCHED_IDLE refused; compacting at normal priority"
+        );
+    }
+}
