@@ -134,8 +134,8 @@ struct Writer {
     /// [`MAX_SEGMENT_LEN`], except in tests of segment rotation.
     max_segment_len: u64,
     current: Option<Segment>,
-    /// When the last entry was appended (to seal an idle segment, see
-    /// [`BodyLog::seal_if_idle`]).
+    /// When a body was last spooled (compaction's copies do not count): see
+    /// [`BodyLog::seal_if_idle`] and [`BodyLog::idle_for`].
     last_append: std::time::Instant,
 }
 
@@ -215,6 +215,7 @@ impl BodyLog {
         body_len: u64,
     ) -> Result<()> {
         let loc = self.write_entry(hash, stored, parts, body_len)?;
+        lock(&self.writer).last_append = std::time::Instant::now();
         // Another task may have appended the same body meanwhile; the first location
         // wins, and this copy is a few wasted bytes.
         lock(&self.pending).entry(*hash).or_insert(loc);
@@ -256,7 +257,6 @@ impl BodyLog {
         let entry_len = (HEADER_LEN + frame_len as usize) as u64;
 
         let mut writer = lock(&self.writer);
-        writer.last_append = std::time::Instant::now();
         let segment = self.writable_segment(&mut writer, entry_len)?;
         let offset = segment.len;
         if let Err(e) = write_all_vectored(&segment.file, &mut slices) {
@@ -489,6 +489,11 @@ impl BodyLog {
         std::fs::remove_file(self.segment_path(id))?;
         File::open(&self.dir)?.sync_all()?;
         Ok(())
+    }
+
+    /// How long ago a body was last spooled (by this process).
+    pub(super) fn idle_for(&self) -> std::time::Duration {
+        lock(&self.writer).last_append.elapsed()
     }
 
     /// Closes the segment being written if nothing was appended to it for `idle`, so

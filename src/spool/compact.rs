@@ -7,9 +7,9 @@
 //! costs about a third of cutover's own CPU during a copy, and that time comes out of
 //! the copy. The body's bytes are on disk either way; compression only makes them
 //! smaller. So bodies are spooled as they come (with a CRC-32), and a background thread
-//! at the lowest scheduling class (`SCHED_IDLE`: it runs only on a core nobody else
-//! wants) compresses them afterwards. During a delta sync, which is most of an
-//! appliance's life, the CPU is idle nearly all the time.
+//! at the lowest priority (nice 19) compresses them afterwards, once no body was spooled
+//! for a moment, stopping whenever the source spools again. Between delta passes, which
+//! is most of an appliance's life, the machine is idle nearly all the time.
 //!
 //! # How
 //!
@@ -39,6 +39,10 @@ const SEAL_AFTER: Duration = Duration::from_secs(30);
 
 /// How often the compactor looks for work when it found none.
 const POLL: Duration = Duration::from_secs(5);
+
+/// Compaction waits until no body was spooled for this long, and stops when one is: the
+/// CPU and the disk are the copy's while it runs.
+const QUIET: Duration = Duration::from_secs(2);
 
 /// The new copies are synced and indexed after this many bytes of them, so that an
 /// interrupted compaction keeps most of its work.
@@ -133,7 +137,7 @@ pub struct Compactor {
 }
 
 impl Compactor {
-    /// Starts compacting `spool` at idle priority.
+    /// Starts compacting `spool` at low priority, whenever no body was spooled for a moment.
     pub fn start(spool: Spool) -> Compactor {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -157,42 +161,49 @@ impl Drop for Compactor {
 }
 
 fn run(spool: &Spool, stop: &AtomicBool) {
-    idle_priority();
+    low_priority();
     let stopped = || stop.load(Ordering::SeqCst);
+    let busy = || stopped() || spool.body_log.idle_for() < QUIET;
     while !stopped() {
         if let Err(e) = spool.body_log.seal_if_idle(SEAL_AFTER) {
             tracing::warn!(error = %e, spool = %spool.path().display(), "cannot seal a body segment");
         }
-        match spool.compact(&stopped) {
-            Ok(r) if r.segments > 0 || r.compressed > 0 => tracing::info!(
-                segments = r.segments,
-                bodies = r.compressed,
-                raw_bytes = r.raw_bytes,
-                compressed_bytes = r.compressed_bytes,
-                dropped = r.dropped,
-                "spool compacted"
-            ),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, spool = %spool.path().display(), "spool compaction failed; retrying later")
+        if !busy() {
+            match spool.compact(&busy) {
+                Ok(r) if r.segments > 0 || r.compressed > 0 => tracing::info!(
+                    segments = r.segments,
+                    bodies = r.compressed,
+                    raw_bytes = r.raw_bytes,
+                    compressed_bytes = r.compressed_bytes,
+                    dropped = r.dropped,
+                    "spool compacted"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, spool = %spool.path().display(), "spool compaction failed; retrying later")
+                }
             }
         }
         if !stopped() {
-            std::thread::park_timeout(POLL);
+            std::thread::park_timeout(if busy() { QUIET } else { POLL });
         }
     }
 }
 
-/// Puts the calling thread in the `SCHED_IDLE` class, so compaction only ever uses CPU
-/// time that nothing else wants. If that is refused, it goes on at normal priority.
-fn idle_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter struct.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+/// Lowers the calling thread to nice 19, so that compaction only gets the CPU time
+/// others leave. Not `SCHED_IDLE`: compaction holds the spool's sync lock for moments,
+/// and a thread that can be starved outright would make the copy wait on that lock.
+fn low_priority() {
+    // SAFETY: plain syscalls on the calling thread (its kernel thread id) with valid
+    // arguments.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19)
+    };
     if rc != 0 {
         tracing::debug!(
             error = %std::io::Error::last_os_error(),
-            "SCHED_IDLE refused; compacting at normal priority"
+            "cannot lower the compactor's priority; compacting at normal priority"
         );
     }
 }
