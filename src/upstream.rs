@@ -229,13 +229,23 @@ async fn append_batch(
     // forward from APPENDUID. Any lower bound of the UIDs this batch will get is enough
     // for recovery (it scans from there up), and UIDs only grow, so last UID + 1 is one;
     // it saves a round trip per batch.
+    //
+    // Asked with SELECT rather than STATUS: an APPEND into the selected folder uses the
+    // folder the server already has open, where an APPEND anywhere else makes the server
+    // open (and, with maildir, rescan) the folder for every single message.
     let (dest_uidvalidity, dest_uidnext) = match cursor.take() {
         Some(c) => c,
         None => {
-            let st = client.status(dest).await?;
-            (st.uidvalidity, st.uidnext)
+            let info = client.select(dest, false).await?;
+            if info.uidvalidity == 0 {
+                let st = client.status(dest).await?;
+                (st.uidvalidity, st.uidnext)
+            } else {
+                (info.uidvalidity, info.uidnext)
+            }
         }
     };
+    let started = std::time::Instant::now();
     let mut marked: Vec<MessageRecord> = batch.iter().map(|r| (*r).clone()).collect();
     for r in &mut marked {
         r.state = MessageState::Appending {
@@ -262,6 +272,7 @@ async fn append_batch(
             body,
         })
         .collect();
+    let prepared = started.elapsed();
     let (outcomes, error) = match client.append_batch(dest, &items).await {
         Ok(o) => {
             // Carry the cursor only when every message reported where it went.
@@ -378,6 +389,14 @@ async fn append_batch(
         };
     }
     spool.put_messages(mailbox, folder, uv, &marked[..known])?;
+    tracing::debug!(
+        mailbox,
+        folder,
+        messages = batch.len(),
+        prepare_ms = prepared.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "append batch"
+    );
     if let Some((backoff, text)) = throttled {
         return Err(UpstreamError::Throttled { backoff, text });
     }
