@@ -295,31 +295,33 @@ impl Engine {
         };
         self.set_status(&mailbox, "Syncing", None);
 
-        let wake = Arc::new(Notify::new());
-        let source_done = Arc::new(AtomicBool::new(false));
+        let handoff = Arc::new(Handoff::default());
         let src_task = {
             let engine = self.clone();
-            let wake = wake.clone();
-            let done = source_done.clone();
+            let handoff = handoff.clone();
             let mailbox = mailbox.clone();
             tokio::spawn(async move {
-                let r = engine.run_source(&mailbox, &src_creds, &wake).await;
-                done.store(true, Ordering::SeqCst);
-                wake.notify_one();
+                let r = engine.run_source(&mailbox, &src_creds, &handoff).await;
+                tracing::info!(
+                    mailbox,
+                    seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+                    "source read done"
+                );
+                handoff.done.store(true, Ordering::SeqCst);
+                handoff.wake.notify_one();
                 r
             })
         };
         let limiter = Arc::new(self.limits.mailbox());
         let up_task = {
             let engine = self.clone();
-            let wake = wake.clone();
-            let done = source_done.clone();
+            let handoff = handoff.clone();
             let mailbox = mailbox.clone();
             let limiter = limiter.clone();
             tokio::spawn(async move {
                 let mut total = upstream::PushReport::default();
                 let r = engine
-                    .run_upstream(&mailbox, &dst_creds, &wake, &done, limiter, &mut total)
+                    .run_upstream(&mailbox, &dst_creds, &handoff, limiter, &mut total)
                     .await;
                 (total, r)
             })
@@ -410,7 +412,7 @@ impl Engine {
         &self,
         mailbox: &str,
         creds: &Credentials,
-        wake: &Notify,
+        handoff: &Handoff,
     ) -> anyhow::Result<source::SourceReport> {
         let _slot = self.source.slots.acquire().await?;
         let opts = self.source_options();
@@ -440,7 +442,12 @@ impl Engine {
                     &prefix,
                     &opts,
                     &limits,
-                    || wake.notify_one(),
+                    |p| {
+                        if p == source::Progress::Fetching {
+                            handoff.fetching.store(true, Ordering::SeqCst);
+                        }
+                        handoff.wake.notify_one()
+                    },
                 )
                 .await
             }
@@ -473,8 +480,7 @@ impl Engine {
         &self,
         mailbox: &str,
         login: &DestLogin,
-        wake: &Notify,
-        source_done: &AtomicBool,
+        handoff: &Handoff,
         limiter: Arc<MailboxLimiter>,
         total: &mut upstream::PushReport,
     ) -> anyhow::Result<()> {
@@ -482,17 +488,20 @@ impl Engine {
         let mut backoff = Backoff::new(UPSTREAM_BACKOFF_BASE, UPSTREAM_BACKOFF_CAP);
         let mut throttles = 0u32;
         // No session until there is something to push: a pass where nothing changed then
-        // costs the destination nothing (no TLS, no login; Exchange counts both), and
-        // the first batch of a fresh copy is spooled by the time the session is up.
+        // costs the destination nothing (no TLS, no login; Exchange counts both). As soon
+        // as the source finds new mail, though, the session is opened, so that it is up
+        // when the first batch lands.
         loop {
-            let finished = source_done.load(Ordering::SeqCst);
-            if self.spool.needs_push(mailbox, opts.max_attempts)? {
+            let finished = handoff.done.load(Ordering::SeqCst);
+            if handoff.fetching.load(Ordering::SeqCst)
+                || self.spool.needs_push(mailbox, opts.max_attempts)?
+            {
                 break;
             }
             if finished {
                 return Ok(());
             }
-            wake.notified().await;
+            handoff.wake.notified().await;
         }
         loop {
             let slot = self.upstream.slots.acquire().await?;
@@ -504,14 +513,14 @@ impl Engine {
                 loop {
                     // Read the flag before the pass: a pass that started after the source
                     // finished has seen everything it spooled.
-                    let finished = source_done.load(Ordering::SeqCst);
+                    let finished = handoff.done.load(Ordering::SeqCst);
                     self.push_pass(&mut client, mailbox, &opts, &mut created, total)
                         .await?;
                     if finished {
                         client.logout().await;
                         return Ok::<(), anyhow::Error>(());
                     }
-                    wake.notified().await;
+                    handoff.wake.notified().await;
                 }
             }
             .await;
@@ -653,6 +662,19 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// What the source task of a mailbox tells its upstream task; they share nothing else
+/// but the spool.
+#[derive(Default)]
+struct Handoff {
+    /// Notified when the source finds new mail, after each batch it makes durable in
+    /// the spool, and when it ends.
+    wake: Notify,
+    /// The source found messages to fetch: the upstream may open its session now.
+    fetching: AtomicBool,
+    /// The source is done, successfully or not.
+    done: AtomicBool,
 }
 
 /// How the upstream reacts to `e` (see [`throttle::Fault`]).

@@ -160,8 +160,18 @@ pub async fn list_folders(client: &mut Client) -> Result<(Vec<ListedFolder>, Str
     Ok((folders, prefix))
 }
 
-/// Reads every folder in `folders` into the spool. `on_progress` is called after each batch
-/// is durable in the spool, so the upstream can start pushing it.
+/// What the source reports while it reads (see [`read_mailbox`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// A folder has messages to fetch: the upstream can get ready for them.
+    Fetching,
+    /// A batch (or a folder's state) is durable in the spool: the upstream can push it.
+    Spooled,
+}
+
+/// Reads every folder in `folders` into the spool. `on_progress` is told when new
+/// messages are found and after each batch is durable in the spool, so the upstream can
+/// start pushing it.
 pub async fn read_mailbox(
     client: &mut Client,
     spool: &Spool,
@@ -169,7 +179,7 @@ pub async fn read_mailbox(
     folders: &[ListedFolder],
     ns_prefix: &str,
     opts: &SourceOptions,
-    on_progress: impl FnMut(),
+    on_progress: impl FnMut(Progress),
 ) -> Result<SourceReport, SourceError> {
     let limits = MailboxLimits::default();
     read_mailbox_with(
@@ -196,7 +206,7 @@ pub async fn read_mailbox_with(
     ns_prefix: &str,
     opts: &SourceOptions,
     limits: &MailboxLimits,
-    mut on_progress: impl FnMut(),
+    mut on_progress: impl FnMut(Progress),
 ) -> Result<SourceReport, SourceError> {
     let mut report = SourceReport::default();
     let beyond = if limits.max_items > 0 {
@@ -260,7 +270,7 @@ async fn read_folder(
     opts: &SourceOptions,
     ctx: &ReadContext<'_>,
     report: &mut SourceReport,
-    on_progress: &mut impl FnMut(),
+    on_progress: &mut impl FnMut(Progress),
 ) -> Result<(), SourceError> {
     let info = client.select(&folder.name, true).await?;
     let previous = spool.folder(mailbox, &folder.name)?;
@@ -415,6 +425,23 @@ async fn read_folder(
     }
 
     // Fetch the bodies in batches bounded by bytes and count.
+    if !wanted.is_empty() {
+        // Make the folder known to the upstream now, not when all of it is read, so that
+        // it can push the first batches while the source fetches the rest. Until the read
+        // completes, a new generation records no UIDNEXT or HIGHESTMODSEQ: a run that
+        // stops half-way reads the folder in full next time.
+        let mut early = state.clone();
+        if !same_generation {
+            early.uidvalidity = info.uidvalidity;
+            early.uidnext = 0;
+            early.highestmodseq = 0;
+        }
+        if let Some(current) = spool.folder(mailbox, &folder.name)? {
+            early.dest_name = current.dest_name;
+        }
+        spool.put_folder(mailbox, &early)?;
+        on_progress(Progress::Fetching);
+    }
     let mut start = 0;
     while start < wanted.len() {
         let mut end = start;
@@ -503,7 +530,7 @@ async fn read_folder(
         report.new_messages += records.len() as u64;
         report.new_bytes += records.iter().map(|r| r.size).sum::<u64>();
         spool.put_messages(mailbox, &folder.name, info.uidvalidity, &records)?;
-        on_progress();
+        on_progress(Progress::Spooled);
         start = end;
     }
 
@@ -520,7 +547,7 @@ async fn read_folder(
     state.uidnext = info.uidnext;
     state.highestmodseq = info.highestmodseq;
     spool.put_folder(mailbox, &state)?;
-    on_progress();
+    on_progress(Progress::Spooled);
     Ok(())
 }
 

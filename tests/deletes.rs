@@ -383,7 +383,7 @@ fn interrupted_deletion_is_finished_without_touching_others() {
             "INBOX.",
             &opts,
             &limits,
-            || {},
+            |_| {},
         )
         .await
         .unwrap();
@@ -554,7 +554,7 @@ fn expunged_before_it_was_copied_is_not_copied() {
                 &prefix,
                 &opts,
                 &limits,
-                || {},
+                |_| {},
             )
             .await
             .unwrap();

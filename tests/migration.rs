@@ -456,7 +456,7 @@ fn interrupted_append_is_found_not_repeated() {
             &[inbox],
             "INBOX.",
             &opts,
-            || {},
+            |_| {},
         )
         .await
         .unwrap();
