@@ -160,6 +160,11 @@ pub async fn list_folders(client: &mut Client) -> Result<(Vec<ListedFolder>, Str
     Ok((folders, prefix))
 }
 
+/// Size of a folder's first body batch, in bytes and messages; each next batch doubles,
+/// up to `fetch_batch_bytes` and `fetch_batch_count`.
+const FIRST_BATCH_BYTES: u64 = 256 * 1024;
+const FIRST_BATCH_COUNT: usize = 16;
+
 /// What the source reports while it reads (see [`read_mailbox`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
@@ -424,7 +429,9 @@ async fn read_folder(
         })?;
     }
 
-    // Fetch the bodies in batches bounded by bytes and count.
+    // Fetch the bodies in batches bounded by bytes and count. The first batches of a
+    // folder are small and double in size, so that the upstream can start on the first
+    // messages while the rest are fetched, rather than wait for a whole batch.
     if !wanted.is_empty() {
         // Make the folder known to the upstream now, not when all of it is read, so that
         // it can push the first batches while the source fetches the rest. Until the read
@@ -443,13 +450,17 @@ async fn read_folder(
         on_progress(Progress::Fetching);
     }
     let mut start = 0;
+    let mut ramp = 0u32;
     while start < wanted.len() {
+        let max_bytes = opts.fetch_batch_bytes.min(FIRST_BATCH_BYTES << ramp);
+        let max_count = opts.fetch_batch_count.min(FIRST_BATCH_COUNT << ramp);
+        ramp = (ramp + 1).min(16);
         let mut end = start;
         let mut bytes = 0u64;
         while end < wanted.len()
             && (end == start
-                || (bytes + wanted[end].size.unwrap_or(0) as u64 <= opts.fetch_batch_bytes
-                    && end - start < opts.fetch_batch_count))
+                || (bytes + wanted[end].size.unwrap_or(0) as u64 <= max_bytes
+                    && end - start < max_count))
         {
             bytes += wanted[end].size.unwrap_or(0) as u64;
             end += 1;
