@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::imap::client::{AppendItem, AppendOutcome, Client};
+use crate::imap::client::{AppendItem, AppendOutcome, AppendsSent, Client};
 use crate::imap::response::Kind;
 use crate::imap::ImapError;
 use crate::spool::{BodyHash, MessageRecord, MessageState, Spool, SpoolError};
@@ -172,6 +172,19 @@ async fn push_generation(
         None => opts.append_batch,
     };
     let mut cursor = None;
+    // With LITERAL+ a batch goes out while the answers to the one before are still
+    // coming, so the destination is never idle while a batch is prepared (marked,
+    // flushed, read from the spool) and the last answers travel back.
+    let pipeline = client.can_pipeline_appends();
+    let ctx = BatchContext {
+        spool,
+        mailbox,
+        folder,
+        uv,
+        dest,
+        limiter: opts.limiter.as_deref(),
+    };
+    let mut in_flight: Option<Flight<'_>> = None;
     let mut i = 0;
     while i < pending.len() {
         let mut j = i;
@@ -187,24 +200,28 @@ async fn push_generation(
                 limiter.acquire(r.size).await;
             }
         }
-        let appended_before = report.appended;
-        let r = append_batch(
-            client,
-            spool,
-            mailbox,
-            folder,
-            uv,
-            dest,
-            &pending[i..j],
-            report,
-            &mut cursor,
-        )
-        .await;
-        if let Some(limiter) = &opts.limiter {
-            limiter.on_appended(report.appended - appended_before, r.is_ok());
+        // Without a carried UIDNEXT the folder is asked again, which must not happen
+        // with answers still on the way.
+        if cursor.is_none() {
+            if let Some(prev) = in_flight.take() {
+                ctx.settle(client, prev, report, &mut cursor).await?;
+            }
         }
-        r?;
+        let flight = ctx.prepare(client, &pending[i..j], cursor).await?;
+        cursor.get_or_insert((flight.dest_uidvalidity, flight.dest_uidnext));
+        let flight = ctx.send(client, flight).await;
+        if let Some(prev) = in_flight.take() {
+            ctx.settle(client, prev, report, &mut cursor).await?;
+        }
+        if pipeline {
+            in_flight = Some(flight);
+        } else {
+            ctx.settle(client, flight, report, &mut cursor).await?;
+        }
         i = j;
+    }
+    if let Some(prev) = in_flight.take() {
+        ctx.settle(client, prev, report, &mut cursor).await?;
     }
     sync_flags(client, spool, mailbox, folder, uv, dest, report).await?;
     if opts.propagate_deletes {
@@ -213,200 +230,287 @@ async fn push_generation(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn append_batch(
-    client: &mut Client,
-    spool: &Spool,
-    mailbox: &str,
-    folder: &str,
+/// What every batch of one folder generation shares.
+struct BatchContext<'a> {
+    spool: &'a Spool,
+    mailbox: &'a str,
+    folder: &'a str,
     uv: u32,
-    dest: &str,
-    batch: &[&MessageRecord],
-    report: &mut PushReport,
-    cursor: &mut Option<(u32, u32)>,
-) -> Result<(), UpstreamError> {
-    // The destination's (UIDVALIDITY, UIDNEXT): asked once per folder, then carried
-    // forward from APPENDUID. Any lower bound of the UIDs this batch will get is enough
-    // for recovery (it scans from there up), and UIDs only grow, so last UID + 1 is one;
-    // it saves a round trip per batch.
-    //
-    // Asked with SELECT rather than STATUS: an APPEND into the selected folder uses the
-    // folder the server already has open, where an APPEND anywhere else makes the server
-    // open (and, with maildir, rescan) the folder for every single message.
-    let (dest_uidvalidity, dest_uidnext) = match cursor.take() {
-        Some(c) => c,
-        None => {
-            let info = client.select(dest, false).await?;
-            if info.uidvalidity == 0 {
-                let st = client.status(dest).await?;
-                (st.uidvalidity, st.uidnext)
-            } else {
-                (info.uidvalidity, info.uidnext)
+    dest: &'a str,
+    limiter: Option<&'a MailboxLimiter>,
+}
+
+/// A batch on its way: marked `Appending` in the spool, sent (or failed to send), its
+/// answers not read yet.
+struct Flight<'r> {
+    batch: &'r [&'r MessageRecord],
+    marked: Vec<MessageRecord>,
+    bodies: Vec<Vec<u8>>,
+    /// The destination's (UIDVALIDITY, UIDNEXT) this batch was marked with.
+    dest_uidvalidity: u32,
+    dest_uidnext: u32,
+    started: std::time::Instant,
+    prepared: Duration,
+    sent: Option<Result<AppendsSent, ImapError>>,
+}
+
+impl BatchContext<'_> {
+    /// Marks the batch `Appending` (durably) and reads its bodies from the spool.
+    ///
+    /// `cursor` is the destination's (UIDVALIDITY, UIDNEXT): asked once per folder, then
+    /// carried forward from APPENDUID. Any lower bound of the UIDs this batch will get is
+    /// enough for recovery (it scans from there up), and UIDs only grow, so the value
+    /// from before the previous batch, or its last UID + 1, both are; it saves a round
+    /// trip per batch.
+    ///
+    /// It is asked with SELECT rather than STATUS: an APPEND into the selected folder
+    /// uses the folder the server already has open, where an APPEND anywhere else makes
+    /// the server open (and, with maildir, rescan) the folder for every single message.
+    async fn prepare<'r>(
+        &self,
+        client: &mut Client,
+        batch: &'r [&'r MessageRecord],
+        cursor: Option<(u32, u32)>,
+    ) -> Result<Flight<'r>, UpstreamError> {
+        let (dest_uidvalidity, dest_uidnext) = match cursor {
+            Some(c) => c,
+            None => {
+                let info = client.select(self.dest, false).await?;
+                if info.uidvalidity == 0 {
+                    let st = client.status(self.dest).await?;
+                    (st.uidvalidity, st.uidnext)
+                } else {
+                    (info.uidvalidity, info.uidnext)
+                }
             }
+        };
+        let started = std::time::Instant::now();
+        let mut marked: Vec<MessageRecord> = batch.iter().map(|r| (*r).clone()).collect();
+        for r in &mut marked {
+            r.state = MessageState::Appending {
+                dest_folder: self.dest.to_string(),
+                dest_uidvalidity,
+                dest_uidnext,
+            };
         }
-    };
-    let started = std::time::Instant::now();
-    let mut marked: Vec<MessageRecord> = batch.iter().map(|r| (*r).clone()).collect();
-    for r in &mut marked {
-        r.state = MessageState::Appending {
-            dest_folder: dest.to_string(),
+        self.spool
+            .put_messages(self.mailbox, self.folder, self.uv, &marked)?;
+        // The mark must be on disk before the first byte of the APPEND leaves: it is what
+        // tells a restarted run to look at the destination before appending again.
+        self.spool.flush()?;
+        let mut bodies = Vec::with_capacity(batch.len());
+        for r in batch {
+            bodies.push(self.spool.get_body(&r.hash)?);
+        }
+        Ok(Flight {
+            batch,
+            marked,
+            bodies,
             dest_uidvalidity,
             dest_uidnext,
-        };
-    }
-    spool.put_messages(mailbox, folder, uv, &marked)?;
-    // The mark must be on disk before the first byte of the APPEND leaves: it is what tells
-    // a restarted run to look at the destination before appending again.
-    spool.flush()?;
-
-    let mut bodies = Vec::with_capacity(batch.len());
-    for r in batch {
-        bodies.push(spool.get_body(&r.hash)?);
-    }
-    let items: Vec<AppendItem<'_>> = batch
-        .iter()
-        .zip(&bodies)
-        .map(|(r, body)| AppendItem {
-            flags: &r.flags,
-            internal_date: Some(r.internal_date.as_str()).filter(|d| !d.is_empty()),
-            body,
+            prepared: started.elapsed(),
+            started,
+            sent: None,
         })
-        .collect();
-    let prepared = started.elapsed();
-    let (outcomes, error) = match client.append_batch(dest, &items).await {
-        Ok(o) => {
-            // Carry the cursor only when every message reported where it went.
-            let mut next = Some((dest_uidvalidity, dest_uidnext));
-            for o in &o {
-                next = match (next, o) {
-                    (Some((v, n)), AppendOutcome::Appended { uidvalidity, uid })
-                        if *uidvalidity == v =>
-                    {
-                        Some((v, n.max(uid.saturating_add(1))))
-                    }
-                    (next, AppendOutcome::Refused { .. }) => next,
-                    _ => None,
-                };
-            }
-            *cursor = next;
-            (o, None)
+    }
+
+    /// Sends the APPENDs of a prepared batch; a failure is kept for [`Self::settle`].
+    async fn send<'r>(&self, client: &mut Client, mut flight: Flight<'r>) -> Flight<'r> {
+        let items: Vec<AppendItem<'_>> = flight
+            .batch
+            .iter()
+            .zip(&flight.bodies)
+            .map(|(r, body)| AppendItem {
+                flags: &r.flags,
+                internal_date: Some(r.internal_date.as_str()).filter(|d| !d.is_empty()),
+                body,
+            })
+            .collect();
+        let sent = client.append_send(self.dest, &items).await;
+        drop(items);
+        flight.sent = Some(sent);
+        flight
+    }
+
+    /// Reads the answers to a sent batch and records each message's outcome. What the
+    /// server answered before a failure is recorded; the rest stays `Appending`, to be
+    /// looked for at the destination by `recover` in the next session.
+    async fn settle(
+        &self,
+        client: &mut Client,
+        flight: Flight<'_>,
+        report: &mut PushReport,
+        cursor: &mut Option<(u32, u32)>,
+    ) -> Result<(), UpstreamError> {
+        let appended_before = report.appended;
+        let r = self.settle_inner(client, flight, report, cursor).await;
+        if let Some(limiter) = self.limiter {
+            limiter.on_appended(report.appended - appended_before, r.is_ok());
         }
-        // Mid-batch failure: the answers received before it are still facts; the rest of
-        // the batch stays `Appending` and is resolved by `recover` on the next session.
-        Err(e) => (client.take_partial_outcomes(), Some(e)),
-    };
-    drop(items);
-    let known = outcomes.len().min(marked.len());
-    let mut throttled: Option<(Duration, String)> = None;
-    let mut disconnected: Option<String> = None;
-    for ((r, outcome), body) in marked.iter_mut().zip(outcomes).zip(&bodies) {
-        r.state = match outcome {
-            AppendOutcome::Appended { uidvalidity, uid } => {
-                report.appended += 1;
-                report.bytes += r.size;
-                MessageState::Appended {
-                    dest_folder: dest.to_string(),
-                    dest_uidvalidity: uidvalidity,
-                    dest_uid: uid,
-                    flags: r.flags.clone(),
+        r
+    }
+
+    async fn settle_inner(
+        &self,
+        client: &mut Client,
+        flight: Flight<'_>,
+        report: &mut PushReport,
+        cursor: &mut Option<(u32, u32)>,
+    ) -> Result<(), UpstreamError> {
+        let Flight {
+            batch,
+            mut marked,
+            bodies,
+            dest_uidvalidity,
+            dest_uidnext,
+            started,
+            prepared,
+            sent,
+        } = flight;
+        let (spool, mailbox, folder, uv, dest) =
+            (self.spool, self.mailbox, self.folder, self.uv, self.dest);
+        let answers = match sent {
+            Some(Ok(sent)) => client.append_collect(sent).await,
+            Some(Err(e)) => Err(e),
+            None => Ok(Vec::new()),
+        };
+        let (outcomes, error) = match answers {
+            Ok(o) => {
+                // Carry the cursor only when every message reported where it went.
+                let mut next = Some((dest_uidvalidity, dest_uidnext));
+                for o in &o {
+                    next = match (next, o) {
+                        (Some((v, n)), AppendOutcome::Appended { uidvalidity, uid })
+                            if *uidvalidity == v =>
+                        {
+                            Some((v, n.max(uid.saturating_add(1))))
+                        }
+                        (next, AppendOutcome::Refused { .. }) => next,
+                        _ => None,
+                    };
                 }
+                *cursor = match (*cursor, next) {
+                    // A batch sent after this one may have carried it further already.
+                    (Some((v, n)), Some((nv, nn))) if v == nv => Some((v, n.max(nn))),
+                    (_, next) => next,
+                };
+                (o, None)
             }
-            AppendOutcome::AppendedNoUid => {
-                report.appended += 1;
-                report.bytes += r.size;
-                MessageState::Appended {
-                    dest_folder: dest.to_string(),
-                    dest_uidvalidity,
-                    dest_uid: 0,
-                    flags: r.flags.clone(),
+            // Mid-batch failure: the answers received before it are still facts.
+            Err(e) => (client.take_partial_outcomes(), Some(e)),
+        };
+        let known = outcomes.len().min(marked.len());
+        let mut throttled: Option<(Duration, String)> = None;
+        let mut disconnected: Option<String> = None;
+        for ((r, outcome), body) in marked.iter_mut().zip(outcomes).zip(&bodies) {
+            r.state = match outcome {
+                AppendOutcome::Appended { uidvalidity, uid } => {
+                    report.appended += 1;
+                    report.bytes += r.size;
+                    MessageState::Appended {
+                        dest_folder: dest.to_string(),
+                        dest_uidvalidity: uidvalidity,
+                        dest_uid: uid,
+                        flags: r.flags.clone(),
+                    }
                 }
-            }
-            // Exchange's "NO/BAD Request is throttled. Suggested Backoff Time: N ms": not
-            // the message's fault. It goes back to Spooled and the mailbox pauses.
-            AppendOutcome::Refused { text, .. } if throttle::is_throttle_text(&text) => {
-                report.throttled += 1;
-                let backoff = throttle::throttle_backoff(&text);
-                tracing::warn!(
-                    mailbox,
-                    folder,
-                    uid = r.uid,
-                    backoff_ms = backoff.as_millis() as u64,
-                    "APPEND throttled by the destination: {text}"
-                );
-                if throttled.as_ref().is_none_or(|(b, _)| backoff > *b) {
-                    throttled = Some((backoff, text));
+                AppendOutcome::AppendedNoUid => {
+                    report.appended += 1;
+                    report.bytes += r.size;
+                    MessageState::Appended {
+                        dest_folder: dest.to_string(),
+                        dest_uidvalidity,
+                        dest_uid: 0,
+                        flags: r.flags.clone(),
+                    }
                 }
-                MessageState::Spooled
-            }
-            AppendOutcome::Refused {
-                kind: Kind::Bad,
-                text,
-            } if throttle::is_not_connected_text(&text) => {
-                disconnected = Some(text);
-                MessageState::Spooled
-            }
-            // Exchange refuses a message with a line over ~10,000 characters with "BAD
-            // Command Argument Error": permanent, so skipped (and reported) rather than
-            // retried. Re-wrapping the line would change the message.
-            AppendOutcome::Refused { kind, text }
-                if text.to_ascii_lowercase().contains("command argument error")
-                    && crate::source::longest_line(body) > LONG_LINE_HINT =>
-            {
-                let reason = format!(
-                    "the destination refused it ({kind:?} {text}): it has a line of {} \
+                // Exchange's "NO/BAD Request is throttled. Suggested Backoff Time: N ms": not
+                // the message's fault. It goes back to Spooled and the mailbox pauses.
+                AppendOutcome::Refused { text, .. } if throttle::is_throttle_text(&text) => {
+                    report.throttled += 1;
+                    let backoff = throttle::throttle_backoff(&text);
+                    tracing::warn!(
+                        mailbox,
+                        folder,
+                        uid = r.uid,
+                        backoff_ms = backoff.as_millis() as u64,
+                        "APPEND throttled by the destination: {text}"
+                    );
+                    if throttled.as_ref().is_none_or(|(b, _)| backoff > *b) {
+                        throttled = Some((backoff, text));
+                    }
+                    MessageState::Spooled
+                }
+                AppendOutcome::Refused {
+                    kind: Kind::Bad,
+                    text,
+                } if throttle::is_not_connected_text(&text) => {
+                    disconnected = Some(text);
+                    MessageState::Spooled
+                }
+                // Exchange refuses a message with a line over ~10,000 characters with "BAD
+                // Command Argument Error": permanent, so skipped (and reported) rather than
+                // retried. Re-wrapping the line would change the message.
+                AppendOutcome::Refused { kind, text }
+                    if text.to_ascii_lowercase().contains("command argument error")
+                        && crate::source::longest_line(body) > LONG_LINE_HINT =>
+                {
+                    let reason = format!(
+                        "the destination refused it ({kind:?} {text}): it has a line of {} \
                      characters and Exchange Online refuses lines over about 10,000; \
                      date {}; subject {:?}; {} bytes",
-                    crate::source::longest_line(body),
-                    if r.internal_date.is_empty() {
-                        "?"
-                    } else {
-                        &r.internal_date
-                    },
-                    crate::imap::response::header_value(header_block(body), "subject")
-                        .unwrap_or_default(),
-                    r.size
-                );
-                tracing::warn!(mailbox, folder, uid = r.uid, %reason, "message skipped");
-                report.skipped_details.push(format!(
-                    "folder {folder:?} UID {}: skipped: {reason}",
-                    r.uid
-                ));
-                MessageState::Skipped { reason }
-            }
-            AppendOutcome::Refused { kind, text } => {
-                report.failed += 1;
-                let attempts = match &batch_state(batch, r.uid) {
-                    Some(MessageState::Failed { attempts, .. }) => attempts + 1,
-                    _ => 1,
-                };
-                let reason = format!("destination refused APPEND to {dest:?}: {kind:?} {text}");
-                tracing::warn!(mailbox, folder, uid = r.uid, %reason, "message not appended");
-                report
-                    .errors
-                    .push(format!("folder {folder:?} UID {}: {reason}", r.uid));
-                MessageState::Failed { reason, attempts }
-            }
-        };
+                        crate::source::longest_line(body),
+                        if r.internal_date.is_empty() {
+                            "?"
+                        } else {
+                            &r.internal_date
+                        },
+                        crate::imap::response::header_value(header_block(body), "subject")
+                            .unwrap_or_default(),
+                        r.size
+                    );
+                    tracing::warn!(mailbox, folder, uid = r.uid, %reason, "message skipped");
+                    report.skipped_details.push(format!(
+                        "folder {folder:?} UID {}: skipped: {reason}",
+                        r.uid
+                    ));
+                    MessageState::Skipped { reason }
+                }
+                AppendOutcome::Refused { kind, text } => {
+                    report.failed += 1;
+                    let attempts = match &batch_state(batch, r.uid) {
+                        Some(MessageState::Failed { attempts, .. }) => attempts + 1,
+                        _ => 1,
+                    };
+                    let reason = format!("destination refused APPEND to {dest:?}: {kind:?} {text}");
+                    tracing::warn!(mailbox, folder, uid = r.uid, %reason, "message not appended");
+                    report
+                        .errors
+                        .push(format!("folder {folder:?} UID {}: {reason}", r.uid));
+                    MessageState::Failed { reason, attempts }
+                }
+            };
+        }
+        spool.put_messages(mailbox, folder, uv, &marked[..known])?;
+        tracing::debug!(
+            mailbox,
+            folder,
+            messages = batch.len(),
+            prepare_ms = prepared.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "append batch"
+        );
+        if let Some((backoff, text)) = throttled {
+            return Err(UpstreamError::Throttled { backoff, text });
+        }
+        if let Some(e) = error {
+            return Err(e.into());
+        }
+        if let Some(text) = disconnected {
+            return Err(UpstreamError::Disconnected(text));
+        }
+        Ok(())
     }
-    spool.put_messages(mailbox, folder, uv, &marked[..known])?;
-    tracing::debug!(
-        mailbox,
-        folder,
-        messages = batch.len(),
-        prepare_ms = prepared.as_millis() as u64,
-        total_ms = started.elapsed().as_millis() as u64,
-        "append batch"
-    );
-    if let Some((backoff, text)) = throttled {
-        return Err(UpstreamError::Throttled { backoff, text });
-    }
-    if let Some(e) = error {
-        return Err(e.into());
-    }
-    if let Some(text) = disconnected {
-        return Err(UpstreamError::Disconnected(text));
-    }
-    Ok(())
 }
 
 /// Lines longer than this make a "Command Argument Error" from Exchange a line-length refusal.

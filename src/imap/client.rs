@@ -191,6 +191,16 @@ pub struct AppendItem<'a> {
     pub body: &'a [u8],
 }
 
+/// APPENDs sent by [`Client::append_send`] whose answers are still to be read.
+#[derive(Debug)]
+#[must_use = "the answers must be read with Client::append_collect"]
+pub struct AppendsSent {
+    /// The tag of each item's APPEND; `None` for an item refused before it was sent.
+    tags: Vec<Option<String>>,
+    /// The outcome of each item refused before it was sent.
+    early: Vec<Option<AppendOutcome>>,
+}
+
 /// Per-message outcome of an APPEND: where it went (from APPENDUID), or the server's refusal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendOutcome {
@@ -1036,6 +1046,26 @@ impl Client {
         folder: &str,
         items: &[AppendItem<'_>],
     ) -> Result<Vec<AppendOutcome>> {
+        let sent = self.append_send(folder, items).await?;
+        self.append_collect(sent).await
+    }
+
+    /// True if APPENDs can be sent without waiting for the server between them (LITERAL+),
+    /// so that a batch can go out while the answers to the one before are still coming:
+    /// see [`Client::append_send`].
+    pub fn can_pipeline_appends(&self) -> bool {
+        self.literal_plus
+    }
+
+    /// The first half of [`Client::append_batch`]: sends the APPENDs and returns what
+    /// [`Client::append_collect`] needs to read their answers. Answers come in the order
+    /// the commands were sent, so with [`Client::can_pipeline_appends`] a caller may send
+    /// the next batch before it collects this one.
+    pub async fn append_send(
+        &mut self,
+        folder: &str,
+        items: &[AppendItem<'_>],
+    ) -> Result<AppendsSent> {
         let mut tags = Vec::with_capacity(items.len());
         let mut early: Vec<Option<AppendOutcome>> = Vec::with_capacity(items.len());
         for item in items {
@@ -1092,7 +1122,15 @@ impl Client {
                 self.flush().await?;
             }
         }
-        let mut outcomes = Vec::with_capacity(items.len());
+        self.flush().await?;
+        Ok(AppendsSent { tags, early })
+    }
+
+    /// The second half of [`Client::append_batch`]: reads the answers to the APPENDs of
+    /// `sent`, one outcome per item, in order.
+    pub async fn append_collect(&mut self, sent: AppendsSent) -> Result<Vec<AppendOutcome>> {
+        let AppendsSent { tags, early } = sent;
+        let mut outcomes = Vec::with_capacity(tags.len());
         self.partial_outcomes.clear();
         for (tag, early) in tags.into_iter().zip(early) {
             let Some(tag) = tag else {
