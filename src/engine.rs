@@ -3,7 +3,7 @@
 //! Each mailbox gets two tasks: the source task reads the legacy server into the spool and
 //! releases its connection as soon as it is done (the legacy server is drained at LAN
 //! speed); the upstream task pushes what is spooled, woken after every spooled batch.
-//! They share nothing but the spool and a wake-up signal.
+//! They share nothing but the spool and a [`Handoff`]: a wake-up signal and two flags.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -302,7 +302,7 @@ impl Engine {
             let mailbox = mailbox.clone();
             tokio::spawn(async move {
                 let r = engine.run_source(&mailbox, &src_creds, &handoff).await;
-                tracing::info!(
+                tracing::debug!(
                     mailbox,
                     seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
                     "source read done"
