@@ -158,17 +158,7 @@ impl BodyLog {
         if let Some(parent) = dir.parent() {
             File::open(parent)?.sync_all()?;
         }
-        let mut last = 0u32;
-        for entry in std::fs::read_dir(&dir)? {
-            let name = entry?.file_name();
-            let id = name
-                .to_str()
-                .and_then(|name| name.strip_suffix(".seg"))
-                .and_then(|id| u32::from_str_radix(id, 16).ok());
-            if let Some(id) = id {
-                last = last.max(id);
-            }
-        }
+        let last = segment_ids(&dir)?.into_iter().max().unwrap_or(0);
         let next_segment = last.checked_add(1).ok_or_else(|| SpoolError::Corrupt {
             what: format!("body directory {}", dir.display()),
             detail: "no segment number left".into(),
@@ -435,17 +425,8 @@ impl BodyLog {
     /// directory except the one this process is writing.
     pub(super) fn sealed_segments(&self) -> Result<Vec<u32>> {
         let current = lock(&self.writer).current.as_ref().map(|seg| seg.id);
-        let mut ids = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let name = entry?.file_name();
-            let id = name
-                .to_str()
-                .and_then(|name| name.strip_suffix(".seg"))
-                .and_then(|id| u32::from_str_radix(id, 16).ok());
-            if let Some(id) = id.filter(|id| Some(*id) != current) {
-                ids.push(id);
-            }
-        }
+        let mut ids = segment_ids(&self.dir)?;
+        ids.retain(|id| Some(*id) != current);
         ids.sort_unstable();
         Ok(ids)
     }
@@ -535,6 +516,21 @@ impl BodyLog {
     pub(super) fn dir(&self) -> &std::path::Path {
         &self.dir
     }
+}
+
+/// The numbers of the segment files in `dir` (names `<segment:08x>.seg`, see
+/// [`BodyLog::segment_path`]); other files are ignored.
+fn segment_ids(dir: &std::path::Path) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let id = name
+            .to_str()
+            .and_then(|name| name.strip_suffix(".seg"))
+            .and_then(|id| u32::from_str_radix(id, 16).ok());
+        ids.extend(id);
+    }
+    Ok(ids)
 }
 
 /// The fields of an entry header, if it starts with a known magic.
