@@ -443,10 +443,7 @@ async fn read_folder(
             early.uidnext = 0;
             early.highestmodseq = 0;
         }
-        if let Some(current) = spool.folder(mailbox, &folder.name)? {
-            early.dest_name = current.dest_name;
-        }
-        spool.put_folder(mailbox, &early)?;
+        put_folder_keeping_dest(spool, mailbox, &mut early)?;
         on_progress(Progress::Fetching);
     }
     let mut start = 0;
@@ -550,15 +547,25 @@ async fn read_folder(
             spool.remove_generation(mailbox, &folder.name, uv)?;
         }
     }
-    // The upstream may have recorded the folder's destination meanwhile; keep it.
-    if let Some(current) = spool.folder(mailbox, &folder.name)? {
-        state.dest_name = current.dest_name;
-    }
     state.uidvalidity = info.uidvalidity;
     state.uidnext = info.uidnext;
     state.highestmodseq = info.highestmodseq;
-    spool.put_folder(mailbox, &state)?;
+    put_folder_keeping_dest(spool, mailbox, &mut state)?;
     on_progress(Progress::Spooled);
+    Ok(())
+}
+
+/// Writes the folder's state, keeping the destination the upstream may have recorded
+/// for it meanwhile (`dest_name` is the upstream's to set).
+fn put_folder_keeping_dest(
+    spool: &Spool,
+    mailbox: &str,
+    state: &mut FolderState,
+) -> Result<(), SourceError> {
+    if let Some(current) = spool.folder(mailbox, &state.name)? {
+        state.dest_name = current.dest_name;
+    }
+    spool.put_folder(mailbox, state)?;
     Ok(())
 }
 
