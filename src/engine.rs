@@ -443,8 +443,13 @@ impl Engine {
                     &opts,
                     &limits,
                     |p| {
-                        if p == source::Progress::Fetching {
-                            handoff.fetching.store(true, Ordering::SeqCst);
+                        match p {
+                            source::Progress::Fetching => {
+                                handoff.fetching.store(true, Ordering::SeqCst)
+                            }
+                            source::Progress::Spooled => {
+                                handoff.changed.store(true, Ordering::SeqCst)
+                            }
                         }
                         handoff.wake.notify_one()
                     },
@@ -491,13 +496,19 @@ impl Engine {
         // costs the destination nothing (no TLS, no login; Exchange counts both). As soon
         // as the source finds new mail, though, the session is opened, so that it is up
         // when the first batch lands.
+        //
+        // The spool is looked at once for what earlier runs left to do (a scan of the
+        // mailbox's records), then again only when the source says it wrote something.
+        let mut look = true;
         loop {
             let finished = handoff.done.load(Ordering::SeqCst);
+            look |= handoff.changed.swap(false, Ordering::SeqCst);
             if handoff.fetching.load(Ordering::SeqCst)
-                || self.spool.needs_push(mailbox, opts.max_attempts)?
+                || (look && self.spool.needs_push(mailbox, opts.max_attempts)?)
             {
                 break;
             }
+            look = false;
             if finished {
                 return Ok(());
             }
@@ -673,6 +684,9 @@ struct Handoff {
     wake: Notify,
     /// The source found messages to fetch: the upstream may open its session now.
     fetching: AtomicBool,
+    /// The source wrote something to the spool (records, a folder's state) since the
+    /// upstream last looked.
+    changed: AtomicBool,
     /// The source is done, successfully or not.
     done: AtomicBool,
 }

@@ -298,7 +298,11 @@ async fn read_folder(
                 == info.exists as usize)
     {
         // CONDSTORE says nothing changed since the last complete read: no FETCH at all.
-        spool.put_folder(mailbox, &state)?;
+        // The state itself may have changed (a folder listed again, new attributes).
+        if previous.as_ref() != Some(&state) {
+            put_folder_keeping_dest(spool, mailbox, &mut state)?;
+            on_progress(Progress::Spooled);
+        }
         return Ok(());
     }
 
