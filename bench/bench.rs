@@ -955,6 +955,10 @@ fn parse_time(text: &str) -> Result<TimeReport> {
 struct Measure {
     wall: Duration,
     cpu_secs: f64,
+    /// CPU time of the whole machine during the run (the tool, both Dovecot servers,
+    /// the kernel's writeback...), from /proc/stat: with every core busy, this is what
+    /// the wall time follows.
+    machine_cpu_secs: f64,
     /// The largest peak RSS of the processes.
     max_rss_kib: u64,
     /// The sum of the processes' peak RSS.
@@ -983,6 +987,7 @@ fn run_jobs(jobs: &[Job], timeout: Duration) -> Result<Measure> {
     // on whichever run comes next.
     let _ = Command::new("sync").status();
     let mut children: Vec<(Child, Option<ExitStatus>)> = Vec::new();
+    let busy_before = cpu_jiffies();
     let start = Instant::now();
     for j in jobs {
         let spawned = Command::new(TIME_BIN)
@@ -1044,10 +1049,15 @@ fn run_jobs(jobs: &[Job], timeout: Duration) -> Result<Measure> {
         std::thread::sleep(Duration::from_millis(2));
     }
     let wall = last_exit - start;
+    let machine_cpu_secs = match (busy_before, cpu_jiffies()) {
+        (Some((b0, _)), Some((b1, _))) => b1.saturating_sub(b0) as f64 / clock_ticks(),
+        _ => 0.0,
+    };
     let mut failures = Vec::new();
     let mut m = Measure {
         wall,
         cpu_secs: 0.0,
+        machine_cpu_secs,
         max_rss_kib: 0,
         sum_rss_kib: 0,
         processes: jobs.len(),
@@ -1282,6 +1292,7 @@ struct Summary {
     wall_min: f64,
     wall_max: f64,
     cpu: f64,
+    machine_cpu: f64,
     max_rss_kib: f64,
     sum_rss_kib: f64,
     processes: usize,
@@ -1301,6 +1312,7 @@ fn summarize(rows: &[Row], tool: Tool, phase: Phase) -> Option<Summary> {
         wall_min: walls.iter().copied().fold(f64::INFINITY, f64::min),
         wall_max: walls.iter().copied().fold(0.0, f64::max),
         cpu: median(ms.iter().map(|m| m.cpu_secs).collect()),
+        machine_cpu: median(ms.iter().map(|m| m.machine_cpu_secs).collect()),
         max_rss_kib: median(ms.iter().map(|m| m.max_rss_kib as f64).collect()),
         sum_rss_kib: median(ms.iter().map(|m| m.sum_rss_kib as f64).collect()),
         processes: first.processes,
@@ -1311,7 +1323,7 @@ fn table(rows: &[Row], seeded: &Seeded, tools: &[Tool]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "{:<8} {:<16} {:>8} {:>14} {:>9} {:>8} {:>7} {:>13} {:>12}",
+        "{:<8} {:<16} {:>8} {:>14} {:>9} {:>8} {:>7} {:>9} {:>13} {:>12}",
         "tool",
         "phase",
         "wall s",
@@ -1319,6 +1331,7 @@ fn table(rows: &[Row], seeded: &Seeded, tools: &[Tool]) -> String {
         "msgs/s",
         "MB/s",
         "CPU s",
+        "machine s",
         "peak RSS MiB",
         "RSS sum MiB"
     );
@@ -1329,7 +1342,7 @@ fn table(rows: &[Row], seeded: &Seeded, tools: &[Tool]) -> String {
             };
             let _ = writeln!(
                 t,
-                "{:<8} {:<16} {:>8.2} {:>14} {:>9.1} {:>8.2} {:>7.2} {:>13.1} {:>12}",
+                "{:<8} {:<16} {:>8.2} {:>14} {:>9.1} {:>8.2} {:>7.2} {:>9.2} {:>13.1} {:>12}",
                 tool.name(),
                 phase.name(),
                 x.wall,
@@ -1337,6 +1350,7 @@ fn table(rows: &[Row], seeded: &Seeded, tools: &[Tool]) -> String {
                 seeded.messages as f64 / x.wall,
                 seeded.bytes as f64 / MB / x.wall,
                 x.cpu,
+                x.machine_cpu,
                 x.max_rss_kib / 1024.0,
                 if x.processes > 1 {
                     format!("{:.1} ({}x)", x.sum_rss_kib / 1024.0, x.processes)
@@ -1350,7 +1364,8 @@ fn table(rows: &[Row], seeded: &Seeded, tools: &[Tool]) -> String {
         let _ = writeln!(
             t,
             "(medians of {runs} run(s) each; MB = 10^6 bytes; CPU = user + system time of the \
-             tool's processes)"
+             tool's processes; machine = CPU time of the whole machine during the run: the \
+             tool, the Dovecot servers, the kernel)"
         );
     }
     t
@@ -1789,19 +1804,31 @@ fn measure_tool(
         let first = round == 0 && phase == Phase::Initial;
         verify(tool, phase, &tb.dest, users, s, source_vsize, first)?;
         println!(
-            "  round {}: {:<7} {:<16} {:>7.2} s, CPU {:.2} s, peak RSS {:.1} MiB; all {} \
-             messages of every user at the destination",
+            "  round {}: {:<7} {:<16} {:>7.2} s, CPU {:.2} s (machine {:.2} s), peak RSS {:.1} \
+             MiB; all {} messages of every user at the destination",
             round + 1,
             tool.name(),
             phase.name(),
             m.wall.as_secs_f64(),
             m.cpu_secs,
+            m.machine_cpu_secs,
             mib(m.max_rss_kib),
             s.messages
         );
         rows.push(Row { tool, phase, m });
     }
     Ok(())
+}
+
+/// Clock ticks per second, the unit of /proc/stat.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
 }
 
 /// (busy, total) jiffies of all CPUs, from /proc/stat.
