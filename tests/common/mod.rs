@@ -96,6 +96,16 @@ pub fn stderr(o: &Output) -> String {
 
 /// A session on `server` as `user`, through the master user (so passwords don't matter).
 pub async fn session(tb: &Testbed, server: &Dovecot, user: &str) -> Client {
+    try_session(tb, server, user).await.expect("master login")
+}
+
+/// [`session`], or why there is none (a server that is reloading drops connections).
+#[allow(dead_code)]
+pub async fn try_session(
+    tb: &Testbed,
+    server: &Dovecot,
+    user: &str,
+) -> Result<Client, cutover::imap::ImapError> {
     let ep = Endpoint {
         host: "127.0.0.1".into(),
         port: server.tls_port(),
@@ -104,15 +114,14 @@ pub async fn session(tb: &Testbed, server: &Dovecot, user: &str) -> Client {
         timeout: Duration::from_secs(30),
         max_response_bytes: 64 << 20,
     };
-    let mut c = Client::connect(&ep).await.expect("connect");
+    let mut c = Client::connect(&ep).await?;
     c.login(&Credentials::Plain {
         authzid: Some(user.to_string()),
         authcid: MASTER_USER.to_string(),
         password: Secret::new(MASTER_PASSWORD),
     })
-    .await
-    .expect("master login");
-    c
+    .await?;
+    Ok(c)
 }
 
 /// Every message of every selectable folder of `user` on `server`.
