@@ -5,9 +5,9 @@
 //! speed); the upstream task pushes what is spooled, woken after every spooled batch.
 //! They share nothing but the spool and a [`Handoff`]: a wake-up signal and two flags.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
@@ -269,6 +269,8 @@ impl Engine {
                 ..Default::default()
             }));
         }
+        let (from_memory, from_spool) = self.spool.take_body_stats();
+        tracing::debug!(from_memory, from_spool, "bodies handed to the upstream");
         out
     }
 
@@ -447,9 +449,7 @@ impl Engine {
                             source::Progress::Fetching => {
                                 handoff.fetching.store(true, Ordering::SeqCst)
                             }
-                            source::Progress::Spooled => {
-                                handoff.changed.store(true, Ordering::SeqCst)
-                            }
+                            source::Progress::Spooled { folder } => handoff.dirty(folder),
                         }
                         handoff.wake.notify_one()
                     },
@@ -502,7 +502,9 @@ impl Engine {
         let mut look = true;
         loop {
             let finished = handoff.done.load(Ordering::SeqCst);
-            look |= handoff.changed.swap(false, Ordering::SeqCst);
+            // The first session's first pass looks at every folder: what was written
+            // so far needs no other record.
+            look |= !handoff.take_dirty().is_empty();
             if handoff.fetching.load(Ordering::SeqCst)
                 || (look && self.spool.needs_push(mailbox, opts.max_attempts)?)
             {
@@ -520,12 +522,18 @@ impl Engine {
             let r = async {
                 let creds = login.credentials().await?;
                 let mut client = self.upstream.session(&creds).await?;
-                let mut created: HashMap<String, String> = HashMap::new();
+                let mut dest = DestView::default();
+                // A session's first pass looks at every folder (an earlier one may have
+                // left work anywhere); the next ones at the folders the source wrote to.
+                let mut first = true;
                 loop {
-                    // Read the flag before the pass: a pass that started after the source
+                    // Read the flags before the pass: a pass that started after the source
                     // finished has seen everything it spooled.
                     let finished = handoff.done.load(Ordering::SeqCst);
-                    self.push_pass(&mut client, mailbox, &opts, &mut created, total)
+                    let dirty = handoff.take_dirty();
+                    let only = (!first).then_some(dirty);
+                    first = false;
+                    self.push_pass(&mut client, mailbox, &opts, &mut dest, only.as_ref(), total)
                         .await?;
                     if finished {
                         client.logout().await;
@@ -600,25 +608,40 @@ impl Engine {
         }
     }
 
-    /// One pass over every spooled folder of the mailbox.
+    /// One pass over the spooled folders of the mailbox: all of them, or those in `only`.
     async fn push_pass(
         &self,
         client: &mut Client,
         mailbox: &str,
         opts: &UpstreamOptions,
-        created: &mut HashMap<String, String>,
+        view: &mut DestView,
+        only: Option<&HashSet<String>>,
         total: &mut upstream::PushReport,
     ) -> anyhow::Result<()> {
+        if only.is_some_and(|o| o.is_empty()) {
+            return Ok(());
+        }
         let folders = self.spool.folders(mailbox)?;
         if folders.is_empty() {
             return Ok(());
         }
-        let dest_list = client.list().await?;
-        let dest_prefix = client
-            .namespace()
-            .await?
-            .map(|(p, _)| p)
-            .unwrap_or_default();
+        let dest_list = match &mut view.list {
+            Some(list) => list,
+            None => view.list.insert(client.list().await?),
+        };
+        let dest_prefix = match &view.prefix {
+            Some(p) => p.clone(),
+            None => view
+                .prefix
+                .insert(
+                    client
+                        .namespace()
+                        .await?
+                        .map(|(p, _)| p)
+                        .unwrap_or_default(),
+                )
+                .clone(),
+        };
         let dest_delim = dest_list.iter().find_map(|f| f.delimiter);
         let first = &folders[0];
         let mapper = FolderMapper::new(
@@ -630,7 +653,7 @@ impl Engine {
                 prefix: dest_prefix,
                 delimiter: dest_delim,
             },
-            &dest_list,
+            dest_list,
             &self.config.sync.folder_map,
             &self.config.sync.exclude_folders,
         )?;
@@ -644,7 +667,12 @@ impl Engine {
             .collect();
         let by_name: HashMap<&str, &crate::spool::FolderState> =
             folders.iter().map(|f| (f.name.as_str(), f)).collect();
-        for (src, mapped) in mapper.map_all(&listed) {
+        let all = mapper.map_all(&listed);
+        drop(mapper);
+        for (src, mapped) in all {
+            if only.is_some_and(|o| !o.contains(&src.name)) {
+                continue;
+            }
             let Some(state) = by_name.get(src.name.as_str()) else {
                 continue;
             };
@@ -661,18 +689,28 @@ impl Engine {
                     dest
                 }
             };
-            if !created.contains_key(&dest)
-                && !dest_list.iter().any(|d| d.name.eq_ignore_ascii_case(&dest))
-            {
+            if !dest_list.iter().any(|d| d.name.eq_ignore_ascii_case(&dest)) {
                 client.create(&dest).await?;
                 tracing::info!(mailbox, folder = %src.name, dest = %dest, "created destination folder");
+                dest_list.push(ListedFolder {
+                    name: dest.clone(),
+                    delimiter: dest_delim,
+                    attributes: Vec::new(),
+                });
             }
-            created.insert(dest.clone(), src.name.clone());
             upstream::push_folder_into(client, &self.spool, mailbox, &src.name, &dest, opts, total)
                 .await?;
         }
         Ok(())
     }
+}
+
+/// The destination's folders and namespace prefix as one upstream session knows them:
+/// asked on its first pass, then kept, with the folders it creates added.
+#[derive(Default)]
+struct DestView {
+    list: Option<Vec<ListedFolder>>,
+    prefix: Option<String>,
 }
 
 /// What the source task of a mailbox tells its upstream task; they share nothing else
@@ -684,11 +722,30 @@ struct Handoff {
     wake: Notify,
     /// The source found messages to fetch: the upstream may open its session now.
     fetching: AtomicBool,
-    /// The source wrote something to the spool (records, a folder's state) since the
-    /// upstream last looked.
-    changed: AtomicBool,
+    /// The folders the source wrote to (records, a folder's state) since the upstream
+    /// last looked.
+    dirty: Mutex<HashSet<String>>,
     /// The source is done, successfully or not.
     done: AtomicBool,
+}
+
+impl Handoff {
+    fn dirty_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.dirty.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The source wrote to `folder`.
+    fn dirty(&self, folder: &str) {
+        let mut set = self.dirty_set();
+        if !set.contains(folder) {
+            set.insert(folder.to_string());
+        }
+    }
+
+    /// The folders written to since the last call.
+    fn take_dirty(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.dirty_set())
+    }
 }
 
 /// How the upstream reacts to `e` (see [`throttle::Fault`]).

@@ -167,11 +167,12 @@ const FIRST_BATCH_COUNT: usize = 16;
 
 /// What the source reports while it reads (see [`read_mailbox`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
+pub enum Progress<'a> {
     /// A folder has messages to fetch: the upstream can get ready for them.
     Fetching,
-    /// A batch (or a folder's state) is durable in the spool: the upstream can push it.
-    Spooled,
+    /// A batch (or a folder's state) of this folder is durable in the spool: the
+    /// upstream can push it.
+    Spooled { folder: &'a str },
 }
 
 /// Reads every folder in `folders` into the spool. `on_progress` is told when new
@@ -184,7 +185,7 @@ pub async fn read_mailbox(
     folders: &[ListedFolder],
     ns_prefix: &str,
     opts: &SourceOptions,
-    on_progress: impl FnMut(Progress),
+    on_progress: impl FnMut(Progress<'_>),
 ) -> Result<SourceReport, SourceError> {
     let limits = MailboxLimits::default();
     read_mailbox_with(
@@ -211,7 +212,7 @@ pub async fn read_mailbox_with(
     ns_prefix: &str,
     opts: &SourceOptions,
     limits: &MailboxLimits,
-    mut on_progress: impl FnMut(Progress),
+    mut on_progress: impl FnMut(Progress<'_>),
 ) -> Result<SourceReport, SourceError> {
     let mut report = SourceReport::default();
     let beyond = if limits.max_items > 0 {
@@ -275,7 +276,7 @@ async fn read_folder(
     opts: &SourceOptions,
     ctx: &ReadContext<'_>,
     report: &mut SourceReport,
-    on_progress: &mut impl FnMut(Progress),
+    on_progress: &mut impl FnMut(Progress<'_>),
 ) -> Result<(), SourceError> {
     let info = client.select(&folder.name, true).await?;
     let previous = spool.folder(mailbox, &folder.name)?;
@@ -301,7 +302,9 @@ async fn read_folder(
         // The state itself may have changed (a folder listed again, new attributes).
         if previous.as_ref() != Some(&state) {
             put_folder_keeping_dest(spool, mailbox, &mut state)?;
-            on_progress(Progress::Spooled);
+            on_progress(Progress::Spooled {
+                folder: &folder.name,
+            });
         }
         return Ok(());
     }
@@ -475,41 +478,44 @@ async fn read_folder(
                 let (Some(uid), Some(body)) = (f.uid, f.body) else {
                     return Ok(());
                 };
-                match spool.put_body(&body) {
+                // Scanning every byte costs ~4 % of a copy: only when asked.
+                let max = ctx.limits.max_line_length;
+                let longest = if max > 0 { longest_line(&body) } else { 0 };
+                let too_long = (max > 0 && longest > max).then(|| {
+                    let subject =
+                        crate::imap::response::header_value(header_block(&body), "subject")
+                            .unwrap_or_default();
+                    format!(
+                        "has a line of {longest} characters, over max_line_length ({max}; \
+                         Exchange Online refuses longer lines); date {}; subject {subject:?}; \
+                         {} bytes",
+                        f.internal_date.as_deref().unwrap_or("?"),
+                        body.len()
+                    )
+                });
+                let size = body.len() as u64;
+                // A body the upstream will send is also handed to it in memory.
+                let spooled = match too_long {
+                    Some(_) => spool.put_body(&body),
+                    None => spool.put_body_kept(body),
+                };
+                match spooled {
                     Ok(hash) => {
-                        let state = match take_carried(&mut carried, &hash) {
-                            Some(s) => s,
-                            None => {
-                                // Scanning every byte costs ~4 % of a copy: only when asked.
-                                let max = ctx.limits.max_line_length;
-                                let longest = if max > 0 { longest_line(&body) } else { 0 };
-                                if max > 0 && longest > max {
-                                    let subject = crate::imap::response::header_value(
-                                        header_block(&body),
-                                        "subject",
-                                    )
-                                    .unwrap_or_default();
-                                    let reason = format!(
-                                        "has a line of {longest} characters, over \
-                                         max_line_length ({max}; Exchange Online refuses \
-                                         longer lines); date {}; subject {subject:?}; {} bytes",
-                                        f.internal_date.as_deref().unwrap_or("?"),
-                                        body.len()
-                                    );
-                                    long_lines.push(format!(
-                                        "folder {:?} UID {uid}: skipped: {reason}",
-                                        folder.name
-                                    ));
-                                    MessageState::Skipped { reason }
-                                } else {
-                                    MessageState::Spooled
-                                }
+                        let state = match (take_carried(&mut carried, &hash), too_long) {
+                            (Some(s), _) => s,
+                            (None, Some(reason)) => {
+                                long_lines.push(format!(
+                                    "folder {:?} UID {uid}: skipped: {reason}",
+                                    folder.name
+                                ));
+                                MessageState::Skipped { reason }
                             }
+                            (None, None) => MessageState::Spooled,
                         };
                         records.push(MessageRecord {
                             uid,
                             hash,
-                            size: body.len() as u64,
+                            size,
                             internal_date: f.internal_date.unwrap_or_default(),
                             internal_ts: f.internal_ts.unwrap_or(0),
                             flags: f.flags.unwrap_or_default(),
@@ -542,7 +548,9 @@ async fn read_folder(
         report.new_messages += records.len() as u64;
         report.new_bytes += records.iter().map(|r| r.size).sum::<u64>();
         spool.put_messages(mailbox, &folder.name, info.uidvalidity, &records)?;
-        on_progress(Progress::Spooled);
+        on_progress(Progress::Spooled {
+            folder: &folder.name,
+        });
         start = end;
     }
 
@@ -555,7 +563,9 @@ async fn read_folder(
     state.uidnext = info.uidnext;
     state.highestmodseq = info.highestmodseq;
     put_folder_keeping_dest(spool, mailbox, &mut state)?;
-    on_progress(Progress::Spooled);
+    on_progress(Progress::Spooled {
+        folder: &folder.name,
+    });
     Ok(())
 }
 

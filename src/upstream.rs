@@ -8,7 +8,7 @@
 //! 4. record `Appended { dest_uid }` from APPENDUID, or `Failed` with the server's text.
 //!
 //! After a crash between 2 and 4 nobody knows which APPENDs took effect. Before anything
-//! else is sent to that folder, [`recover`] reads the sha256 of every destination message at
+//! else is sent to that folder, [`recover`] reads the hash of every destination message at
 //! or above the recorded UIDNEXT and matches it against the uncertain messages: a match is
 //! recorded as appended, the rest go back to `Spooled`. Nothing is added to the message
 //! (no tracking header), so every message arrives byte-identical.
@@ -149,15 +149,15 @@ async fn push_generation(
     opts: &UpstreamOptions,
     report: &mut PushReport,
 ) -> Result<(), UpstreamError> {
-    let records = spool.messages(mailbox, folder, uv)?;
+    let mut records = spool.messages(mailbox, folder, uv)?;
     if records
         .iter()
         .any(|r| matches!(r.state, MessageState::Appending { .. }))
     {
         report.recovered += recover(client, spool, mailbox, folder, uv, &records).await?;
+        // Reload: recovery changed states.
+        records = spool.messages(mailbox, folder, uv)?;
     }
-    // Reload: recovery may have changed states.
-    let records = spool.messages(mailbox, folder, uv)?;
     let pending: Vec<&MessageRecord> = records
         .iter()
         .filter(|r| match &r.state {
@@ -223,7 +223,9 @@ async fn push_generation(
     if let Some(prev) = in_flight.take() {
         ctx.settle(client, prev, report, &mut cursor).await?;
     }
-    sync_flags(client, spool, mailbox, folder, uv, dest, report).await?;
+    // The records as read before the APPENDs: the messages appended since carried their
+    // flags, and a change the source makes meanwhile is seen by the next pass.
+    sync_flags(client, spool, mailbox, folder, uv, dest, &records, report).await?;
     if opts.propagate_deletes {
         delete_expunged(client, spool, mailbox, folder, uv, report).await?;
     }
@@ -300,7 +302,7 @@ impl BatchContext<'_> {
         self.spool.flush()?;
         let mut bodies = Vec::with_capacity(batch.len());
         for r in batch {
-            bodies.push(self.spool.get_body(&r.hash)?);
+            bodies.push(self.spool.take_body(&r.hash)?);
         }
         Ok(Flight {
             batch,
@@ -578,7 +580,10 @@ async fn recover(
         let mut at_dest: HashMap<BodyHash, Vec<u32>> = HashMap::new();
         if status.uidvalidity == dest_uv && status.messages > 0 {
             client.select(&dest, true).await?;
-            for (uid, hash) in client.uid_hashes(&format!("{}:*", from.max(1))).await? {
+            for (uid, hash) in client
+                .uid_hashes(&format!("{}:*", from.max(1)), |b| spool.hash_body(b))
+                .await?
+            {
                 if uid >= from && !owned.contains(&uid) {
                     at_dest.entry(hash).or_default().push(uid);
                 }
@@ -770,9 +775,9 @@ async fn sync_flags(
     folder: &str,
     uv: u32,
     dest: &str,
+    records: &[MessageRecord],
     report: &mut PushReport,
 ) -> Result<(), UpstreamError> {
-    let records = spool.messages(mailbox, folder, uv)?;
     let mut selected = false;
     for r in records {
         let MessageState::Appended {

@@ -1254,10 +1254,13 @@ impl Client {
         )))
     }
 
-    /// Fetches (UID, BODY.PEEK[]) of `set` and returns (uid, sha256) pairs: how the upstream
-    /// recognises its own earlier APPENDs without adding anything to the message.
-    pub async fn uid_hashes(&mut self, set: &str) -> Result<Vec<(u32, [u8; 32])>> {
-        use sha2::Digest;
+    /// Fetches (UID, BODY.PEEK[]) of `set` and returns (uid, `hash(body)`) pairs: how the
+    /// upstream recognises its own earlier APPENDs without adding anything to the message.
+    pub async fn uid_hashes(
+        &mut self,
+        set: &str,
+        hash: impl Fn(&[u8]) -> [u8; 32],
+    ) -> Result<Vec<(u32, [u8; 32])>> {
         let seq = SequenceSet::try_from(set)
             .map_err(|_| self.protocol(format!("bad sequence set {set}")))?;
         let items = vec![
@@ -1276,7 +1279,7 @@ impl Client {
                 ..
             }) = u
             {
-                out.push((uid, sha2::Sha256::digest(&b).into()));
+                out.push((uid, hash(&b)));
             }
             Ok(())
         })

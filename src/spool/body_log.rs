@@ -16,7 +16,7 @@
 //! `<spool>/bodies/<segment:08x>.seg` files, each a run of entries:
 //!
 //! ```text
-//! magic | sha256 (32) | frame length (u32 BE) | body length (u64 BE) | frame
+//! magic | hash (32) | frame length (u32 BE) | body length (u64 BE) | frame
 //! ```
 //!
 //! The magic says what the frame is ([`Stored`]): `CVB1`, one zstd frame with its
