@@ -27,7 +27,7 @@
 //! BENCH_THROTTLE_BYTES_RATE` (0 skips that variant).
 //!
 //! Environment: `BENCH_USERS` (default 3), `BENCH_MESSAGES` per user (default 2000),
-//! `BENCH_REPEAT`, `BENCH_SEED`, `BENCH_ORDER` (`cutover-first` or `mbsync-first`),
+//! `BENCH_REPEAT`, `BENCH_SEED`, `BENCH_ORDER` (`alternate`, `cutover-first` or `mbsync-first`),
 //! `BENCH_ONLY` (`cutover` or `mbsync`), `BENCH_MBSYNC_SYNC` (the channel's `Sync`,
 //! default `All`), `BENCH_CUTOVER_TOML` (appended to the generated cutover.toml),
 //! `BENCH_CUTOVER_BIN`, `BENCH_MBSYNC_BIN`, `BENCH_TIMEOUT_SECS` (per run, default 3600),
@@ -110,6 +110,8 @@ struct Settings {
     seed: u64,
     repeat: usize,
     tools: Vec<Tool>,
+    /// Who goes first changes every round (`BENCH_ORDER=alternate`, the default).
+    alternate: bool,
     mbsync_sync: String,
     cutover_toml: String,
     cutover_bin: PathBuf,
@@ -277,11 +279,13 @@ impl Settings {
         if users == 0 || messages == 0 {
             bail!("BENCH_USERS and BENCH_MESSAGES must be at least 1");
         }
-        let mut tools = match env_str("BENCH_ORDER").as_deref() {
-            None | Some("cutover-first") => vec![Tool::Cutover, Tool::Mbsync],
+        let order = env_str("BENCH_ORDER");
+        let mut tools = match order.as_deref() {
+            None | Some("alternate") | Some("cutover-first") => vec![Tool::Cutover, Tool::Mbsync],
             Some("mbsync-first") => vec![Tool::Mbsync, Tool::Cutover],
-            Some(o) => bail!("BENCH_ORDER={o:?}: use cutover-first or mbsync-first"),
+            Some(o) => bail!("BENCH_ORDER={o:?}: use alternate, cutover-first or mbsync-first"),
         };
+        let alternate = matches!(order.as_deref(), None | Some("alternate"));
         match env_str("BENCH_ONLY").as_deref() {
             None => {}
             Some("cutover") => tools.retain(|t| *t == Tool::Cutover),
@@ -323,6 +327,7 @@ impl Settings {
             seed: env_num("BENCH_SEED", 20_250_301)?,
             repeat: (env_num("BENCH_REPEAT", 3)? as usize).max(1),
             tools,
+            alternate,
             mbsync_sync: env_str("BENCH_MBSYNC_SYNC").unwrap_or_else(|| "All".into()),
             cutover_toml: env_str("BENCH_CUTOVER_TOML").unwrap_or_default(),
             cutover_bin,
@@ -1269,6 +1274,7 @@ fn mbsync_jobs(
 struct Row {
     tool: Tool,
     phase: Phase,
+    round: usize,
     m: Measure,
 }
 
@@ -1397,6 +1403,31 @@ fn ratios(rows: &[Row]) -> String {
             c.max_rss_kib / m.sum_rss_kib.max(1.0),
             m.processes,
         );
+        // Each round's two runs follow each other, so their ratio is less affected by
+        // the machine's drift than the ratio of the medians.
+        let paired: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.tool == Tool::Cutover && r.phase == phase)
+            .filter_map(|c| {
+                let m = rows
+                    .iter()
+                    .find(|r| r.tool == Tool::Mbsync && r.phase == phase && r.round == c.round)?;
+                Some(c.m.wall.as_secs_f64() / m.m.wall.as_secs_f64().max(1e-9))
+            })
+            .collect();
+        if paired.len() > 1 {
+            let _ = writeln!(
+                t,
+                "{}: per-round wall time ratios {}; median {:.2}x",
+                phase.name(),
+                paired
+                    .iter()
+                    .map(|r| format!("{r:.2}x"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                median(paired.clone()),
+            );
+        }
     }
     t
 }
@@ -1815,7 +1846,12 @@ fn measure_tool(
             mib(m.max_rss_kib),
             s.messages
         );
-        rows.push(Row { tool, phase, m });
+        rows.push(Row {
+            tool,
+            phase,
+            round,
+            m,
+        });
     }
     Ok(())
 }
@@ -1965,6 +2001,11 @@ fn main() -> Result<()> {
     let mut errors = Vec::new();
     let mut failed: Vec<Tool> = Vec::new();
     for round in 0..s.repeat {
+        // The machine's speed drifts over minutes (other guests of the host, turbo
+        // budgets): taking turns at going first spreads that over both tools.
+        if s.alternate && round > 0 {
+            testbeds.reverse();
+        }
         for (tool, tb) in &mut testbeds {
             if failed.contains(tool) {
                 continue;
