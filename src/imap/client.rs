@@ -184,6 +184,39 @@ pub struct Outcome {
     pub text: String,
 }
 
+/// The flags and date of an APPEND.
+type AppendArgs<'a> = (Vec<Flag<'a>>, Option<DateTime>);
+
+/// The flags and date of an APPEND, or why the message cannot be appended at all.
+fn append_args<'a>(
+    item: &AppendItem<'a>,
+) -> Result<std::result::Result<AppendArgs<'a>, AppendOutcome>> {
+    let flags: Vec<Flag<'_>> = item
+        .flags
+        .iter()
+        .filter(|f| !f.eq_ignore_ascii_case("\\recent"))
+        .filter_map(|f| Flag::try_from(f.as_str()).ok())
+        .collect();
+    let date = match item.internal_date.and_then(parse_internal_date) {
+        Some(d) => Some(DateTime::try_from(d).map_err(|_| {
+            ImapError::Unsupported(format!(
+                "internal date {:?} out of range",
+                item.internal_date
+            ))
+        })?),
+        None => None,
+    };
+    // The one thing a literal cannot carry is NUL; `contains` finds it with memchr, far
+    // faster than the per-byte validation of `Literal::try_from`.
+    if item.body.contains(&0) {
+        return Ok(Err(AppendOutcome::Refused {
+            kind: Kind::No,
+            text: "message contains NUL bytes, which IMAP APPEND cannot carry".into(),
+        }));
+    }
+    Ok(Ok((flags, date)))
+}
+
 /// One message to APPEND.
 pub struct AppendItem<'a> {
     pub flags: &'a [String],
@@ -494,6 +527,33 @@ impl Client {
                 })?
                 .map_err(|e| self.err_io(e)),
         }
+    }
+
+    /// Writes `parts` as one stream of bytes, straight from where they are: a batch of
+    /// APPENDs goes out without copying each message into the write buffer first.
+    async fn write_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
+        let mut slices: Vec<std::io::IoSlice<'_>> =
+            parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
+        let mut rest = &mut slices[..];
+        std::io::IoSlice::advance_slices(&mut rest, 0);
+        let timeout = |host: &str, secs: u64| ImapError::Timeout {
+            host: host.to_string(),
+            secs,
+        };
+        while !rest.is_empty() {
+            let n = tokio::time::timeout(self.timeout, self.stream.write_vectored(rest))
+                .await
+                .map_err(|_| timeout(&self.host, self.timeout.as_secs()))?
+                .map_err(|e| self.err_io(e))?;
+            if n == 0 {
+                return Err(self.err_io(std::io::ErrorKind::WriteZero.into()));
+            }
+            std::io::IoSlice::advance_slices(&mut rest, n);
+        }
+        tokio::time::timeout(self.timeout, self.stream.flush())
+            .await
+            .map_err(|_| timeout(&self.host, self.timeout.as_secs()))?
+            .map_err(|e| self.err_io(e))
     }
 
     /// Queues a command; synchronizing literals wait for the server's go-ahead.
@@ -1066,42 +1126,22 @@ impl Client {
         folder: &str,
         items: &[AppendItem<'_>],
     ) -> Result<AppendsSent> {
+        if self.literal_plus {
+            return self.append_send_plus(folder, items).await;
+        }
         let mut tags = Vec::with_capacity(items.len());
         let mut early: Vec<Option<AppendOutcome>> = Vec::with_capacity(items.len());
         for item in items {
-            let flags: Vec<Flag<'_>> = item
-                .flags
-                .iter()
-                .filter(|f| !f.eq_ignore_ascii_case("\\recent"))
-                .filter_map(|f| Flag::try_from(f.as_str()).ok())
-                .collect();
-            let date = match item.internal_date.and_then(parse_internal_date) {
-                Some(d) => Some(DateTime::try_from(d).map_err(|_| {
-                    ImapError::Unsupported(format!(
-                        "internal date {:?} out of range",
-                        item.internal_date
-                    ))
-                })?),
-                None => None,
-            };
-            // The one thing a literal cannot carry is NUL; `contains` finds it with memchr,
-            // far faster than the per-byte validation of `Literal::try_from`.
-            let mut literal = match item.body.contains(&0) {
-                false => Literal::unvalidated(item.body),
-                true => {
+            let (flags, date) = match append_args(item)? {
+                Ok(args) => args,
+                Err(refused) => {
                     tags.push(None);
-                    early.push(Some(AppendOutcome::Refused {
-                        kind: Kind::No,
-                        text: "message contains NUL bytes, which IMAP APPEND cannot carry".into(),
-                    }));
+                    early.push(Some(refused));
                     continue;
                 }
             };
-            literal.set_mode(if self.literal_plus {
-                LiteralMode::NonSync
-            } else {
-                LiteralMode::Sync
-            });
+            let mut literal = Literal::unvalidated(item.body);
+            literal.set_mode(LiteralMode::Sync);
             let body = CommandBody::append(Self::mailbox(folder)?, flags, date, literal)
                 .map_err(|_| ImapError::Unsupported(format!("folder name {folder:?}")))?;
             match self.send(body).await? {
@@ -1123,6 +1163,76 @@ impl Client {
             }
         }
         self.flush().await?;
+        Ok(AppendsSent { tags, early })
+    }
+
+    /// [`Client::append_send`] with LITERAL+, where nothing waits for the server: each
+    /// APPEND is encoded around a one-byte placeholder literal whose announced length is
+    /// then set to the message's, and the whole batch is written in one vectored write,
+    /// the messages straight from the caller's memory. The encoder would copy every
+    /// message, and the write buffer again: 3 % of a copy's CPU.
+    async fn append_send_plus(
+        &mut self,
+        folder: &str,
+        items: &[AppendItem<'_>],
+    ) -> Result<AppendsSent> {
+        /// A piece of the batch on the wire: encoded command text, or a message of `items`.
+        enum Piece {
+            Text(Vec<u8>),
+            Message(usize),
+        }
+        const PLACEHOLDER: &[u8] = b"{1+}\r\n";
+        self.flush().await?;
+        let mut tags = Vec::with_capacity(items.len());
+        let mut early: Vec<Option<AppendOutcome>> = Vec::with_capacity(items.len());
+        let mut pieces: Vec<Piece> = Vec::with_capacity(items.len() * 2 + 1);
+        for (i, item) in items.iter().enumerate() {
+            let (flags, date) = match append_args(item)? {
+                Ok(args) => args,
+                Err(refused) => {
+                    tags.push(None);
+                    early.push(Some(refused));
+                    continue;
+                }
+            };
+            let mut literal = Literal::unvalidated(&b"x"[..]);
+            literal.set_mode(LiteralMode::NonSync);
+            let body = CommandBody::append(Self::mailbox(folder)?, flags, date, literal)
+                .map_err(|_| ImapError::Unsupported(format!("folder name {folder:?}")))?;
+            let tag = self.next_tag();
+            let cmd = Command::new(tag.as_str(), body).map_err(|_| self.protocol("bad tag"))?;
+            for fragment in CommandCodec::default().encode(&cmd) {
+                match fragment {
+                    Fragment::Line { data } => match pieces.last_mut() {
+                        Some(Piece::Text(text)) => text.extend_from_slice(&data),
+                        _ => pieces.push(Piece::Text(data)),
+                    },
+                    Fragment::Literal { data, mode } => {
+                        let announced = match pieces.last_mut() {
+                            Some(Piece::Text(text)) if text.ends_with(PLACEHOLDER) => text,
+                            _ => return Err(self.protocol("APPEND encoded without its literal")),
+                        };
+                        if data != b"x" || mode != LiteralMode::NonSync {
+                            return Err(self.protocol("APPEND encoded with another literal"));
+                        }
+                        announced.truncate(announced.len() - PLACEHOLDER.len());
+                        announced
+                            .extend_from_slice(format!("{{{}+}}\r\n", item.body.len()).as_bytes());
+                        pieces.push(Piece::Message(i));
+                    }
+                }
+            }
+            tags.push(Some(tag));
+            early.push(None);
+        }
+        let parts: Vec<&[u8]> = pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Text(text) => text.as_slice(),
+                Piece::Message(i) => items[*i].body,
+            })
+            .collect();
+        self.write_parts(&parts).await?;
         Ok(AppendsSent { tags, early })
     }
 

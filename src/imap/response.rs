@@ -156,7 +156,29 @@ fn status_body(b: StatusBody<'_>) -> (Kind, Option<RespCode>, String) {
 
 /// Formats a date-time the way APPEND and INTERNALDATE spell it.
 pub fn format_internal_date(dt: &chrono::DateTime<chrono::FixedOffset>) -> String {
-    dt.format("%d-%b-%Y %H:%M:%S %z").to_string()
+    // By hand rather than with `format("%d-%b-%Y %H:%M:%S %z")`, which interprets the
+    // pattern anew for every message: 1.5 % of a copy's CPU.
+    use chrono::{Datelike, Timelike};
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let offset = dt.offset().local_minus_utc();
+    let (sign, offset) = if offset < 0 {
+        ('-', -offset)
+    } else {
+        ('+', offset)
+    };
+    format!(
+        "{:02}-{}-{:04} {:02}:{:02}:{:02} {sign}{:02}{:02}",
+        dt.day(),
+        MONTHS[dt.month0() as usize % 12],
+        dt.year(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+        offset / 3600,
+        offset / 60 % 60,
+    )
 }
 
 /// Parses an INTERNALDATE string back (the spool keeps the server's spelling).
@@ -573,5 +595,26 @@ mod framed_tests {
         assert!(decode(b"* 1 FETCH (BODY[] {1}\r\nz)\r\n", vec![b"x".to_vec()]).is_none());
         let r = decode(b"* 1 FETCH (BODY[] {0}\r\n)\r\n", vec![b"x".to_vec()]);
         assert_eq!(fetch_of(&r.unwrap()).body.as_deref(), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn internal_date_is_formatted_as_chrono_would() {
+        use chrono::{FixedOffset, TimeZone};
+        let dates = [
+            (0, 2024, 1, 5, 0, 0, 0),
+            (-7 * 3600, 1996, 7, 17, 2, 44, 25),
+            (5 * 3600 + 30 * 60, 2031, 12, 31, 23, 59, 59),
+            (-(9 * 3600 + 30 * 60), 1970, 2, 28, 12, 3, 4),
+            (14 * 3600, 999, 10, 9, 1, 2, 3),
+        ];
+        for (off, y, mo, d, h, mi, s) in dates {
+            let dt = FixedOffset::east_opt(off)
+                .unwrap()
+                .with_ymd_and_hms(y, mo, d, h, mi, s)
+                .unwrap();
+            let want = dt.format("%d-%b-%Y %H:%M:%S %z").to_string();
+            assert_eq!(format_internal_date(&dt), want);
+            assert_eq!(parse_internal_date(&want), Some(dt));
+        }
     }
 }
