@@ -445,11 +445,23 @@ const CAPS_WITHOUT_UIDPLUS: &str = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE 
 /// Waits (up to 5 s) until new destination sessions do (`want`) or do not offer UIDPLUS
 /// after a `doveadm reload`; true once they do as wanted.
 fn uidplus_becomes(tb: &Testbed, rt: &tokio::runtime::Runtime, want: bool) -> bool {
+    capability_becomes(tb, rt, "kate@example.test", "UIDPLUS", want)
+}
+
+/// Waits (up to 5 s) until new destination sessions of `user` do (`want`) or do not offer
+/// `capability`; true once they do as wanted.
+fn capability_becomes(
+    tb: &Testbed,
+    rt: &tokio::runtime::Runtime,
+    user: &str,
+    capability: &str,
+    want: bool,
+) -> bool {
     rt.block_on(async {
         for _ in 0..50 {
             // A connection the reload cuts off is not an answer; ask again.
-            if let Ok(c) = try_session(tb, &tb.dest, "kate@example.test").await {
-                let has = c.caps().has("UIDPLUS");
+            if let Ok(c) = try_session(tb, &tb.dest, user).await {
+                let has = c.caps().has(capability);
                 c.logout().await;
                 if has == want {
                     return true;
@@ -517,6 +529,45 @@ fn destination_without_uidplus_deletes_nothing() {
     let dst = rt.block_on(snapshot(&tb, &tb.dest, "kate@example.test"));
     assert_eq!(dst["INBOX"].len(), 8);
     assert_same(&src, &dst);
+}
+
+/// A destination without LITERAL+ (Dovecot then offers LITERAL-, which cutover does not
+/// use) gets every APPEND's message after its go-ahead (a synchronizing literal), and
+/// every message arrives as it is, exactly once.
+#[test]
+fn destination_without_literal_plus_gets_every_message() {
+    let users = [("nora", "nora-pw", "nora@example.test")];
+    let Some(tb) = testbed(&users) else { return };
+    fill(&tb, "nora", "INBOX", 12, |i| {
+        if i % 2 == 0 {
+            vec!["\\Seen"]
+        } else {
+            vec!["\\Flagged", "$Label1"]
+        }
+    });
+    fill(&tb, "nora", "INBOX.Work", 5, |_| vec![]);
+    let conf = tb.dest.config_path().to_path_buf();
+    let original = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, format!("{original}\nimap_literal_minus = yes\n")).unwrap();
+    tb.dest.doveadm(&["reload"]).unwrap();
+    let rt = rt();
+    assert!(
+        capability_becomes(&tb, &rt, "nora@example.test", "LITERAL+", false),
+        "the destination no longer offers LITERAL+"
+    );
+    let config = config(&tb, &users, "");
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(copied(&out, "nora@example.test"), 17);
+    let src = rt.block_on(snapshot(&tb, &tb.source, "nora"));
+    let dst = rt.block_on(snapshot(&tb, &tb.dest, "nora@example.test"));
+    assert_same(&src, &dst);
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(
+        copied(&out, "nora@example.test"),
+        0,
+        "a second run copies nothing"
+    );
 }
 
 /// A message the source expunged before it reached the destination is not copied at all

@@ -571,7 +571,13 @@ impl Client {
                         loop {
                             match self.read_resp_direct().await? {
                                 Resp::Continue => break,
-                                r @ Resp::Tagged { .. } => return Ok(Err(r)),
+                                // This command refused before its literal.
+                                r @ Resp::Tagged { .. } if r.tag() == Some(tag.as_str()) => {
+                                    return Ok(Err(r))
+                                }
+                                // Pipelined: the completion of a command sent before
+                                // (an APPEND of the same batch) arrives first.
+                                r @ Resp::Tagged { .. } => self.stash.push_back(r),
                                 Resp::Bye(b) => {
                                     return Err(ImapError::Closed {
                                         host: self.host.clone(),

@@ -248,6 +248,14 @@ fn fetch(seq: u32, items: Vec<MessageDataItem<'_>>, bodies: &mut Taken) -> Optio
 }
 
 impl Resp {
+    /// The tag of a tagged completion.
+    pub fn tag(&self) -> Option<&str> {
+        match self {
+            Resp::Tagged { tag, .. } => Some(tag),
+            _ => None,
+        }
+    }
+
     /// Converts a decoded imap-codec response, consuming it. `bodies` are the `BODY[]`
     /// literals the framer took out of it ([`super::framer::Frame::bodies`]); each goes
     /// back into the `BODY[]` item that the decoder saw as `{0}`. None if they do not pair
