@@ -187,34 +187,55 @@ pub struct Outcome {
 /// The flags and date of an APPEND.
 type AppendArgs<'a> = (Vec<Flag<'a>>, Option<DateTime>);
 
-/// The flags and date of an APPEND, or why the message cannot be appended at all.
-fn append_args<'a>(
-    item: &AppendItem<'a>,
-) -> Result<std::result::Result<AppendArgs<'a>, AppendOutcome>> {
-    let flags: Vec<Flag<'_>> = item
-        .flags
-        .iter()
-        .filter(|f| !f.eq_ignore_ascii_case("\\recent"))
-        .filter_map(|f| Flag::try_from(f.as_str()).ok())
-        .collect();
-    let date = match item.internal_date.and_then(parse_internal_date) {
-        Some(d) => Some(DateTime::try_from(d).map_err(|_| {
-            ImapError::Unsupported(format!(
-                "internal date {:?} out of range",
-                item.internal_date
-            ))
-        })?),
-        None => None,
-    };
-    // The one thing a literal cannot carry is NUL; `contains` finds it with memchr, far
-    // faster than the per-byte validation of `Literal::try_from`.
-    if item.body.contains(&0) {
-        return Ok(Err(AppendOutcome::Refused {
-            kind: Kind::No,
-            text: "message contains NUL bytes, which IMAP APPEND cannot carry".into(),
-        }));
+impl AppendsSent {
+    fn with_capacity(n: usize) -> AppendsSent {
+        AppendsSent {
+            tags: Vec::with_capacity(n),
+            early: Vec::with_capacity(n),
+        }
     }
-    Ok(Ok((flags, date)))
+
+    /// An item whose APPEND went out with `tag`.
+    fn sent(&mut self, tag: String) {
+        self.tags.push(Some(tag));
+        self.early.push(None);
+    }
+
+    /// An item refused before it was sent.
+    fn refused(&mut self, outcome: AppendOutcome) {
+        self.tags.push(None);
+        self.early.push(Some(outcome));
+    }
+
+    /// The flags and date of `item`'s APPEND; None, with the refusal recorded, if the
+    /// message cannot be appended at all.
+    fn args<'a>(&mut self, item: &AppendItem<'a>) -> Result<Option<AppendArgs<'a>>> {
+        let flags: Vec<Flag<'_>> = item
+            .flags
+            .iter()
+            .filter(|f| !f.eq_ignore_ascii_case("\\recent"))
+            .filter_map(|f| Flag::try_from(f.as_str()).ok())
+            .collect();
+        let date = match item.internal_date.and_then(parse_internal_date) {
+            Some(d) => Some(DateTime::try_from(d).map_err(|_| {
+                ImapError::Unsupported(format!(
+                    "internal date {:?} out of range",
+                    item.internal_date
+                ))
+            })?),
+            None => None,
+        };
+        // The one thing a literal cannot carry is NUL; `contains` finds it with memchr,
+        // far faster than the per-byte validation of `Literal::try_from`.
+        if item.body.contains(&0) {
+            self.refused(AppendOutcome::Refused {
+                kind: Kind::No,
+                text: "message contains NUL bytes, which IMAP APPEND cannot carry".into(),
+            });
+            return Ok(None);
+        }
+        Ok(Some((flags, date)))
+    }
 }
 
 /// One message to APPEND.
@@ -1135,29 +1156,19 @@ impl Client {
         if self.literal_plus {
             return self.append_send_plus(folder, items).await;
         }
-        let mut tags = Vec::with_capacity(items.len());
-        let mut early: Vec<Option<AppendOutcome>> = Vec::with_capacity(items.len());
+        let mut sent = AppendsSent::with_capacity(items.len());
         for item in items {
-            let (flags, date) = match append_args(item)? {
-                Ok(args) => args,
-                Err(refused) => {
-                    tags.push(None);
-                    early.push(Some(refused));
-                    continue;
-                }
+            let Some((flags, date)) = sent.args(item)? else {
+                continue;
             };
             let mut literal = Literal::unvalidated(item.body);
             literal.set_mode(LiteralMode::Sync);
             let body = CommandBody::append(Self::mailbox(folder)?, flags, date, literal)
                 .map_err(|_| ImapError::Unsupported(format!("folder name {folder:?}")))?;
             match self.send(body).await? {
-                Ok(tag) => {
-                    tags.push(Some(tag));
-                    early.push(None);
-                }
+                Ok(tag) => sent.sent(tag),
                 Err(Resp::Tagged { kind, text, .. }) => {
-                    tags.push(None);
-                    early.push(Some(AppendOutcome::Refused { kind, text }));
+                    sent.refused(AppendOutcome::Refused { kind, text })
                 }
                 Err(other) => {
                     return Err(self.protocol(format!("unexpected {other:?} during APPEND")))
@@ -1169,7 +1180,7 @@ impl Client {
             }
         }
         self.flush().await?;
-        Ok(AppendsSent { tags, early })
+        Ok(sent)
     }
 
     /// [`Client::append_send`] with LITERAL+, where nothing waits for the server: each
@@ -1189,17 +1200,11 @@ impl Client {
         }
         const PLACEHOLDER: &[u8] = b"{1+}\r\n";
         self.flush().await?;
-        let mut tags = Vec::with_capacity(items.len());
-        let mut early: Vec<Option<AppendOutcome>> = Vec::with_capacity(items.len());
+        let mut sent = AppendsSent::with_capacity(items.len());
         let mut pieces: Vec<Piece> = Vec::with_capacity(items.len() * 2 + 1);
         for (i, item) in items.iter().enumerate() {
-            let (flags, date) = match append_args(item)? {
-                Ok(args) => args,
-                Err(refused) => {
-                    tags.push(None);
-                    early.push(Some(refused));
-                    continue;
-                }
+            let Some((flags, date)) = sent.args(item)? else {
+                continue;
             };
             let mut literal = Literal::unvalidated(&b"x"[..]);
             literal.set_mode(LiteralMode::NonSync);
@@ -1228,8 +1233,7 @@ impl Client {
                     }
                 }
             }
-            tags.push(Some(tag));
-            early.push(None);
+            sent.sent(tag);
         }
         let parts: Vec<&[u8]> = pieces
             .iter()
@@ -1239,7 +1243,7 @@ impl Client {
             })
             .collect();
         self.write_parts(&parts).await?;
-        Ok(AppendsSent { tags, early })
+        Ok(sent)
     }
 
     /// The second half of [`Client::append_batch`]: reads the answers to the APPENDs of
