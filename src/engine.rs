@@ -3,7 +3,8 @@
 //! Each mailbox gets two tasks: the source task reads the legacy server into the spool and
 //! releases its connection as soon as it is done (the legacy server is drained at LAN
 //! speed); the upstream task pushes what is spooled, woken after every spooled batch.
-//! They share nothing but the spool and a [`Handoff`]: a wake-up signal and two flags.
+//! They share nothing but the spool and a [`Handoff`]: a wake-up signal, two flags and
+//! the folders the source wrote to.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -522,7 +523,7 @@ impl Engine {
             let r = async {
                 let creds = login.credentials().await?;
                 let mut client = self.upstream.session(&creds).await?;
-                let mut dest = DestView::default();
+                let mut dest: Option<DestView> = None;
                 // A session's first pass looks at every folder (an earlier one may have
                 // left work anywhere); the next ones at the folders the source wrote to.
                 let mut first = true;
@@ -614,7 +615,7 @@ impl Engine {
         client: &mut Client,
         mailbox: &str,
         opts: &UpstreamOptions,
-        view: &mut DestView,
+        view: &mut Option<DestView>,
         only: Option<&HashSet<String>>,
         total: &mut upstream::PushReport,
     ) -> anyhow::Result<()> {
@@ -625,23 +626,19 @@ impl Engine {
         if folders.is_empty() {
             return Ok(());
         }
-        let dest_list = match &mut view.list {
-            Some(list) => list,
-            None => view.list.insert(client.list().await?),
+        let view = match view {
+            Some(v) => v,
+            None => view.insert(DestView {
+                list: client.list().await?,
+                prefix: client
+                    .namespace()
+                    .await?
+                    .map(|(p, _)| p)
+                    .unwrap_or_default(),
+            }),
         };
-        let dest_prefix = match &view.prefix {
-            Some(p) => p.clone(),
-            None => view
-                .prefix
-                .insert(
-                    client
-                        .namespace()
-                        .await?
-                        .map(|(p, _)| p)
-                        .unwrap_or_default(),
-                )
-                .clone(),
-        };
+        let dest_prefix = view.prefix.clone();
+        let dest_list = &mut view.list;
         let dest_delim = dest_list.iter().find_map(|f| f.delimiter);
         let first = &folders[0];
         let mapper = FolderMapper::new(
@@ -707,10 +704,9 @@ impl Engine {
 
 /// The destination's folders and namespace prefix as one upstream session knows them:
 /// asked on its first pass, then kept, with the folders it creates added.
-#[derive(Default)]
 struct DestView {
-    list: Option<Vec<ListedFolder>>,
-    prefix: Option<String>,
+    list: Vec<ListedFolder>,
+    prefix: String,
 }
 
 /// What the source task of a mailbox tells its upstream task; they share nothing else
