@@ -7,7 +7,8 @@ use crate::accounts;
 use crate::config::Config;
 use crate::engine::{summary_table, Engine};
 
-fn load(config: &Path) -> anyhow::Result<(Config, accounts::Accounts)> {
+/// Loads the config and the CSV (printing the CSV's bad rows).
+pub(crate) fn load(config: &Path) -> anyhow::Result<(Config, accounts::Accounts)> {
     let cfg = Config::load(config)?;
     let accts = accounts::load(&cfg.mailboxes).map_err(|e| {
         anyhow::anyhow!(

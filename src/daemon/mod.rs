@@ -34,7 +34,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::accounts::{self, Account};
+use crate::accounts::Account;
 use crate::config::Config;
 use crate::cutover::mx;
 use crate::engine::{Engine, MailboxSummary};
@@ -58,17 +58,7 @@ const SPOOL_LOCK_WAIT: Duration = Duration::from_secs(15);
 
 /// Loads the config and the CSV (printing the CSV's bad rows).
 pub fn load(config: &Path) -> anyhow::Result<(Config, Vec<Account>)> {
-    let cfg = Config::load(config)?;
-    let accts = accounts::load(&cfg.mailboxes).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read the mailboxes CSV {}: {e}",
-            cfg.mailboxes.display()
-        )
-    })?;
-    for e in &accts.errors {
-        eprintln!("error: {e}");
-    }
-    Ok((cfg, accts.accounts))
+    crate::cli::load(config).map(|(cfg, accts)| (cfg, accts.accounts))
 }
 
 /// True if `e` says that another process holds the spool (sled's lock).
