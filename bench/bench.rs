@@ -250,7 +250,12 @@ fn env_str(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-fn env_f64(name: &str, default: f64) -> Result<f64> {
+/// The number in environment variable `name` (`_` allowed between digits), or `default`.
+fn env_parse<T>(name: &str, default: T) -> Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
     match env_str(name) {
         None => Ok(default),
         Some(v) => v
@@ -261,15 +266,12 @@ fn env_f64(name: &str, default: f64) -> Result<f64> {
     }
 }
 
+fn env_f64(name: &str, default: f64) -> Result<f64> {
+    env_parse(name, default)
+}
+
 fn env_num(name: &str, default: u64) -> Result<u64> {
-    match env_str(name) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .replace('_', "")
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a number")),
-    }
+    env_parse(name, default)
 }
 
 impl Settings {
