@@ -30,7 +30,16 @@ pub enum RespCode {
     UidNext(u32),
     HighestModSeq(u64),
     NoModSeq,
-    AppendUid { uidvalidity: u32, uid: u32 },
+    AppendUid {
+        uidvalidity: u32,
+        uid: u32,
+    },
+    /// APPENDUID of a MULTIAPPEND: the UIDs of the messages, in the order they were sent
+    /// (RFC 4315's `uid-set`, which imap-codec leaves unparsed).
+    AppendUids {
+        uidvalidity: u32,
+        uids: Vec<u32>,
+    },
     Capability(Vec<String>),
     TooBig,
     Other(String),
@@ -102,6 +111,40 @@ pub enum Resp {
     Bye(String),
 }
 
+/// Most UIDs an APPENDUID set is expanded to: far more than any batch holds, and a bound
+/// on what a server's answer can make the client allocate.
+const MAX_APPEND_UIDS: usize = 100_000;
+
+/// `APPENDUID <uidvalidity> <uid-set>` (RFC 4315, the MULTIAPPEND form): the UIDVALIDITY
+/// and every UID, ranges expanded in order. None if it is anything else or too large.
+fn append_uids(code: &[u8]) -> Option<(u32, Vec<u32>)> {
+    let text = std::str::from_utf8(code).ok()?;
+    let mut words = text.split(' ');
+    if !words.next()?.eq_ignore_ascii_case("APPENDUID") {
+        return None;
+    }
+    let nz = |s: &str| s.parse::<u32>().ok().filter(|n| *n != 0);
+    let uidvalidity = nz(words.next()?)?;
+    let set = words.next()?;
+    if words.next().is_some() {
+        return None;
+    }
+    let mut uids = Vec::new();
+    for part in set.split(',') {
+        let (a, b) = match part.split_once(':') {
+            Some((a, b)) => (nz(a)?, nz(b)?),
+            None => (nz(part)?, nz(part)?),
+        };
+        let (lo, hi) = (a.min(b), a.max(b));
+        if (hi - lo) as usize >= MAX_APPEND_UIDS - uids.len() {
+            return None;
+        }
+        // `a:b` with a > b names the same UIDs; the order assigned is ascending.
+        uids.extend(lo..=hi);
+    }
+    Some((uidvalidity, uids))
+}
+
 fn kind(k: StatusKind) -> Kind {
     match k {
         StatusKind::Ok => Kind::Ok,
@@ -124,6 +167,10 @@ fn code(c: Option<Code<'_>>) -> Option<RespCode> {
             RespCode::Capability(caps.as_ref().iter().map(|c| c.to_string()).collect())
         }
         Code::TooBig => RespCode::TooBig,
+        Code::Other(o) => match append_uids(o.inner()) {
+            Some((uidvalidity, uids)) => RespCode::AppendUids { uidvalidity, uids },
+            None => RespCode::Other(format!("{:?}", Code::Other(o))),
+        },
         other => RespCode::Other(format!("{other:?}")),
     })
 }
@@ -513,6 +560,46 @@ mod framed_tests {
     /// Looks like protocol, and holds the one byte imap-codec refuses in a literal.
     const TRICKY: &[u8] =
         b"From: a\r\n\r\n* OK [ALERT] x\r\nA1 OK done\r\n) {5}\r\n\0\0NUL\r\n* 3 FETCH (\r\n";
+
+    fn code_of(wire: &[u8]) -> Option<RespCode> {
+        match read(&[wire]).pop() {
+            Some(Resp::Tagged { code, .. }) => code,
+            other => panic!("not a completion: {other:?}"),
+        }
+    }
+
+    /// A MULTIAPPEND's APPENDUID carries a UID set, which imap-codec leaves as an unknown
+    /// code: the UIDs come out in order, ranges expanded; anything odd stays `Other`.
+    #[test]
+    fn appenduid_sets_of_multiappend() {
+        assert_eq!(
+            code_of(b"A1 OK [APPENDUID 38505 3955] APPEND completed\r\n"),
+            Some(RespCode::AppendUid {
+                uidvalidity: 38505,
+                uid: 3955
+            })
+        );
+        assert_eq!(
+            code_of(b"A2 OK [APPENDUID 7 100:103,110,120:119] done\r\n"),
+            Some(RespCode::AppendUids {
+                uidvalidity: 7,
+                uids: vec![100, 101, 102, 103, 110, 119, 120]
+            })
+        );
+        for odd in [
+            &b"A3 OK [APPENDUID 7 0:3] x\r\n"[..],
+            b"A3 OK [APPENDUID 7 1:4294967295] x\r\n",
+            b"A3 OK [APPENDUID 7 1:2,x] x\r\n",
+            b"A3 OK [APPENDUID 1:2] x\r\n",
+            b"A3 OK [APPENDUID 7 1:2 3] x\r\n",
+        ] {
+            assert!(
+                matches!(code_of(odd), Some(RespCode::Other(_))),
+                "{}",
+                String::from_utf8_lossy(odd)
+            );
+        }
+    }
 
     #[test]
     fn body_comes_back_byte_for_byte() {
