@@ -280,6 +280,13 @@ pub struct ServerConfig {
     /// Give up on a command (or connection attempt) after this many seconds.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Send each batch of APPENDs as one MULTIAPPEND command (RFC 3502) where the
+    /// server offers it with LITERAL+ (Dovecot, Cyrus; Exchange Online does not): the
+    /// server saves the batch in one transaction, several times cheaper than one APPEND
+    /// per message. A batch the server refuses as a whole is sent again one APPEND per
+    /// message. `false` always sends one APPEND per message. `[upstream]` only.
+    #[serde(default = "yes")]
+    pub multiappend: bool,
     // --- Office 365 ([upstream] only; see `crate::oauth` and `crate::throttle`) ---
     /// Entra ID tenant (ID or domain) for the default token endpoint.
     #[serde(default)]
@@ -339,6 +346,7 @@ impl fmt::Debug for ServerConfig {
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_user", &self.max_connections_per_user)
             .field("timeout_secs", &self.timeout_secs)
+            .field("multiappend", &self.multiappend)
             .field("oauth_tenant", &self.oauth_tenant)
             .field("oauth_client_id", &self.oauth_client_id)
             .field("oauth_client_secret", &self.oauth_client_secret)

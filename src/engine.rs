@@ -115,6 +115,7 @@ impl Side {
             || async {
                 let mut c = Client::connect(&self.endpoint).await?;
                 c.login(creds).await?;
+                c.set_multiappend(self.config.multiappend);
                 Ok(c)
             },
         )

@@ -4,8 +4,13 @@
 //! 1. take the destination folder's UIDVALIDITY and UIDNEXT (STATUS for a folder's first
 //!    batch, then the last APPENDUID + 1: a lower bound is all recovery needs);
 //! 2. mark every message of the batch `Appending { uidnext }` and flush the spool;
-//! 3. APPEND them (pipelined with LITERAL+), unchanged, with their flags and INTERNALDATE;
+//! 3. APPEND them (pipelined with LITERAL+; as one MULTIAPPEND command where the server
+//!    offers it), unchanged, with their flags and INTERNALDATE;
 //! 4. record `Appended { dest_uid }` from APPENDUID, or `Failed` with the server's text.
+//!
+//! A MULTIAPPEND is all or nothing: when the server refuses one, none of its messages was
+//! appended, and they are sent again one APPEND each, so that only the message at fault
+//! is refused and recorded `Failed`.
 //!
 //! After a crash between 2 and 4 nobody knows which APPENDs took effect. Before anything
 //! else is sent to that folder, [`recover`] reads the hash of every destination message at
@@ -18,6 +23,7 @@
 //! nothing else (see `delete_expunged`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -158,6 +164,41 @@ async fn push_generation(
         // Reload: recovery changed states.
         records = spool.messages(mailbox, folder, uv)?;
     }
+    let ctx = BatchContext {
+        spool,
+        mailbox,
+        folder,
+        uv,
+        dest,
+        limiter: opts.limiter.as_deref(),
+        refused_together: std::sync::atomic::AtomicBool::new(false),
+    };
+    append_pending(client, &ctx, &records, opts, report).await?;
+    if ctx.refused_together.load(Relaxed) && client.uses_multiappend() {
+        let again = spool.messages(mailbox, folder, uv)?;
+        client.set_multiappend(false);
+        let r = append_pending(client, &ctx, &again, opts, report).await;
+        client.set_multiappend(true);
+        r?;
+    }
+    // The records as read before the APPENDs: the messages appended since carried their
+    // flags, and a change the source makes meanwhile is seen by the next pass.
+    sync_flags(client, spool, mailbox, folder, uv, dest, &records, report).await?;
+    if opts.propagate_deletes {
+        delete_expunged(client, spool, mailbox, folder, uv, report).await?;
+    }
+    Ok(())
+}
+
+/// APPENDs the messages of `records` still to be sent, in batches, pipelined where the
+/// destination allows.
+async fn append_pending(
+    client: &mut Client,
+    ctx: &BatchContext<'_>,
+    records: &[MessageRecord],
+    opts: &UpstreamOptions,
+    report: &mut PushReport,
+) -> Result<(), UpstreamError> {
     let pending: Vec<&MessageRecord> = records
         .iter()
         .filter(|r| match &r.state {
@@ -176,14 +217,6 @@ async fn push_generation(
     // coming, so the destination is never idle while a batch is prepared (marked,
     // flushed, read from the spool) and the last answers travel back.
     let pipeline = client.can_pipeline_appends();
-    let ctx = BatchContext {
-        spool,
-        mailbox,
-        folder,
-        uv,
-        dest,
-        limiter: opts.limiter.as_deref(),
-    };
     let mut in_flight: Option<Flight<'_>> = None;
     let mut i = 0;
     while i < pending.len() {
@@ -223,12 +256,6 @@ async fn push_generation(
     if let Some(prev) = in_flight.take() {
         ctx.settle(client, prev, report, &mut cursor).await?;
     }
-    // The records as read before the APPENDs: the messages appended since carried their
-    // flags, and a change the source makes meanwhile is seen by the next pass.
-    sync_flags(client, spool, mailbox, folder, uv, dest, &records, report).await?;
-    if opts.propagate_deletes {
-        delete_expunged(client, spool, mailbox, folder, uv, report).await?;
-    }
     Ok(())
 }
 
@@ -240,6 +267,9 @@ struct BatchContext<'a> {
     uv: u32,
     dest: &'a str,
     limiter: Option<&'a MailboxLimiter>,
+    /// Set when a MULTIAPPEND was refused as a whole: its messages are still to be sent,
+    /// one APPEND each, so that only the one at fault is refused.
+    refused_together: std::sync::atomic::AtomicBool,
 }
 
 /// A batch on its way: marked `Appending` in the spool, sent (or failed to send), its
@@ -387,7 +417,10 @@ impl BatchContext<'_> {
                         {
                             Some((v, n.max(uid.saturating_add(1))))
                         }
-                        (next, AppendOutcome::Refused { .. }) => next,
+                        (
+                            next,
+                            AppendOutcome::Refused { .. } | AppendOutcome::RefusedTogether { .. },
+                        ) => next,
                         _ => None,
                     };
                 }
@@ -401,6 +434,23 @@ impl BatchContext<'_> {
             // Mid-batch failure: the answers received before it are still facts.
             Err(e) => (client.take_partial_outcomes(), Some(e)),
         };
+        if let Some(AppendOutcome::RefusedTogether {
+            kind,
+            text,
+            messages,
+        }) = outcomes
+            .iter()
+            .find(|o| matches!(o, AppendOutcome::RefusedTogether { .. }))
+        {
+            tracing::warn!(
+                mailbox,
+                folder,
+                messages,
+                "the destination refused a MULTIAPPEND of {messages} messages as a whole \
+                 ({kind:?} {text}); none was appended, they are sent one at a time"
+            );
+            self.refused_together.store(true, Relaxed);
+        }
         let known = outcomes.len().min(marked.len());
         let mut throttled: Option<(Duration, String)> = None;
         let mut disconnected: Option<String> = None;
@@ -415,6 +465,10 @@ impl BatchContext<'_> {
                         dest_uid: uid,
                         flags: r.flags.clone(),
                     }
+                }
+                // Nothing of the command was appended: back as it was, to be sent alone.
+                AppendOutcome::RefusedTogether { .. } => {
+                    batch_state(batch, r.uid).unwrap_or(MessageState::Spooled)
                 }
                 AppendOutcome::AppendedNoUid => {
                     report.appended += 1;

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-use cutover::demo::{write_config, DemoTls};
 use cutover::spool::{MessageState, Spool};
 use cutover::testbed::Testbed;
 
@@ -19,46 +18,6 @@ fn row(out: &std::process::Output, mailbox: &str) -> String {
         .find(|l| l.starts_with(mailbox))
         .unwrap_or_else(|| panic!("no summary row for {mailbox} in:\n{text}"))
         .to_string()
-}
-
-fn config(tb: &Testbed, users: &[(&str, &str, &str)], sync: &str) -> PathBuf {
-    write_config(
-        tb,
-        &work_dir(tb),
-        users,
-        DemoTls {
-            source_implicit: true,
-            dest_implicit: true,
-        },
-        sync,
-    )
-    .unwrap()
-}
-
-/// Puts `count` distinct messages into `folder` of `user` at the source (created if
-/// needed), the `i`-th with `flags(i)`.
-fn fill(
-    tb: &Testbed,
-    user: &str,
-    folder: &str,
-    count: usize,
-    flags: impl Fn(usize) -> Vec<&'static str>,
-) {
-    if folder != "INBOX" {
-        tb.source.add_folder(user, folder).unwrap();
-    }
-    for i in 0..count {
-        let body = cutover::demo::sample_message(user, i, folder);
-        tb.source
-            .deliver(
-                user,
-                folder,
-                &body,
-                &flags(i),
-                Some(1_600_000_000 + i as i64 * 60),
-            )
-            .unwrap();
-    }
 }
 
 /// Expunges `uids` (an IMAP UID set such as `3:4`) of `folder` at the source.
@@ -144,7 +103,7 @@ fn deletes_are_not_propagated_by_default() {
     let Some(tb) = testbed(&users) else { return };
     fill(&tb, "gina", "INBOX", 5, |_| vec!["\\Seen"]);
     fill(&tb, "gina", "INBOX.Work", 3, |_| vec![]);
-    let config = config(&tb, &users, "");
+    let config = demo_config(&tb, &users, "");
     let out = cutover(&config, &["sync", "--once"]);
     assert_eq!(out.status.code(), Some(0));
     let rt = rt();
@@ -189,7 +148,7 @@ fn propagated_delete_removes_exactly_the_expunged_messages() {
     fill(&tb, "hank", "INBOX.Work", 10, |_| vec!["\\Flagged"]);
     fill(&tb, "hank", "INBOX.Quiet", 4, |_| vec![]);
     let own = dest_only_message(&tb, "hank@example.test");
-    let config = config(
+    let config = demo_config(
         &tb,
         &users,
         "[sync]\npropagate_deletes = true\nmax_delete_percent = 20\n",
@@ -267,7 +226,7 @@ fn mass_expunge_over_the_limit_deletes_nothing() {
     let Some(tb) = testbed(&users) else { return };
     fill(&tb, "iris", "INBOX", 10, |_| vec!["\\Seen"]);
     fill(&tb, "iris", "INBOX.Work", 20, |_| vec![]);
-    let config_path = config(
+    let config_path = demo_config(
         &tb,
         &users,
         "[sync]\npropagate_deletes = true\nmax_delete_percent = 10\n",
@@ -341,7 +300,7 @@ fn interrupted_deletion_is_finished_without_touching_others() {
     let Some(tb) = testbed(&users) else { return };
     fill(&tb, "jack", "INBOX", 10, |_| vec!["\\Seen"]);
     let own = dest_only_message(&tb, "jack@example.test");
-    let config = config(
+    let config = demo_config(
         &tb,
         &users,
         "[sync]\npropagate_deletes = true\nmax_delete_percent = 10\n",
@@ -448,37 +407,12 @@ fn uidplus_becomes(tb: &Testbed, rt: &tokio::runtime::Runtime, want: bool) -> bo
     capability_becomes(tb, rt, "kate@example.test", "UIDPLUS", want)
 }
 
-/// Waits (up to 5 s) until new destination sessions of `user` do (`want`) or do not offer
-/// `capability`; true once they do as wanted.
-fn capability_becomes(
-    tb: &Testbed,
-    rt: &tokio::runtime::Runtime,
-    user: &str,
-    capability: &str,
-    want: bool,
-) -> bool {
-    rt.block_on(async {
-        for _ in 0..50 {
-            // A connection the reload cuts off is not an answer; ask again.
-            if let Ok(c) = try_session(tb, &tb.dest, user).await {
-                let has = c.caps().has(capability);
-                c.logout().await;
-                if has == want {
-                    return true;
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        false
-    })
-}
-
 #[test]
 fn destination_without_uidplus_deletes_nothing() {
     let users = [("kate", "kate-pw", "kate@example.test")];
     let Some(tb) = testbed(&users) else { return };
     fill(&tb, "kate", "INBOX", 10, |_| vec!["\\Seen"]);
-    let config = config(
+    let config = demo_config(
         &tb,
         &users,
         "[sync]\npropagate_deletes = true\nmax_delete_percent = 50\n",
@@ -531,45 +465,6 @@ fn destination_without_uidplus_deletes_nothing() {
     assert_same(&src, &dst);
 }
 
-/// A destination without LITERAL+ (Dovecot then offers LITERAL-, which cutover does not
-/// use) gets every APPEND's message after its go-ahead (a synchronizing literal), and
-/// every message arrives as it is, exactly once.
-#[test]
-fn destination_without_literal_plus_gets_every_message() {
-    let users = [("nora", "nora-pw", "nora@example.test")];
-    let Some(tb) = testbed(&users) else { return };
-    fill(&tb, "nora", "INBOX", 12, |i| {
-        if i % 2 == 0 {
-            vec!["\\Seen"]
-        } else {
-            vec!["\\Flagged", "$Label1"]
-        }
-    });
-    fill(&tb, "nora", "INBOX.Work", 5, |_| vec![]);
-    let conf = tb.dest.config_path().to_path_buf();
-    let original = std::fs::read_to_string(&conf).unwrap();
-    std::fs::write(&conf, format!("{original}\nimap_literal_minus = yes\n")).unwrap();
-    tb.dest.doveadm(&["reload"]).unwrap();
-    let rt = rt();
-    assert!(
-        capability_becomes(&tb, &rt, "nora@example.test", "LITERAL+", false),
-        "the destination no longer offers LITERAL+"
-    );
-    let config = config(&tb, &users, "");
-    let out = cutover(&config, &["sync", "--once"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(copied(&out, "nora@example.test"), 17);
-    let src = rt.block_on(snapshot(&tb, &tb.source, "nora"));
-    let dst = rt.block_on(snapshot(&tb, &tb.dest, "nora@example.test"));
-    assert_same(&src, &dst);
-    let out = cutover(&config, &["sync", "--once"]);
-    assert_eq!(
-        copied(&out, "nora@example.test"),
-        0,
-        "a second run copies nothing"
-    );
-}
-
 /// A message the source expunged before it reached the destination is not copied at all
 /// (its spooled record becomes `Expunged`), and the rest of the folder is.
 #[test]
@@ -577,7 +472,7 @@ fn expunged_before_it_was_copied_is_not_copied() {
     let users = [("liam", "liam-pw", "liam@example.test")];
     let Some(tb) = testbed(&users) else { return };
     fill(&tb, "liam", "INBOX", 5, |_| vec!["\\Seen"]);
-    let config = config(
+    let config = demo_config(
         &tb,
         &users,
         "[sync]\npropagate_deletes = true\nmax_delete_percent = 20\n",

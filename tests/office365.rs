@@ -58,6 +58,8 @@ max_connections = 4
 {upstream}
 tls_ca_file = "{ca}"
 max_connections = 4
+# Exchange Online offers no MULTIAPPEND: one APPEND per message, as there.
+multiappend = false
 {extra_upstream}
 
 {extra}

@@ -190,26 +190,37 @@ type AppendArgs<'a> = (Vec<Flag<'a>>, Option<DateTime>);
 impl AppendsSent {
     fn with_capacity(n: usize) -> AppendsSent {
         AppendsSent {
-            tags: Vec::with_capacity(n),
+            commands: Vec::with_capacity(n),
             early: Vec::with_capacity(n),
         }
     }
 
     /// An item whose APPEND went out with `tag`.
     fn sent(&mut self, tag: String) {
-        self.tags.push(Some(tag));
+        self.commands.push((tag, 1));
+        self.early.push(None);
+    }
+
+    /// An item that went out in the MULTIAPPEND command `tag`; the command is recorded
+    /// with its first item.
+    fn sent_in(&mut self, tag: &str) {
+        match self.commands.last_mut() {
+            Some((t, n)) if t == tag => *n += 1,
+            _ => self.commands.push((tag.to_string(), 1)),
+        }
         self.early.push(None);
     }
 
     /// An item refused before it was sent.
     fn refused(&mut self, outcome: AppendOutcome) {
-        self.tags.push(None);
         self.early.push(Some(outcome));
     }
 
-    /// The flags and date of `item`'s APPEND; None, with the refusal recorded, if the
-    /// message cannot be appended at all.
-    fn args<'a>(&mut self, item: &AppendItem<'a>) -> Result<Option<AppendArgs<'a>>> {
+    /// The flags and date of `item`'s APPEND, or the refusal of a message that cannot be
+    /// appended at all.
+    fn args<'a>(
+        item: &AppendItem<'a>,
+    ) -> Result<std::result::Result<AppendArgs<'a>, AppendOutcome>> {
         let flags: Vec<Flag<'_>> = item
             .flags
             .iter()
@@ -228,13 +239,12 @@ impl AppendsSent {
         // The one thing a literal cannot carry is NUL; `contains` finds it with memchr,
         // far faster than the per-byte validation of `Literal::try_from`.
         if item.body.contains(&0) {
-            self.refused(AppendOutcome::Refused {
+            return Ok(Err(AppendOutcome::Refused {
                 kind: Kind::No,
                 text: "message contains NUL bytes, which IMAP APPEND cannot carry".into(),
-            });
-            return Ok(None);
+            }));
         }
-        Ok(Some((flags, date)))
+        Ok(Ok((flags, date)))
     }
 }
 
@@ -249,9 +259,11 @@ pub struct AppendItem<'a> {
 #[derive(Debug)]
 #[must_use = "the answers must be read with Client::append_collect"]
 pub struct AppendsSent {
-    /// The tag of each item's APPEND; `None` for an item refused before it was sent.
-    tags: Vec<Option<String>>,
-    /// The outcome of each item refused before it was sent.
+    /// Each APPEND command sent, in order: its tag and how many items it carries (more
+    /// than one for a MULTIAPPEND).
+    commands: Vec<(String, usize)>,
+    /// Per item, in order: the outcome of one refused before it was sent; `None` for one
+    /// that went out, in the next command of `commands` with room.
     early: Vec<Option<AppendOutcome>>,
 }
 
@@ -268,9 +280,36 @@ pub enum AppendOutcome {
         kind: Kind,
         text: String,
     },
+    /// Refused with the other messages of its MULTIAPPEND command, as a whole: none of
+    /// them was appended (RFC 3502), and which one the server objects to is not known.
+    RefusedTogether {
+        kind: Kind,
+        text: String,
+        /// How many messages the command carried.
+        messages: usize,
+    },
 }
 
 const READ_CHUNK: usize = 64 * 1024;
+
+/// The literal an APPEND is encoded around before its message's length is put in.
+const PLACEHOLDER: &[u8] = b"{1+}\r\n";
+
+/// The outcomes of an APPEND command of `n` messages that succeeded, from its APPENDUID:
+/// one UID, or (MULTIAPPEND) a UID per message in the order they were sent. Anything
+/// else, or none, says only that they were appended.
+fn appended(code: Option<RespCode>, n: usize) -> Vec<AppendOutcome> {
+    match code {
+        Some(RespCode::AppendUid { uidvalidity, uid }) if n == 1 => {
+            vec![AppendOutcome::Appended { uidvalidity, uid }]
+        }
+        Some(RespCode::AppendUids { uidvalidity, uids }) if uids.len() == n => uids
+            .into_iter()
+            .map(|uid| AppendOutcome::Appended { uidvalidity, uid })
+            .collect(),
+        _ => vec![AppendOutcome::AppendedNoUid; n],
+    }
+}
 
 /// A UID set in IMAP syntax with runs collapsed (`1:3,7,9:10`); `uids` in any order.
 pub fn uid_set(uids: &[u32]) -> String {
@@ -310,6 +349,10 @@ pub struct Client {
     timeout: Duration,
     max_response: u32,
     literal_plus: bool,
+    /// MULTIAPPEND (RFC 3502) offered, with LITERAL+, and not turned off by the caller.
+    multiappend: bool,
+    /// The caller's say: MULTIAPPEND may be used where offered.
+    multiappend_wanted: bool,
     /// Outcomes known when `append_batch` failed mid-way (see `take_partial_outcomes`).
     partial_outcomes: Vec<AppendOutcome>,
 }
@@ -352,6 +395,8 @@ impl Client {
             timeout: ep.timeout,
             max_response: ep.max_response_bytes,
             literal_plus: false,
+            multiappend: false,
+            multiappend_wanted: true,
             partial_outcomes: Vec::new(),
         };
         c.read_greeting().await?;
@@ -490,6 +535,21 @@ impl Client {
     fn set_caps(&mut self, list: &[String]) {
         self.caps = Capabilities::from_list(list);
         self.literal_plus = self.caps.has("LITERAL+");
+        self.multiappend =
+            self.multiappend_wanted && self.literal_plus && self.caps.has("MULTIAPPEND");
+    }
+
+    /// Whether a batch of APPENDs may go out as one MULTIAPPEND command where the server
+    /// offers it (with LITERAL+; without, each message would wait for a go-ahead anyway).
+    /// On by default.
+    pub fn set_multiappend(&mut self, wanted: bool) {
+        self.multiappend_wanted = wanted;
+        self.multiappend = wanted && self.literal_plus && self.caps.has("MULTIAPPEND");
+    }
+
+    /// True if [`Client::append_send`] sends a batch as one MULTIAPPEND command.
+    pub fn uses_multiappend(&self) -> bool {
+        self.multiappend
     }
 
     /// Reads the next response, from the stash first.
@@ -1125,8 +1185,9 @@ impl Client {
     }
 
     /// APPENDs messages to `folder`. With LITERAL+ all of them are written back to back and
-    /// the completions read afterwards (one round trip for the batch); without it each waits
-    /// for the server's go-ahead. Returns one outcome per item, in order. A transport error
+    /// the completions read afterwards (one round trip for the batch), as one MULTIAPPEND
+    /// command where the server offers it (see [`Client::set_multiappend`]); without
+    /// LITERAL+ each waits for the server's go-ahead. Returns one outcome per item, in order. A transport error
     /// is returned as `Err`: the caller then does not know which APPENDs took effect.
     pub async fn append_batch(
         &mut self,
@@ -1158,8 +1219,12 @@ impl Client {
         }
         let mut sent = AppendsSent::with_capacity(items.len());
         for item in items {
-            let Some((flags, date)) = sent.args(item)? else {
-                continue;
+            let (flags, date) = match AppendsSent::args(item)? {
+                Ok(args) => args,
+                Err(refusal) => {
+                    sent.refused(refusal);
+                    continue;
+                }
             };
             let mut literal = Literal::unvalidated(item.body);
             literal.set_mode(LiteralMode::Sync);
@@ -1188,6 +1253,11 @@ impl Client {
     /// then set to the message's, and the whole batch is written in one vectored write,
     /// the messages straight from the caller's memory. The encoder would copy every
     /// message, and the write buffer again: 3 % of a copy's CPU.
+    ///
+    /// With MULTIAPPEND the batch is one command: the first message's APPEND, then for
+    /// each further message only its flags, date and literal. A server saves such a
+    /// command in one transaction (Dovecot spends about a fifth of the CPU it spends on
+    /// single APPENDs into the same folder), and it is atomic: all or none.
     async fn append_send_plus(
         &mut self,
         folder: &str,
@@ -1198,43 +1268,65 @@ impl Client {
             Text(Vec<u8>),
             Message(usize),
         }
-        const PLACEHOLDER: &[u8] = b"{1+}\r\n";
+        fn push_text(pieces: &mut Vec<Piece>, data: &[u8]) {
+            match pieces.last_mut() {
+                Some(Piece::Text(text)) => text.extend_from_slice(data),
+                _ => pieces.push(Piece::Text(data.to_vec())),
+            }
+        }
         self.flush().await?;
         let mut sent = AppendsSent::with_capacity(items.len());
-        let mut pieces: Vec<Piece> = Vec::with_capacity(items.len() * 2 + 1);
-        for (i, item) in items.iter().enumerate() {
-            let Some((flags, date)) = sent.args(item)? else {
-                continue;
-            };
-            let mut literal = Literal::unvalidated(&b"x"[..]);
-            literal.set_mode(LiteralMode::NonSync);
-            let body = CommandBody::append(Self::mailbox(folder)?, flags, date, literal)
-                .map_err(|_| ImapError::Unsupported(format!("folder name {folder:?}")))?;
-            let tag = self.next_tag();
-            let cmd = Command::new(tag.as_str(), body).map_err(|_| self.protocol("bad tag"))?;
-            for fragment in CommandCodec::default().encode(&cmd) {
-                match fragment {
-                    Fragment::Line { data } => match pieces.last_mut() {
-                        Some(Piece::Text(text)) => text.extend_from_slice(&data),
-                        _ => pieces.push(Piece::Text(data)),
-                    },
-                    Fragment::Literal { data, mode } => {
-                        let announced = match pieces.last_mut() {
-                            Some(Piece::Text(text)) if text.ends_with(PLACEHOLDER) => text,
-                            _ => return Err(self.protocol("APPEND encoded without its literal")),
-                        };
-                        if data != b"x" || mode != LiteralMode::NonSync {
-                            return Err(self.protocol("APPEND encoded with another literal"));
-                        }
-                        announced.truncate(announced.len() - PLACEHOLDER.len());
-                        announced
-                            .extend_from_slice(format!("{{{}+}}\r\n", item.body.len()).as_bytes());
-                        pieces.push(Piece::Message(i));
-                    }
-                }
-            }
-            sent.sent(tag);
+        let mut args = Vec::with_capacity(items.len());
+        for item in items {
+            args.push(AppendsSent::args(item)?);
         }
+        let together = self.multiappend && args.iter().filter(|a| a.is_ok()).count() > 1;
+        let tag = together.then(|| self.next_tag());
+        // `TAG APPEND mailbox`, which a MULTIAPPEND's later messages leave out.
+        let prefix = match &tag {
+            Some(tag) => {
+                let (head, _) = self.encode_append(tag, folder, Vec::new(), None)?;
+                head[..head.len() - b" {1+}\r\n".len()].to_vec()
+            }
+            None => Vec::new(),
+        };
+        let mut pieces: Vec<Piece> = Vec::with_capacity(items.len() * 2 + 1);
+        let mut tail = Vec::new();
+        let mut first = true;
+        for (i, args) in args.into_iter().enumerate() {
+            let (flags, date) = match args {
+                Ok(args) => args,
+                Err(refusal) => {
+                    sent.refused(refusal);
+                    continue;
+                }
+            };
+            let item = &items[i];
+            let own_tag = match &tag {
+                Some(t) => t.clone(),
+                None => self.next_tag(),
+            };
+            let (mut head, after) = self.encode_append(&own_tag, folder, flags, date)?;
+            if together && !first {
+                if !head.starts_with(&prefix) {
+                    return Err(self.protocol("MULTIAPPEND encoded with another command head"));
+                }
+                head.drain(..prefix.len());
+            }
+            first = false;
+            head.truncate(head.len() - PLACEHOLDER.len());
+            head.extend_from_slice(format!("{{{}+}}\r\n", item.body.len()).as_bytes());
+            push_text(&mut pieces, &head);
+            pieces.push(Piece::Message(i));
+            if together {
+                tail = after;
+                sent.sent_in(&own_tag);
+            } else {
+                push_text(&mut pieces, &after);
+                sent.sent(own_tag);
+            }
+        }
+        push_text(&mut pieces, &tail);
         let parts: Vec<&[u8]> = pieces
             .iter()
             .map(|p| match p {
@@ -1246,33 +1338,80 @@ impl Client {
         Ok(sent)
     }
 
+    /// One APPEND of a one-byte placeholder literal (`{1+}`), encoded by imap-codec: the
+    /// text up to and including the literal's announcement, and the text after the literal.
+    fn encode_append(
+        &self,
+        tag: &str,
+        folder: &str,
+        flags: Vec<Flag<'_>>,
+        date: Option<DateTime>,
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        let mut literal = Literal::unvalidated(&b"x"[..]);
+        literal.set_mode(LiteralMode::NonSync);
+        let body = CommandBody::append(Self::mailbox(folder)?, flags, date, literal)
+            .map_err(|_| ImapError::Unsupported(format!("folder name {folder:?}")))?;
+        let cmd = Command::new(tag, body).map_err(|_| self.protocol("bad tag"))?;
+        let (mut head, mut after, mut seen) = (Vec::new(), Vec::new(), false);
+        for fragment in CommandCodec::default().encode(&cmd) {
+            match fragment {
+                Fragment::Line { data } if seen => after.extend_from_slice(&data),
+                Fragment::Line { data } => head.extend_from_slice(&data),
+                Fragment::Literal { data, mode } => {
+                    if seen || data != b"x" || mode != LiteralMode::NonSync {
+                        return Err(self.protocol("APPEND encoded with another literal"));
+                    }
+                    seen = true;
+                }
+            }
+        }
+        if !seen || !head.ends_with(PLACEHOLDER) {
+            return Err(self.protocol("APPEND encoded without its literal"));
+        }
+        Ok((head, after))
+    }
+
     /// The second half of [`Client::append_batch`]: reads the answers to the APPENDs of
     /// `sent`, one outcome per item, in order.
     pub async fn append_collect(&mut self, sent: AppendsSent) -> Result<Vec<AppendOutcome>> {
-        let AppendsSent { tags, early } = sent;
-        let mut outcomes = Vec::with_capacity(tags.len());
+        let AppendsSent { commands, early } = sent;
+        let mut outcomes = Vec::with_capacity(early.len());
+        let mut answers: VecDeque<AppendOutcome> = VecDeque::new();
+        let mut commands = commands.into_iter();
         self.partial_outcomes.clear();
-        for (tag, early) in tags.into_iter().zip(early) {
-            let Some(tag) = tag else {
-                outcomes.push(early.unwrap_or(AppendOutcome::AppendedNoUid));
+        for early in early {
+            if let Some(o) = early {
+                outcomes.push(o);
                 continue;
-            };
-            let o = match self.complete(&tag, "APPEND", |_| Ok(())).await {
-                Ok(out) => match out.code {
-                    Some(RespCode::AppendUid { uidvalidity, uid }) => {
-                        AppendOutcome::Appended { uidvalidity, uid }
+            }
+            if answers.is_empty() {
+                let Some((tag, n)) = commands.next() else {
+                    return Err(self.protocol("APPEND answers and messages do not pair up"));
+                };
+                match self.complete(&tag, "APPEND", |_| Ok(())).await {
+                    Ok(out) => answers.extend(appended(out.code, n)),
+                    Err(ImapError::Refused { kind, text, .. }) if n == 1 => {
+                        answers.push_back(AppendOutcome::Refused { kind, text })
                     }
-                    _ => AppendOutcome::AppendedNoUid,
-                },
-                Err(ImapError::Refused { kind, text, .. }) => AppendOutcome::Refused { kind, text },
-                Err(e) => {
-                    // Keep what is known (e.g. Exchange's `BAD ... throttled` just before
-                    // its `* BYE`) for the caller; the rest of the batch is uncertain.
-                    self.partial_outcomes = outcomes;
-                    return Err(e);
+                    Err(ImapError::Refused { kind, text, .. }) => {
+                        answers.extend((0..n).map(|_| AppendOutcome::RefusedTogether {
+                            kind,
+                            text: text.clone(),
+                            messages: n,
+                        }))
+                    }
+                    Err(e) => {
+                        // Keep what is known (e.g. Exchange's `BAD ... throttled` just
+                        // before its `* BYE`) for the caller; the rest is uncertain.
+                        self.partial_outcomes = outcomes;
+                        return Err(e);
+                    }
                 }
-            };
-            outcomes.push(o);
+            }
+            match answers.pop_front() {
+                Some(o) => outcomes.push(o),
+                None => return Err(self.protocol("an APPEND command without messages")),
+            }
         }
         Ok(outcomes)
     }

@@ -277,3 +277,70 @@ pub fn copied(out: &std::process::Output, mailbox: &str) -> u64 {
         .unwrap_or_else(|| panic!("no summary row for {mailbox} in:\n{text}"));
     row.split_whitespace().nth(2).unwrap().parse().unwrap()
 }
+
+/// A `cutover.toml` (and CSV) for `users` of the testbed, as `cutover demo` writes it:
+/// implicit TLS both ways; `sync` is appended to it.
+pub fn demo_config(tb: &Testbed, users: &[(&str, &str, &str)], sync: &str) -> PathBuf {
+    cutover::demo::write_config(
+        tb,
+        &work_dir(tb),
+        users,
+        cutover::demo::DemoTls {
+            source_implicit: true,
+            dest_implicit: true,
+        },
+        sync,
+    )
+    .unwrap()
+}
+
+/// Puts `count` distinct messages into `folder` of `user` at the source (created if
+/// needed), the `i`-th with `flags(i)`.
+pub fn fill(
+    tb: &Testbed,
+    user: &str,
+    folder: &str,
+    count: usize,
+    flags: impl Fn(usize) -> Vec<&'static str>,
+) {
+    if folder != "INBOX" {
+        tb.source.add_folder(user, folder).unwrap();
+    }
+    for i in 0..count {
+        let body = cutover::demo::sample_message(user, i, folder);
+        tb.source
+            .deliver(
+                user,
+                folder,
+                &body,
+                &flags(i),
+                Some(1_600_000_000 + i as i64 * 60),
+            )
+            .unwrap();
+    }
+}
+
+/// Waits (up to 5 s) until new destination sessions of `user` do (`want`) or do not offer
+/// `capability`; true once they do as wanted.
+pub fn capability_becomes(
+    tb: &Testbed,
+    rt: &tokio::runtime::Runtime,
+    user: &str,
+    capability: &str,
+    want: bool,
+) -> bool {
+    rt.block_on(async {
+        for _ in 0..50 {
+            // A connection the reload cuts off is not an answer; ask again.
+            if let Ok(c) = try_session(tb, &tb.dest, user).await {
+                let has = c.caps().has(capability);
+                c.logout().await;
+                if has == want {
+                    return true;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    })
+}
