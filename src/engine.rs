@@ -243,6 +243,14 @@ impl Engine {
         }
     }
 
+    /// [`Spool::needs_push`] on a blocking thread: it scans every record of the mailbox,
+    /// and the runtime's thread serves the other mailboxes' connections meanwhile.
+    async fn needs_push(&self, mailbox: &str) -> anyhow::Result<bool> {
+        let (spool, mailbox) = (self.spool.clone(), mailbox.to_string());
+        let max_attempts = self.upstream_options(None).max_attempts;
+        Ok(tokio::task::spawn_blocking(move || spool.needs_push(&mailbox, max_attempts)).await??)
+    }
+
     fn upstream_options(&self, limiter: Option<Arc<MailboxLimiter>>) -> UpstreamOptions {
         UpstreamOptions {
             append_batch: self.config.sync.append_batch.max(1),
@@ -361,7 +369,13 @@ impl Engine {
         summary.throttled = stats.throttled;
         summary.backoff_seconds = stats.backoff.as_secs_f64();
         summary.rate = stats.rate;
-        if let Ok(c) = self.spool.counts(&mailbox) {
+        // A scan of every record of the mailbox: off the runtime's thread, so that the
+        // other mailboxes' connections are served meanwhile.
+        let counts = {
+            let (spool, mailbox) = (self.spool.clone(), mailbox.clone());
+            tokio::task::spawn_blocking(move || spool.counts(&mailbox)).await
+        };
+        if let Ok(Ok(c)) = counts {
             summary.skipped = c.skipped;
             summary.failed = c.failed + c.spooled + c.appending;
         }
@@ -507,8 +521,7 @@ impl Engine {
             // The first session's first pass looks at every folder: what was written
             // so far needs no other record.
             look |= !handoff.take_dirty().is_empty();
-            if handoff.fetching.load(Ordering::SeqCst)
-                || (look && self.spool.needs_push(mailbox, opts.max_attempts)?)
+            if handoff.fetching.load(Ordering::SeqCst) || (look && self.needs_push(mailbox).await?)
             {
                 break;
             }
