@@ -106,14 +106,17 @@ fn batches_go_out_as_one_multiappend_command() {
         "QUOTA",
     );
     let rt = rt();
+    // Copies `user` with `config` and checks that everything arrived as it is.
+    let copy = |config: &Path, (login, _, email): (&str, &str, &str)| {
+        let out = cutover(config, &["sync", "--once"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(copied(&out, email), 17);
+        let src = rt.block_on(snapshot(&tb, &tb.source, login));
+        let dst = rt.block_on(snapshot(&tb, &tb.dest, email));
+        assert_same(&src, &dst);
+    };
 
-    let config = demo_config(&tb, &users[..1], "");
-    let out = cutover(&config, &["sync", "--once"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(copied(&out, "olga@example.test"), 17);
-    let src = rt.block_on(snapshot(&tb, &tb.source, "olga"));
-    let dst = rt.block_on(snapshot(&tb, &tb.dest, "olga@example.test"));
-    assert_same(&src, &dst);
+    copy(&demo_config(&tb, &users[..1], ""), users[0]);
     let (commands, messages) = appends_received(&rawlog, "olga@example.test");
     assert_eq!(messages, 17, "every message went out once");
     assert!(commands > 0, "APPEND commands are recognised in the rawlog");
@@ -130,12 +133,7 @@ fn batches_go_out_as_one_multiappend_command() {
         toml.replace("[upstream]\n", "[upstream]\nmultiappend = false\n"),
     )
     .unwrap();
-    let out = cutover(&config, &["sync", "--once"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(copied(&out, "pia@example.test"), 17);
-    let src = rt.block_on(snapshot(&tb, &tb.source, "pia"));
-    let dst = rt.block_on(snapshot(&tb, &tb.dest, "pia@example.test"));
-    assert_same(&src, &dst);
+    copy(&config, users[1]);
     assert_eq!(
         appends_received(&rawlog, "pia@example.test"),
         (17, 17),

@@ -314,18 +314,9 @@ fn configured_rate_holds() {
     );
 }
 
+/// The demo's config (no Office 365 features) with `sync` as its `[sync]` section.
 fn direct_config(tb: &Testbed, users: &[(&str, &str, &str)], sync: &str) -> PathBuf {
-    cutover::demo::write_config(
-        tb,
-        &work_dir(tb),
-        users,
-        cutover::demo::DemoTls {
-            source_implicit: true,
-            dest_implicit: true,
-        },
-        &format!("[sync]\n{sync}\n"),
-    )
-    .unwrap()
+    demo_config(tb, users, &format!("[sync]\n{sync}\n"))
 }
 
 /// `max_items_per_mailbox`: the newest messages by INTERNALDATE across folders are copied,
