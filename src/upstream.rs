@@ -240,9 +240,9 @@ async fn append_pending(
                 ctx.settle(client, prev, report, &mut cursor).await?;
             }
         }
-        let flight = ctx.prepare(client, &pending[i..j], cursor).await?;
-        cursor.get_or_insert((flight.dest_uidvalidity, flight.dest_uidnext));
-        let flight = ctx.send(client, flight).await;
+        let batch = ctx.prepare(client, &pending[i..j], cursor).await?;
+        cursor.get_or_insert((batch.dest_uidvalidity, batch.dest_uidnext));
+        let flight = ctx.send(client, batch).await;
         if let Some(prev) = in_flight.take() {
             ctx.settle(client, prev, report, &mut cursor).await?;
         }
@@ -272,9 +272,8 @@ struct BatchContext<'a> {
     refused_together: std::sync::atomic::AtomicBool,
 }
 
-/// A batch on its way: marked `Appending` in the spool, sent (or failed to send), its
-/// answers not read yet.
-struct Flight<'r> {
+/// A batch ready to go: marked `Appending` in the spool, its bodies at hand.
+struct Prepared<'r> {
     batch: &'r [&'r MessageRecord],
     marked: Vec<MessageRecord>,
     bodies: Vec<Vec<u8>>,
@@ -282,8 +281,13 @@ struct Flight<'r> {
     dest_uidvalidity: u32,
     dest_uidnext: u32,
     started: std::time::Instant,
-    prepared: Duration,
-    sent: Option<Result<AppendsSent, ImapError>>,
+    prepare_time: Duration,
+}
+
+/// A batch on its way: sent (or failed to send), its answers not read yet.
+struct Flight<'r> {
+    batch: Prepared<'r>,
+    sent: Result<AppendsSent, ImapError>,
 }
 
 impl BatchContext<'_> {
@@ -303,7 +307,7 @@ impl BatchContext<'_> {
         client: &mut Client,
         batch: &'r [&'r MessageRecord],
         cursor: Option<(u32, u32)>,
-    ) -> Result<Flight<'r>, UpstreamError> {
+    ) -> Result<Prepared<'r>, UpstreamError> {
         let (dest_uidvalidity, dest_uidnext) = match cursor {
             Some(c) => c,
             None => {
@@ -334,24 +338,23 @@ impl BatchContext<'_> {
         for r in batch {
             bodies.push(self.spool.take_body(&r.hash)?);
         }
-        Ok(Flight {
+        Ok(Prepared {
             batch,
             marked,
             bodies,
             dest_uidvalidity,
             dest_uidnext,
-            prepared: started.elapsed(),
+            prepare_time: started.elapsed(),
             started,
-            sent: None,
         })
     }
 
     /// Sends the APPENDs of a prepared batch; a failure is kept for [`Self::settle`].
-    async fn send<'r>(&self, client: &mut Client, mut flight: Flight<'r>) -> Flight<'r> {
-        let items: Vec<AppendItem<'_>> = flight
+    async fn send<'r>(&self, client: &mut Client, batch: Prepared<'r>) -> Flight<'r> {
+        let items: Vec<AppendItem<'_>> = batch
             .batch
             .iter()
-            .zip(&flight.bodies)
+            .zip(&batch.bodies)
             .map(|(r, body)| AppendItem {
                 flags: &r.flags,
                 internal_date: Some(r.internal_date.as_str()).filter(|d| !d.is_empty()),
@@ -360,8 +363,7 @@ impl BatchContext<'_> {
             .collect();
         let sent = client.append_send(self.dest, &items).await;
         drop(items);
-        flight.sent = Some(sent);
-        flight
+        Flight { batch, sent }
     }
 
     /// Reads the answers to a sent batch and records each message's outcome. What the
@@ -390,21 +392,23 @@ impl BatchContext<'_> {
         cursor: &mut Option<(u32, u32)>,
     ) -> Result<(), UpstreamError> {
         let Flight {
-            batch,
-            mut marked,
-            bodies,
-            dest_uidvalidity,
-            dest_uidnext,
-            started,
-            prepared,
+            batch:
+                Prepared {
+                    batch,
+                    mut marked,
+                    bodies,
+                    dest_uidvalidity,
+                    dest_uidnext,
+                    started,
+                    prepare_time,
+                },
             sent,
         } = flight;
         let (spool, mailbox, folder, uv, dest) =
             (self.spool, self.mailbox, self.folder, self.uv, self.dest);
         let answers = match sent {
-            Some(Ok(sent)) => client.append_collect(sent).await,
-            Some(Err(e)) => Err(e),
-            None => Ok(Vec::new()),
+            Ok(sent) => client.append_collect(sent).await,
+            Err(e) => Err(e),
         };
         let (outcomes, error) = match answers {
             Ok(o) => {
@@ -552,7 +556,7 @@ impl BatchContext<'_> {
             mailbox,
             folder,
             messages = batch.len(),
-            prepare_ms = prepared.as_millis() as u64,
+            prepare_ms = prepare_time.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
             "append batch"
         );
