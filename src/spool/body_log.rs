@@ -126,6 +126,9 @@ pub(super) struct BodyLog {
     /// Held for the whole of a sync, so that concurrent syncs queue up and the ones
     /// behind find their work done.
     sync_lock: Mutex<()>,
+    /// Pending entries nobody will read back soon (see [`BodyLog::release`]): their
+    /// pages leave the page cache once the sync has made them durable.
+    released: Mutex<Vec<Location>>,
 }
 
 /// The segment being appended to, created on the first append of the process.
@@ -173,6 +176,7 @@ impl BodyLog {
             }),
             pending: Mutex::new(HashMap::new()),
             sync_lock: Mutex::new(()),
+            released: Mutex::new(Vec::new()),
         })
     }
 
@@ -310,6 +314,8 @@ impl BodyLog {
         if synced.is_empty() {
             return Ok(());
         }
+        // Released before this point: appended before it, so synced below.
+        let released = std::mem::take(&mut *lock(&self.released));
         // Every pending entry is in this segment or an older one, and older ones were
         // synced when the writer left them.
         let current = lock(&self.writer)
@@ -332,13 +338,51 @@ impl BodyLog {
         }
         index.apply_batch(batch)?;
         // Entries appended since the snapshot stay pending for the next sync.
-        let mut pending = lock(&self.pending);
-        for (hash, loc) in &synced {
-            if pending.get(hash) == Some(loc) {
-                pending.remove(hash);
+        {
+            let mut pending = lock(&self.pending);
+            for (hash, loc) in &synced {
+                if pending.get(hash) == Some(loc) {
+                    pending.remove(hash);
+                }
             }
         }
+        self.drop_cached(&released);
         Ok(())
+    }
+
+    /// Says that the entry at `loc` (the body `hash`) will not be read back soon: its
+    /// caller holds the body in memory. Its pages are dropped from the page cache as
+    /// soon as they are durable, now if they are already.
+    ///
+    /// Why: a copy writes every body once and mostly never reads it again (the
+    /// upstream takes it from memory, `recent.rs`), yet each write takes fresh page-cache
+    /// pages. On a virtual machine a page never touched before can cost the guest many
+    /// times the copy itself (the host backs it on first touch; a ballooned VM hands free
+    /// pages back), which made the spool's writes the largest cost of a copy once the
+    /// page cache had grown. Dropped pages are reused, already backed, by the next writes.
+    pub(super) fn release(&self, hash: &BodyHash, loc: Location) {
+        if lock(&self.pending).get(hash) == Some(&loc) {
+            lock(&self.released).push(loc);
+        } else {
+            self.drop_cached(&[loc]);
+        }
+    }
+
+    /// Advises the kernel to drop the (clean) page-cache pages of these entries. Only
+    /// whole pages within an entry go, and a dirty page is never dropped, so this can
+    /// cost a later read, never data. Advisory: failures are ignored.
+    fn drop_cached(&self, locs: &[Location]) {
+        let mut open: Option<(u32, File)> = None;
+        for loc in locs {
+            if open.as_ref().is_none_or(|(id, _)| *id != loc.segment) {
+                open = File::open(self.segment_path(loc.segment))
+                    .ok()
+                    .map(|f| (loc.segment, f));
+            }
+            if let Some((_, file)) = &open {
+                drop_cached_range(file, loc);
+            }
+        }
     }
 
     /// Drops the pending bodies of a segment whose fsync failed.
@@ -355,10 +399,14 @@ impl BodyLog {
     /// Reads the frame of a body, checking the entry header against `loc`. `None` when
     /// the segment file is gone: compaction moved the body meanwhile, and the caller
     /// looks it up again.
+    ///
+    /// With `release`, the entry's pages leave the page cache after the read (see
+    /// [`BodyLog::release`]): for a body read to be sent, which nobody reads again soon.
     pub(super) fn read_frame(
         &self,
         hash: &BodyHash,
         loc: &Location,
+        release: bool,
     ) -> Result<Option<(Stored, Vec<u8>)>> {
         let corrupt = |detail: String| SpoolError::Corrupt {
             what: format!("body {}", hex(hash)),
@@ -411,6 +459,9 @@ impl BodyLog {
             Some((stored, h, frame_len, body_len))
                 if h == *hash && frame_len == loc.frame_len && body_len == loc.body_len =>
             {
+                if release {
+                    drop_cached_range(&file, loc);
+                }
                 Ok(Some((stored, frame)))
             }
             _ => Err(corrupt(format!(
@@ -543,6 +594,22 @@ fn parse_header(header: &[u8; HEADER_LEN]) -> Option<(Stored, BodyHash, u32, u64
 }
 
 /// Writes every byte of `slices` with as few `write` calls as the kernel allows.
+/// `posix_fadvise(DONTNEED)` over the entry at `loc` (see [`BodyLog::drop_cached`]).
+fn drop_cached_range(file: &File, loc: &Location) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (
+        libc::off_t::try_from(loc.offset),
+        libc::off_t::try_from(HEADER_LEN as u64 + u64::from(loc.frame_len)),
+    ) else {
+        return;
+    };
+    // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open
+    // for as long as `file` is borrowed.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
 fn write_all_vectored(mut file: &File, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
     while !slices.is_empty() {
         match file.write_vectored(slices) {

@@ -86,7 +86,7 @@ impl Spool {
                     report.dropped += 1;
                     continue;
                 }
-                let Some((_, frame)) = self.body_log.read_frame(&hash, &loc)? else {
+                let Some((_, frame)) = self.body_log.read_frame(&hash, &loc, false)? else {
                     // The segment vanished under us: nobody else deletes segments.
                     return Err(std::io::Error::other(format!(
                         "body segment {id:08x} disappeared during compaction"

@@ -492,7 +492,13 @@ impl Spool {
     /// the upstream reading it back from disk.
     pub fn put_body_kept(&self, body: Vec<u8>) -> Result<BodyHash> {
         let hash = self.put_body(&body)?;
-        self.recent.keep(hash, body);
+        // Held in memory for the upstream: the spool's copy is for a crash, not for
+        // reading back (see `BodyLog::release`).
+        if self.recent.keep(hash, body) {
+            if let Some(loc) = self.body_log.locate(&self.bodies, &hash)? {
+                self.body_log.release(&hash, loc);
+            }
+        }
         Ok(hash)
     }
 
@@ -502,7 +508,7 @@ impl Spool {
     pub fn take_body(&self, hash: &BodyHash) -> Result<Vec<u8>> {
         match self.recent.take(hash) {
             Some(body) => Ok(body),
-            None => self.get_body(hash),
+            None => self.read_body(hash, true),
         }
     }
 
@@ -528,13 +534,18 @@ impl Spool {
     /// [`SpoolError::Corrupt`] when the stored data does not decode to bytes with this
     /// hash.
     pub fn get_body(&self, hash: &BodyHash) -> Result<Vec<u8>> {
+        self.read_body(hash, false)
+    }
+
+    /// [`Spool::get_body`]; with `release`, its pages leave the page cache once read.
+    fn read_body(&self, hash: &BodyHash, release: bool) -> Result<Vec<u8>> {
         // Twice at most: compaction may move the body between the lookup and the read
         // (its old segment is then gone), and the second lookup finds the new place.
         for _ in 0..2 {
             let Some(loc) = self.body_log.locate(&self.bodies, hash)? else {
                 return Err(SpoolError::MissingBody(hex(hash)));
             };
-            if let Some((stored, frame)) = self.body_log.read_frame(hash, &loc)? {
+            if let Some((stored, frame)) = self.body_log.read_frame(hash, &loc, release)? {
                 return decode_body(hash, stored, frame, loc.body_len);
             }
         }
@@ -1361,7 +1372,7 @@ mod tests {
         // ... finds its segment gone; get_body looks again and finds the new copy.
         assert!(spool
             .body_log
-            .read_frame(&hashes[1], &early)
+            .read_frame(&hashes[1], &early, false)
             .unwrap()
             .is_none());
         for (h, b) in hashes.iter().zip(&bodies) {
@@ -2187,5 +2198,84 @@ mod tests {
         }
         spool.flush().unwrap();
         assert_eq!(spool.bodies.len(), 50);
+    }
+
+    /// How many of the whole pages inside `loc`'s entry are in the page cache (mincore
+    /// over a mapping of the segment), and how many whole pages there are.
+    fn resident_pages(spool: &Spool, loc: &body_log::Location) -> (usize, usize) {
+        use std::os::fd::AsRawFd;
+        let page = 4096u64;
+        let path = spool
+            .body_log
+            .dir()
+            .join(format!("{:08x}.seg", loc.segment));
+        let file = std::fs::File::open(&path).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        let first = loc.offset.div_ceil(page) as usize;
+        let end = ((loc.offset + 48 + u64::from(loc.frame_len)) / page) as usize;
+        let mut vec = vec![0u8; len.div_ceil(page as usize)];
+        // SAFETY: a read-only shared mapping of `len` bytes of an open file, only passed
+        // to mincore (never read) and unmapped before `file` is dropped.
+        unsafe {
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(map, libc::MAP_FAILED);
+            assert_eq!(libc::mincore(map, len, vec.as_mut_ptr()), 0);
+            libc::munmap(map, len);
+        }
+        let whole = end.saturating_sub(first);
+        (
+            vec[first..end].iter().filter(|b| *b & 1 == 1).count(),
+            whole,
+        )
+    }
+
+    /// A body the upstream will take from memory leaves the page cache once it is
+    /// durable; one it must read back stays until it is read, then leaves too. Either is
+    /// still read back intact from the disk.
+    #[test]
+    fn bodies_leave_the_page_cache_when_nobody_reads_them_back() {
+        // On disk: a tmpfs has no page cache to leave (its pages are the storage).
+        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target"))
+            .expect("tempdir under target/");
+        let spool = Spool::open(&dir.path().join("spool")).unwrap();
+        let body = |n: u8| -> Vec<u8> {
+            (0..256 * 1024u32)
+                .map(|i| (i as u8).wrapping_mul(n).wrapping_add(n))
+                .collect()
+        };
+        let (kept, read_back) = (body(3), body(7));
+        let kept_hash = spool.put_body_kept(kept.clone()).unwrap();
+        let read_hash = spool.put_body(&read_back).unwrap();
+        let loc = |h: &BodyHash| spool.body_log.locate(&spool.bodies, h).unwrap().unwrap();
+        let (kept_loc, read_loc) = (loc(&kept_hash), loc(&read_hash));
+        let (resident, whole) = resident_pages(&spool, &kept_loc);
+        assert!(whole >= 60, "{whole} pages");
+        assert_eq!(resident, whole, "written, not yet durable: still cached");
+
+        spool.flush().unwrap();
+        assert_eq!(
+            resident_pages(&spool, &kept_loc).0,
+            0,
+            "durable and in memory"
+        );
+        let (resident, whole) = resident_pages(&spool, &read_loc);
+        assert_eq!(resident, whole, "to be read back: stays");
+
+        assert_eq!(spool.take_body(&read_hash).unwrap(), read_back);
+        assert_eq!(resident_pages(&spool, &read_loc).0, 0, "read back: gone");
+        assert_eq!(spool.take_body(&kept_hash).unwrap(), kept, "from memory");
+        assert_eq!(
+            spool.get_body(&kept_hash).unwrap(),
+            kept,
+            "and from the disk"
+        );
+        assert_eq!(spool.get_body(&read_hash).unwrap(), read_back);
     }
 }

@@ -54,23 +54,24 @@ impl Recent {
         }
     }
 
-    /// Keeps `body` (whose hash is `hash`) if it fits, after dropping stale ones.
-    pub(super) fn keep(&self, hash: BodyHash, body: Vec<u8>) {
+    /// Keeps `body` (whose hash is `hash`) if it fits, after dropping stale ones. True
+    /// if this call kept it.
+    pub(super) fn keep(&self, hash: BodyHash, body: Vec<u8>) -> bool {
         if body.len() > self.budget {
-            return;
+            return false;
         }
         let mut inner = lock(&self.inner);
         if inner.bodies.contains_key(&hash) {
-            return;
+            return false;
         }
         let now = Instant::now();
         while inner.bytes + body.len() > self.budget {
             let Some(&(at, old)) = inner.order.front() else {
-                return;
+                return false;
             };
             let live = inner.bodies.get(&old).is_some_and(|(kept, _)| *kept == at);
             if live && now.duration_since(at) < STALE {
-                return;
+                return false;
             }
             inner.order.pop_front();
             if live {
@@ -87,6 +88,7 @@ impl Recent {
             let Inner { bodies, order, .. } = &mut *inner;
             order.retain(|(at, h)| bodies.get(h).is_some_and(|(kept, _)| kept == at));
         }
+        true
     }
 
     /// Takes the body with this hash out of the cache, if it is there.
@@ -134,8 +136,9 @@ mod tests {
     #[test]
     fn keeps_within_budget_and_gives_each_body_once() {
         let r = Recent::new(100);
-        r.keep(h(1), vec![1; 60]);
-        r.keep(h(2), vec![2; 60]); // no room: not kept
+        assert!(r.keep(h(1), vec![1; 60]));
+        assert!(!r.keep(h(2), vec![2; 60])); // no room: not kept
+        assert!(!r.keep(h(1), vec![1; 60])); // kept already
         assert_eq!(r.bytes(), 60);
         assert_eq!(r.take(&h(2)), None);
         assert_eq!(r.take(&h(1)), Some(vec![1; 60]));
@@ -143,7 +146,7 @@ mod tests {
         assert_eq!(r.bytes(), 0);
         r.keep(h(2), vec![2; 100]);
         assert_eq!(r.take(&h(2)).map(|b| b.len()), Some(100));
-        r.keep(h(3), vec![3; 101]); // larger than the whole budget
+        assert!(!r.keep(h(3), vec![3; 101])); // larger than the whole budget
         assert_eq!(r.take(&h(3)), None);
         assert_eq!(r.stats(), (2, 3));
     }
