@@ -2242,8 +2242,9 @@ mod tests {
     #[test]
     fn bodies_leave_the_page_cache_when_nobody_reads_them_back() {
         // On disk: a tmpfs has no page cache to leave (its pages are the storage).
-        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target"))
-            .expect("tempdir under target/");
+        let disk = concat!(env!("CARGO_MANIFEST_DIR"), "/target");
+        std::fs::create_dir_all(disk).unwrap();
+        let dir = tempfile::tempdir_in(disk).expect("tempdir under target/");
         let spool = Spool::open(&dir.path().join("spool")).unwrap();
         let body = |n: u8| -> Vec<u8> {
             (0..256 * 1024u32)
