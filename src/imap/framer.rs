@@ -305,7 +305,7 @@ fn body_digits(line: &[u8], n: usize) -> Option<std::ops::Range<usize>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Writes as much of `bytes` as the read room takes, as one read from a socket would;
@@ -320,8 +320,9 @@ mod tests {
     type Framed = (Vec<u8>, Vec<Vec<u8>>);
 
     /// Every frame (bytes for the decoder, taken bodies) of `chunks`, each chunk arriving
-    /// as one or more reads, frames taken between reads the way the client does.
-    fn frames(chunks: &[&[u8]]) -> Vec<Framed> {
+    /// as one or more reads, frames taken between reads the way the client does. Also
+    /// what `response.rs`'s tests decode.
+    pub(in crate::imap) fn frames(chunks: &[&[u8]]) -> Vec<Framed> {
         let mut f = Framer::new(1 << 20);
         let mut out = Vec::new();
         for c in chunks {

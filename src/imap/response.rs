@@ -510,35 +510,24 @@ mod header_tests {
 /// client reads them: the `BODY[]` literals the framer takes out must come back intact.
 #[cfg(test)]
 mod framed_tests {
-    use bytes::BufMut;
     use imap_codec::decode::Decoder;
     use imap_codec::ResponseCodec;
 
-    use super::super::framer::Framer;
+    use super::super::framer::tests::frames;
     use super::*;
 
     /// Every response in `chunks`, each chunk arriving as one or more reads.
     fn read(chunks: &[&[u8]]) -> Vec<Resp> {
-        let mut framer = Framer::new(1 << 20);
-        let mut out = Vec::new();
-        for chunk in chunks {
-            let mut rest = *chunk;
-            while !rest.is_empty() {
-                let mut room = framer.read_room();
-                let n = rest.len().min(room.remaining_mut());
-                room.put_slice(&rest[..n]);
-                rest = &rest[n..];
-                while let Some(frame) = framer.next_frame().unwrap() {
-                    let (left, r) = ResponseCodec::default()
-                        .decode(frame.bytes)
-                        .unwrap_or_else(|e| panic!("{e:?} in {:?}", frame.bytes));
-                    assert!(left.is_empty());
-                    out.push(Resp::from_codec(r, frame.bodies).expect("bodies pair up"));
-                }
-            }
-        }
-        assert!(!framer.has_pending());
-        out
+        frames(chunks)
+            .into_iter()
+            .map(|(bytes, bodies)| {
+                let (left, r) = ResponseCodec::default()
+                    .decode(&bytes)
+                    .unwrap_or_else(|e| panic!("{e:?} in {bytes:?}"));
+                assert!(left.is_empty());
+                Resp::from_codec(r, bodies).expect("bodies pair up")
+            })
+            .collect()
     }
 
     fn fetch_of(r: &Resp) -> &FetchData {
