@@ -243,12 +243,23 @@ impl Engine {
         }
     }
 
-    /// [`Spool::needs_push`] on a blocking thread: it scans every record of the mailbox,
-    /// and the runtime's thread serves the other mailboxes' connections meanwhile.
-    async fn needs_push(&self, mailbox: &str) -> anyhow::Result<bool> {
+    /// Runs `scan`, a pass over every record of `mailbox`, on a blocking thread, so that
+    /// the runtime's thread serves the other mailboxes' connections meanwhile.
+    async fn scan_blocking<T: Send + 'static>(
+        &self,
+        mailbox: &str,
+        scan: impl FnOnce(&Spool, &str) -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
         let (spool, mailbox) = (self.spool.clone(), mailbox.to_string());
+        tokio::task::spawn_blocking(move || scan(&spool, &mailbox)).await
+    }
+
+    /// [`Spool::needs_push`], off the runtime's thread.
+    async fn needs_push(&self, mailbox: &str) -> anyhow::Result<bool> {
         let max_attempts = self.upstream_options(None).max_attempts;
-        Ok(tokio::task::spawn_blocking(move || spool.needs_push(&mailbox, max_attempts)).await??)
+        Ok(self
+            .scan_blocking(mailbox, move |spool, m| spool.needs_push(m, max_attempts))
+            .await??)
     }
 
     fn upstream_options(&self, limiter: Option<Arc<MailboxLimiter>>) -> UpstreamOptions {
@@ -369,12 +380,9 @@ impl Engine {
         summary.throttled = stats.throttled;
         summary.backoff_seconds = stats.backoff.as_secs_f64();
         summary.rate = stats.rate;
-        // A scan of every record of the mailbox: off the runtime's thread, so that the
-        // other mailboxes' connections are served meanwhile.
-        let counts = {
-            let (spool, mailbox) = (self.spool.clone(), mailbox.clone());
-            tokio::task::spawn_blocking(move || spool.counts(&mailbox)).await
-        };
+        let counts = self
+            .scan_blocking(&mailbox, |spool, m| spool.counts(m))
+            .await;
         if let Ok(Ok(c)) = counts {
             summary.skipped = c.skipped;
             summary.failed = c.failed + c.spooled + c.appending;
