@@ -350,9 +350,9 @@ impl BodyLog {
         Ok(())
     }
 
-    /// Says that the entry at `loc` (the body `hash`) will not be read back soon: its
-    /// caller holds the body in memory. Its pages are dropped from the page cache as
-    /// soon as they are durable, now if they are already.
+    /// Says that the body `hash` will not be read back soon: its caller holds it in
+    /// memory. Its pages are dropped from the page cache as soon as they are durable, now
+    /// if they are already (`index` is the spool's index of durable bodies).
     ///
     /// Why: a copy writes every body once and mostly never reads it again (the
     /// upstream takes it from memory, `recent.rs`), yet each write takes fresh page-cache
@@ -360,12 +360,15 @@ impl BodyLog {
     /// times the copy itself (the host backs it on first touch; a ballooned VM hands free
     /// pages back), which made the spool's writes the largest cost of a copy once the
     /// page cache had grown. Dropped pages are reused, already backed, by the next writes.
-    pub(super) fn release(&self, hash: &BodyHash, loc: Location) {
-        if lock(&self.pending).get(hash) == Some(&loc) {
-            lock(&self.released).push(loc);
-        } else {
+    pub(super) fn release(&self, index: &sled::Tree, hash: &BodyHash) -> Result<()> {
+        if let Some(loc) = lock(&self.pending).get(hash) {
+            lock(&self.released).push(*loc);
+            return Ok(());
+        }
+        if let Some(loc) = self.locate(index, hash)? {
             self.drop_cached(&[loc]);
         }
+        Ok(())
     }
 
     /// Advises the kernel to drop the (clean) page-cache pages of these entries. Only

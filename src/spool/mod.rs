@@ -495,9 +495,7 @@ impl Spool {
         // Held in memory for the upstream: the spool's copy is for a crash, not for
         // reading back (see `BodyLog::release`).
         if self.recent.keep(hash, body) {
-            if let Some(loc) = self.body_log.locate(&self.bodies, &hash)? {
-                self.body_log.release(&hash, loc);
-            }
+            self.body_log.release(&self.bodies, &hash)?;
         }
         Ok(hash)
     }
