@@ -61,6 +61,9 @@ pub struct MailboxSummary {
     /// Messages deleted at the destination in this pass because the source expunged them
     /// (`[sync] propagate_deletes`).
     pub deleted: u64,
+    /// What the admin should know although nothing failed (a message sent again after
+    /// an interrupted APPEND that recovery could not find for sure), one line each.
+    pub notices: Vec<String>,
 }
 
 impl MailboxSummary {
@@ -256,9 +259,9 @@ impl Engine {
 
     /// [`Spool::needs_push`], off the runtime's thread.
     async fn needs_push(&self, mailbox: &str) -> anyhow::Result<bool> {
-        let max_attempts = self.upstream_options(None).max_attempts;
+        let now = chrono::Utc::now().timestamp();
         Ok(self
-            .scan_blocking(mailbox, move |spool, m| spool.needs_push(m, max_attempts))
+            .scan_blocking(mailbox, move |spool, m| spool.needs_push(m, now))
             .await??)
     }
 
@@ -266,9 +269,9 @@ impl Engine {
         UpstreamOptions {
             append_batch: self.config.sync.append_batch.max(1),
             append_batch_bytes: self.config.sync.fetch_batch_bytes.max(1 << 20),
-            max_attempts: 3,
             limiter,
             propagate_deletes: self.config.sync.propagate_deletes,
+            session_timeout: Duration::from_secs(self.config.upstream.timeout_secs),
         }
     }
 
@@ -366,6 +369,7 @@ impl Engine {
                 summary.bytes = r.bytes;
                 summary.errors.extend(r.errors);
                 summary.skipped_details.extend(r.skipped_details);
+                summary.notices.extend(r.notices);
                 if let Err(e) = result {
                     let e = format!("destination: {e:#}");
                     summary.fatal = Some(match summary.fatal.take() {
@@ -806,6 +810,9 @@ pub fn summary_table(rows: &[MailboxSummary]) -> String {
     for r in rows {
         for d in &r.skipped_details {
             s.push_str(&format!("  {}: {d}\n", r.mailbox));
+        }
+        for d in &r.notices {
+            s.push_str(&format!("  {}: notice: {d}\n", r.mailbox));
         }
     }
     for r in rows.iter().filter(|r| r.deleted > 0) {

@@ -312,27 +312,65 @@ async fn read_folder(
     // Messages of an earlier UIDVALIDITY: the folder was recreated at the source. Their
     // records are matched by content to the new UIDs below, so what already reached the
     // destination is not sent again.
-    let mut carried: HashMap<BodyHash, Vec<MessageRecord>> = HashMap::new();
+    let mut carried = Carried::default();
     for uv in spool.generations(mailbox, &folder.name)? {
         if uv != info.uidvalidity {
             tracing::warn!(mailbox, folder = %folder.name, old = uv, new = info.uidvalidity,
                 "UIDVALIDITY changed; matching messages by content");
             for rec in spool.messages(mailbox, &folder.name, uv)? {
-                carried.entry(rec.hash).or_default().push(rec);
+                carried.add(uv, &rec);
             }
         }
     }
 
-    let changed_since = if same_generation && state.highestmodseq != 0 {
-        Some(state.highestmodseq)
-    } else {
-        None
-    };
-    let meta = if info.exists == 0 {
+    // Only what changed since the last complete read, where CONDSTORE allows. A
+    // HIGHESTMODSEQ lower than the one recorded (an index rebuilt at the source) says
+    // nothing about what changed: then the whole folder is read.
+    let changed_since =
+        (same_generation && state.highestmodseq != 0 && info.highestmodseq >= state.highestmodseq)
+            .then_some(state.highestmodseq);
+    if same_generation && info.highestmodseq != 0 && info.highestmodseq < state.highestmodseq {
+        tracing::warn!(mailbox, folder = %folder.name, was = state.highestmodseq,
+            now = info.highestmodseq, "HIGHESTMODSEQ went backwards; reading the whole folder");
+    }
+    let mut meta = if info.exists == 0 {
         Vec::new()
     } else {
         client.uid_fetch_meta("1:*", changed_since).await?
     };
+    // New mail must never hang on CHANGEDSINCE alone: what arrived since the last read
+    // (UIDs from the old UIDNEXT) is asked for by UID as well.
+    if changed_since.is_some() && info.uidnext > state.uidnext && state.uidnext > 0 {
+        let set = format!("{}:*", state.uidnext);
+        meta.extend(
+            client
+                .uid_fetch_meta(&set, None)
+                .await?
+                .into_iter()
+                .filter(|m| m.uid.is_some_and(|u| u >= state.uidnext)),
+        );
+    }
+    let meta = merge_by_uid(meta);
+    // Every message the folder holds must be accounted for: one whose FETCH response could
+    // not be read is named, never silently left behind.
+    if changed_since.is_none() && meta.len() < info.exists as usize {
+        let listed: HashSet<u32> = meta.iter().filter_map(|m| m.uid).collect();
+        let missing: Vec<u32> = client
+            .uid_search_all()
+            .await?
+            .into_iter()
+            .filter(|u| !listed.contains(u))
+            .collect();
+        for uid in &missing {
+            let msg = format!(
+                "folder {:?} UID {uid}: the source lists the message but its FETCH response \
+                 could not be read; it is not copied yet and is tried again on the next pass",
+                folder.name
+            );
+            tracing::warn!(mailbox, folder = %folder.name, uid, "{msg}");
+            report.errors.push(msg);
+        }
+    }
     // Which UIDs the source still has, when deletes are propagated. A FETCH with
     // CHANGEDSINCE shows only the changed messages (expunges do not show at all), and even
     // a FETCH of 1:* is no proof of absence: a response that cannot be parsed is skipped.
@@ -357,6 +395,9 @@ async fn read_folder(
     for m in meta {
         let Some(uid) = m.uid else { continue };
         if let Some(rec) = have.remove(&uid) {
+            if m.flags.is_none() {
+                continue;
+            }
             let flags = m.flags.clone().unwrap_or_default();
             if flags != rec.flags {
                 report.flag_changes += 1;
@@ -429,12 +470,8 @@ async fn read_folder(
         }
     }
     report.skipped += skipped.len() as u64;
-    spool.put_messages(mailbox, &folder.name, info.uidvalidity, &skipped)?;
-    for (uid, flags) in updates {
-        spool.update_message(mailbox, &folder.name, info.uidvalidity, uid, |r| {
-            r.flags = flags.clone()
-        })?;
-    }
+    spool.record_new(mailbox, &folder.name, info.uidvalidity, &skipped)?;
+    spool.set_source_flags(mailbox, &folder.name, info.uidvalidity, &updates)?;
 
     // Fetch the bodies in batches bounded by bytes and count. The first batches of a
     // folder are small and double in size, so that the upstream can start on the first
@@ -470,7 +507,14 @@ async fn read_folder(
             end += 1;
         }
         let uids: Vec<u32> = wanted[start..end].iter().filter_map(|m| m.uid).collect();
+        // What the listing said of them: a server may send INTERNALDATE and FLAGS in
+        // another response than the body, or not again with it.
+        let listed: HashMap<u32, &FetchData> = wanted[start..end]
+            .iter()
+            .filter_map(|m| m.uid.map(|u| (u, m)))
+            .collect();
         let mut records = Vec::with_capacity(uids.len());
+        let mut carries: Vec<((u32, u32), MessageRecord)> = Vec::new();
         let mut spool_err = None;
         let mut long_lines: Vec<String> = Vec::new();
         client
@@ -499,28 +543,43 @@ async fn read_folder(
                     Some(_) => spool.put_body(&body),
                     None => spool.put_body_kept(body),
                 };
+                let listed = listed.get(&uid);
+                let (internal_date, internal_ts) = match (f.internal_date, f.internal_ts) {
+                    (Some(d), ts) => (d, ts.unwrap_or(0)),
+                    (None, _) => (
+                        listed
+                            .and_then(|m| m.internal_date.clone())
+                            .unwrap_or_default(),
+                        listed.and_then(|m| m.internal_ts).unwrap_or(0),
+                    ),
+                };
+                let flags = f
+                    .flags
+                    .or_else(|| listed.and_then(|m| m.flags.clone()))
+                    .unwrap_or_default();
                 match spooled {
                     Ok(hash) => {
-                        let state = match (take_carried(&mut carried, &hash), too_long) {
-                            (Some(s), _) => s,
-                            (None, Some(reason)) => {
-                                long_lines.push(format!(
-                                    "folder {:?} UID {uid}: skipped: {reason}",
-                                    folder.name
-                                ));
-                                MessageState::Skipped { reason }
-                            }
-                            (None, None) => MessageState::Spooled,
-                        };
-                        records.push(MessageRecord {
+                        let mut rec = MessageRecord {
                             uid,
                             hash,
                             size,
-                            internal_date: f.internal_date.unwrap_or_default(),
-                            internal_ts: f.internal_ts.unwrap_or(0),
-                            flags: f.flags.unwrap_or_default(),
-                            state,
-                        });
+                            internal_date,
+                            internal_ts,
+                            flags,
+                            state: MessageState::Spooled,
+                        };
+                        if let Some(old) = carried.take(&hash, internal_ts) {
+                            carries.push((old, rec));
+                            return Ok(());
+                        }
+                        if let Some(reason) = too_long {
+                            long_lines.push(format!(
+                                "folder {:?} UID {uid}: skipped: {reason}",
+                                folder.name
+                            ));
+                            rec.state = MessageState::Skipped { reason };
+                        }
+                        records.push(rec);
                     }
                     Err(e) => spool_err = Some(e),
                 }
@@ -535,8 +594,12 @@ async fn read_folder(
             report.skipped += 1;
             report.skipped_details.push(line);
         }
-        if records.len() < uids.len() {
-            let got: std::collections::HashSet<u32> = records.iter().map(|r| r.uid).collect();
+        if records.len() + carries.len() < uids.len() {
+            let got: HashSet<u32> = records
+                .iter()
+                .map(|r| r.uid)
+                .chain(carries.iter().map(|(_, r)| r.uid))
+                .collect();
             for uid in uids.iter().filter(|u| !got.contains(u)) {
                 tracing::warn!(mailbox, folder = %folder.name, uid, "source returned no body (expunged meanwhile?); will retry next run");
                 report.errors.push(format!(
@@ -545,9 +608,23 @@ async fn read_folder(
                 ));
             }
         }
-        report.new_messages += records.len() as u64;
-        report.new_bytes += records.iter().map(|r| r.size).sum::<u64>();
-        spool.put_messages(mailbox, &folder.name, info.uidvalidity, &records)?;
+        report.new_messages += (records.len() + carries.len()) as u64;
+        report.new_bytes += records
+            .iter()
+            .chain(carries.iter().map(|(_, r)| r))
+            .map(|r| r.size)
+            .sum::<u64>();
+        spool.record_new(mailbox, &folder.name, info.uidvalidity, &records)?;
+        for ((old_uv, old_uid), rec) in &carries {
+            spool.carry(
+                mailbox,
+                &folder.name,
+                *old_uv,
+                *old_uid,
+                info.uidvalidity,
+                rec,
+            )?;
+        }
         on_progress(Progress::Spooled {
             folder: &folder.name,
         });
@@ -616,33 +693,8 @@ fn record_expunges(
         report.errors.push(msg);
         return Ok(());
     }
-    let mut recorded = 0u64;
-    for r in gone {
-        let updated = spool.update_message(mailbox, folder, uidvalidity, r.uid, |rec| {
-            rec.state = match &rec.state {
-                MessageState::Appended {
-                    dest_folder,
-                    dest_uidvalidity,
-                    dest_uid,
-                    ..
-                } => MessageState::Expunging {
-                    dest_folder: dest_folder.clone(),
-                    dest_uidvalidity: *dest_uidvalidity,
-                    dest_uid: *dest_uid,
-                },
-                // Never reached the destination: nothing to delete there.
-                MessageState::Spooled
-                | MessageState::Failed { .. }
-                | MessageState::Skipped { .. } => MessageState::Expunged,
-                // An APPEND whose outcome is unknown: the upstream settles it first, and
-                // the next read sees the message gone again.
-                other => other.clone(),
-            };
-        })?;
-        if updated.is_some_and(|u| !u.state.is_live()) {
-            recorded += 1;
-        }
-    }
+    let uids: Vec<u32> = gone.iter().map(|r| r.uid).collect();
+    let recorded = spool.expunged_at_source(mailbox, folder, uidvalidity, &uids)? as u64;
     if recorded > 0 {
         tracing::info!(
             mailbox,
@@ -700,19 +752,119 @@ fn header_block(body: &[u8]) -> &[u8] {
     &body[..end]
 }
 
-/// If a message with this content was already at the destination under an old UIDVALIDITY,
-/// its destination state moves to the new UID.
-fn take_carried(
-    carried: &mut HashMap<BodyHash, Vec<MessageRecord>>,
-    hash: &BodyHash,
-) -> Option<MessageState> {
-    let list = carried.get_mut(hash)?;
-    let rec = list.pop()?;
-    match rec.state {
-        s @ MessageState::Appended { .. } => Some(s),
-        // Not yet confirmed at the destination: fetch-and-append as a new message; an
-        // Appending record of the old generation is resolved the same way as any other.
-        s @ MessageState::Appending { .. } => Some(s),
-        _ => None,
+/// The records of a folder's older generations (the source gave it a new UIDVALIDITY),
+/// by content, for the new generation's messages to take over what reached the
+/// destination (see [`Spool::carry`]).
+#[derive(Default)]
+struct Carried {
+    /// Content hash -> (UIDVALIDITY, UID, INTERNALDATE) of the old records, in UID order.
+    by_hash: HashMap<BodyHash, Vec<(u32, u32, i64)>>,
+}
+
+impl Carried {
+    /// Every old record with a body counts, whatever its state: [`Spool::carry`] reads the
+    /// state it takes over at the moment it moves the record, and the old record is then
+    /// gone, so the upstream cannot also send it under its old UID.
+    fn add(&mut self, uv: u32, rec: &MessageRecord) {
+        if rec.state.is_live() && !matches!(rec.state, MessageState::Skipped { .. }) {
+            self.by_hash
+                .entry(rec.hash)
+                .or_default()
+                .push((uv, rec.uid, rec.internal_ts));
+        }
+    }
+
+    /// The old record a new message with this content and INTERNALDATE takes over: of
+    /// identical copies, the first in UID order with the same INTERNALDATE, else the first,
+    /// so that copies pair up in the order they were filed and keep their own flags.
+    fn take(&mut self, hash: &BodyHash, internal_ts: i64) -> Option<(u32, u32)> {
+        let list = self.by_hash.get_mut(hash)?;
+        let i = list
+            .iter()
+            .position(|(_, _, ts)| *ts == internal_ts)
+            .or((!list.is_empty()).then_some(0))?;
+        let (uv, uid, _) = list.remove(i);
+        Some((uv, uid))
+    }
+}
+
+/// One entry per UID, in the order first seen: a server may send a message's items in
+/// several FETCH responses (or an unsolicited flag update in the middle of a listing);
+/// later values fill in or replace earlier ones.
+fn merge_by_uid(meta: Vec<FetchData>) -> Vec<FetchData> {
+    let mut at: HashMap<u32, usize> = HashMap::new();
+    let mut out: Vec<FetchData> = Vec::with_capacity(meta.len());
+    for m in meta {
+        let Some(uid) = m.uid else { continue };
+        match at.get(&uid) {
+            Some(&i) => {
+                let e = &mut out[i];
+                e.flags = m.flags.or(e.flags.take());
+                e.internal_date = m.internal_date.or(e.internal_date.take());
+                e.internal_ts = m.internal_ts.or(e.internal_ts);
+                e.size = m.size.or(e.size);
+                e.modseq = m.modseq.or(e.modseq);
+            }
+            None => {
+                at.insert(uid, out.len());
+                out.push(m);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(uid: u32, flags: Option<&[&str]>, date: Option<&str>) -> FetchData {
+        FetchData {
+            uid: Some(uid),
+            flags: flags.map(|f| f.iter().map(|s| s.to_string()).collect()),
+            internal_date: date.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn split_fetch_responses_make_one_entry() {
+        let merged = merge_by_uid(vec![
+            meta(3, Some(&["\\Seen"]), None),
+            meta(4, Some(&[]), Some("d4")),
+            meta(3, None, Some("d3")),
+            meta(3, Some(&["\\Seen", "\\Flagged"]), None),
+        ]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].uid, Some(3));
+        assert_eq!(merged[0].internal_date.as_deref(), Some("d3"));
+        assert_eq!(merged[0].flags.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn identical_copies_are_carried_in_order_and_by_date() {
+        let mut c = Carried::default();
+        let rec = |uid, ts| MessageRecord {
+            uid,
+            hash: [1; 32],
+            size: 1,
+            internal_date: String::new(),
+            internal_ts: ts,
+            flags: vec![],
+            state: MessageState::Appended {
+                dest_folder: "INBOX".into(),
+                dest_uidvalidity: 1,
+                dest_uid: uid,
+                flags: vec![],
+            },
+        };
+        c.add(5, &rec(1, 100));
+        c.add(5, &rec(2, 200));
+        c.add(5, &rec(3, 100));
+        assert_eq!(c.take(&[1; 32], 200), Some((5, 2)));
+        assert_eq!(c.take(&[1; 32], 100), Some((5, 1)));
+        assert_eq!(c.take(&[1; 32], 999), Some((5, 3)));
+        assert_eq!(c.take(&[1; 32], 100), None);
+        assert_eq!(c.take(&[2; 32], 100), None);
     }
 }

@@ -461,26 +461,27 @@ fn interrupted_append_is_found_not_repeated() {
         .await
         .unwrap();
         let uv = spool.generations("frank@example.test", "INBOX").unwrap()[0];
-        let mut pending: Vec<_> = spool
+        let uids: Vec<u32> = spool
             .messages("frank@example.test", "INBOX", uv)
             .unwrap()
             .into_iter()
             .filter(|r| r.state == MessageState::Spooled)
+            .map(|r| r.uid)
             .collect();
-        assert_eq!(pending.len(), 3);
+        assert_eq!(uids.len(), 3);
         let mut dst = session(&tb, &tb.dest, "frank@example.test").await;
         let st = dst.status("INBOX").await.unwrap();
-        for r in &mut pending {
-            r.state = MessageState::Appending {
-                dest_folder: "INBOX".into(),
-                dest_uidvalidity: st.uidvalidity,
-                dest_uidnext: st.uidnext,
-            };
-        }
-        spool
-            .put_messages("frank@example.test", "INBOX", uv, &pending)
+        // Claimed just now, as by a run that is killed right after sending.
+        let claim = cutover::spool::Claim {
+            dest_folder: "INBOX".into(),
+            dest_uidvalidity: st.uidvalidity,
+            dest_uidnext: st.uidnext,
+            marked_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        let pending = spool
+            .claim("frank@example.test", "INBOX", uv, &uids, &claim, 0)
             .unwrap();
-        spool.flush().unwrap();
+        assert_eq!(pending.len(), 3);
         let bodies: Vec<Vec<u8>> = pending
             .iter()
             .map(|r| spool.get_body(&r.hash).unwrap())

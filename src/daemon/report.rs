@@ -123,8 +123,26 @@ pub fn problems(spool: &Spool, mailbox: &str, max: usize) -> (Vec<Problem>, u64)
             {
                 let (state, reason) = match rec.state {
                     MessageState::Skipped { reason } => ("skipped", reason),
-                    MessageState::Failed { reason, attempts } => {
-                        ("failed", format!("{reason} (after {attempts} attempts)"))
+                    MessageState::Failed {
+                        reason,
+                        attempts,
+                        retry_after,
+                        ..
+                    } => {
+                        let next = if attempts >= crate::spool::MAX_ATTEMPTS {
+                            "not retried by itself any more: retry errors to try again".to_string()
+                        } else {
+                            match chrono::DateTime::from_timestamp(retry_after, 0) {
+                                Some(t) if retry_after > 0 => {
+                                    format!("next try after {}", t.format("%Y-%m-%d %H:%M:%S UTC"))
+                                }
+                                _ => "tried again on the next pass".to_string(),
+                            }
+                        };
+                        (
+                            "failed",
+                            format!("{reason} (after {attempts} attempts; {next})"),
+                        )
                     }
                     _ => continue,
                 };

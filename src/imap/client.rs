@@ -241,6 +241,7 @@ impl AppendsSent {
         if item.body.contains(&0) {
             return Ok(Err(AppendOutcome::Refused {
                 kind: Kind::No,
+                code: None,
                 text: "message contains NUL bytes, which IMAP APPEND cannot carry".into(),
             }));
         }
@@ -278,6 +279,8 @@ pub enum AppendOutcome {
     AppendedNoUid,
     Refused {
         kind: Kind,
+        /// The response code of the refusal (`[OVERQUOTA]`, `[TOOBIG]`...), if any.
+        code: Option<RespCode>,
         text: String,
     },
     /// Refused with the other messages of its MULTIAPPEND command, as a whole: none of
@@ -1232,9 +1235,9 @@ impl Client {
                 .map_err(|_| ImapError::Unsupported(format!("folder name {folder:?}")))?;
             match self.send(body).await? {
                 Ok(tag) => sent.sent(tag),
-                Err(Resp::Tagged { kind, text, .. }) => {
-                    sent.refused(AppendOutcome::Refused { kind, text })
-                }
+                Err(Resp::Tagged {
+                    kind, code, text, ..
+                }) => sent.refused(AppendOutcome::Refused { kind, code, text }),
                 Err(other) => {
                     return Err(self.protocol(format!("unexpected {other:?} during APPEND")))
                 }
@@ -1390,9 +1393,9 @@ impl Client {
                 };
                 match self.complete(&tag, "APPEND", |_| Ok(())).await {
                     Ok(out) => answers.extend(appended(out.code, n)),
-                    Err(ImapError::Refused { kind, text, .. }) if n == 1 => {
-                        answers.push_back(AppendOutcome::Refused { kind, text })
-                    }
+                    Err(ImapError::Refused {
+                        kind, code, text, ..
+                    }) if n == 1 => answers.push_back(AppendOutcome::Refused { kind, code, text }),
                     Err(ImapError::Refused { kind, text, .. }) => {
                         answers.extend((0..n).map(|_| AppendOutcome::RefusedTogether {
                             kind,
@@ -1539,6 +1542,38 @@ impl Client {
             }) = u
             {
                 out.push((uid, hash(&b)));
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// UID, FLAGS, INTERNALDATE and the header fields `fields` (BODY.PEEK[HEADER.FIELDS
+    /// (...)], in `section`) of every message of `set`: what survives a server that stores
+    /// mail in its own format and renders it again on FETCH, so that the upstream can
+    /// recognise its own earlier APPENDs there. Nothing is marked \Seen. `fields` must be
+    /// plain header names (atoms).
+    pub async fn uid_fetch_header_fields(
+        &mut self,
+        set: &str,
+        fields: &[&str],
+    ) -> Result<Vec<FetchData>> {
+        let line = format!(
+            "UID FETCH {set} (UID FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS ({})])",
+            fields.join(" ")
+        );
+        let tag = self.next_tag();
+        self.wbuf.extend_from_slice(tag.as_bytes());
+        self.wbuf.push(b' ');
+        self.wbuf.extend_from_slice(line.as_bytes());
+        self.wbuf.extend_from_slice(b"\r\n");
+        let mut out: Vec<FetchData> = Vec::new();
+        self.complete(&tag, "UID FETCH", |u| {
+            if let Untagged::Fetch(f) = u {
+                if f.uid.is_some() {
+                    out.push(f);
+                }
             }
             Ok(())
         })
