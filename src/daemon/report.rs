@@ -58,7 +58,8 @@ pub struct Problem {
     pub folder: String,
     pub uidvalidity: u32,
     pub uid: u32,
-    /// `skipped` (deliberately, for good) or `failed` (retried on the next pass).
+    /// `skipped` (deliberately, for good), `failed` (retried later), or `notice`
+    /// (copied, but the admin should look: the text says why).
     pub state: String,
     pub reason: String,
 }
@@ -159,6 +160,21 @@ pub fn problems(spool: &Spool, mailbox: &str, max: usize) -> (Vec<Problem>, u64)
                 });
             }
         }
+    }
+    // Notices (a message that may be at the destination twice) come with the problems:
+    // the line names its folder and UID.
+    for (_, text) in spool.notices(mailbox).unwrap_or_default() {
+        if out.len() >= max {
+            omitted += 1;
+            continue;
+        }
+        out.push(Problem {
+            folder: String::new(),
+            uidvalidity: 0,
+            uid: 0,
+            state: "notice".into(),
+            reason: text,
+        });
     }
     (out, omitted)
 }

@@ -53,6 +53,7 @@
 mod body_log;
 mod compact;
 mod messages;
+mod notices;
 mod recent;
 mod records;
 
@@ -60,6 +61,7 @@ use bincode::Options;
 use body_log::{BodyLog, Stored};
 pub use compact::{CompactReport, Compactor};
 pub use messages::OwnedAtDest;
+pub use notices::MAX_NOTICES;
 use recent::Recent;
 pub use records::{
     retry_delay, same_flag_set, BodyHash, Claim, MessageRecord, MessageState, Resolution, Settle,

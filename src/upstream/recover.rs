@@ -257,6 +257,9 @@ fn pair(
                         r.uid
                     );
                     tracing::warn!(mailbox, folder, uid = r.uid, "{line}");
+                    if let Err(e) = spool.add_notice(mailbox, &line) {
+                        tracing::error!(mailbox, error = %e, "cannot record a notice");
+                    }
                     report.notices.push(line);
                 }
                 out.push((r.uid, Resolution::NotThere));
