@@ -392,3 +392,47 @@ fn an_unrecognisable_uncertain_message_is_sent_again_and_reported() {
         "{text}"
     );
 }
+
+/// Recovery never reads whole destination messages: one far larger than any response
+/// cutover accepts, filed by the user above the recorded UIDNEXT, does not stop the
+/// mailbox.
+#[test]
+fn recovery_is_not_stopped_by_a_huge_destination_message() {
+    let users = [("olaf", "olaf-pw", "olaf@example.test")];
+    let Some(tb) = testbed(&users) else { return };
+    fill(&tb, "olaf", "INBOX", 3, |_| vec![]);
+    let config = demo_config(&tb, &users, "[sync]\nmax_message_bytes = 100000\n");
+    spool_source(&tb, "olaf", "olaf@example.test", &["INBOX"]);
+    let rt = rt();
+    let st = rt.block_on(async {
+        let mut c = session(&tb, &tb.dest, "olaf@example.test").await;
+        let st = c.status("INBOX").await.unwrap();
+        c.logout().await;
+        st
+    });
+    let mut huge = message("huge");
+    huge.extend(std::iter::repeat_n(b'y', 3 << 20));
+    huge.extend_from_slice(b"\r\n");
+    tb.dest
+        .deliver(
+            "olaf@example.test",
+            "INBOX",
+            &huge,
+            &[],
+            Some(1_600_500_000),
+        )
+        .unwrap();
+    claim_all(
+        &tb,
+        "olaf@example.test",
+        "INBOX",
+        "INBOX",
+        st.uidvalidity,
+        st.uidnext,
+    );
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(copied(&out, "olaf@example.test"), 3);
+    let d = rt.block_on(snapshot(&tb, &tb.dest, "olaf@example.test"));
+    assert_eq!(d["INBOX"].len(), 4);
+}
