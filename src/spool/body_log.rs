@@ -61,7 +61,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, IoSlice, Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Size at which a segment is closed and the next one started. Large enough that a
@@ -156,7 +157,7 @@ impl BodyLog {
     /// Opens the body directory, creating it if needed. Existing segments are only
     /// read; the next append goes to a new segment numbered after the last one.
     pub(super) fn open(dir: PathBuf) -> Result<BodyLog> {
-        std::fs::create_dir_all(&dir)?;
+        create_private_dir(&dir)?;
         // Make the directory itself durable, or the segments in it could vanish with it.
         if let Some(parent) = dir.parent() {
             File::open(parent)?.sync_all()?;
@@ -286,6 +287,7 @@ impl BodyLog {
             let file = OpenOptions::new()
                 .create_new(true)
                 .append(true)
+                .mode(FILE_MODE)
                 .open(self.segment_path(id))?;
             // The new file's name must survive a crash too, or its contents go with it.
             File::open(&self.dir)?.sync_all()?;
@@ -569,6 +571,63 @@ impl BodyLog {
     #[cfg(test)]
     pub(super) fn dir(&self) -> &std::path::Path {
         &self.dir
+    }
+}
+
+/// Mode of the segment files: they are the mail itself.
+const FILE_MODE: u32 = 0o600;
+
+/// Mode of the spool's directories.
+const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` and its missing parents with [`DIR_MODE`], whatever the umask.
+pub(super) fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    Ok(())
+}
+
+/// Takes the group and other permissions off `root` and, with `deep`, off everything
+/// below it (symbolic links are neither changed nor followed).
+///
+/// A spool made by an older version, or sled's files made under the usual umask 022,
+/// are readable by every local user: the spool is the migrated mail. Best effort: a
+/// file this user may not change (another owner) is logged and left, since refusing to
+/// start would stop the migration over what the 0700 directory already protects.
+pub(super) fn make_private(root: &Path, deep: bool) {
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot check the permissions of a spool file");
+                continue;
+            }
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            let private = std::fs::Permissions::from_mode(mode & 0o700);
+            if let Err(e) = std::fs::set_permissions(&path, private) {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{mode:o}"),
+                    error = %e,
+                    "cannot make a spool file private to its owner"
+                );
+            }
+        }
+        if deep && meta.is_dir() {
+            match std::fs::read_dir(&path) {
+                Ok(entries) => todo.extend(entries.filter_map(|e| e.ok().map(|e| e.path()))),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot list a spool directory"),
+            }
+        }
     }
 }
 
