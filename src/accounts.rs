@@ -168,7 +168,11 @@ pub fn parse(text: &[u8]) -> Accounts {
         if username.is_empty() {
             error(format!(
                 "UserName is empty{}",
-                if ok { format!(" for {email}") } else { String::new() }
+                if ok {
+                    format!(" for {email}")
+                } else {
+                    String::new()
+                }
             ));
             ok = false;
         }
@@ -227,16 +231,13 @@ pub fn adopt_spool_ids(
         if candidates.iter().any(|st| st.id == a.email) {
             continue;
         }
-        let Some(best) = candidates
-            .iter()
-            .max_by(|x, y| {
-                (x.items_synced, x.last_sync_unix, std::cmp::Reverse(&x.id)).cmp(&(
-                    y.items_synced,
-                    y.last_sync_unix,
-                    std::cmp::Reverse(&y.id),
-                ))
-            })
-        else {
+        let Some(best) = candidates.iter().max_by(|x, y| {
+            (x.items_synced, x.last_sync_unix, std::cmp::Reverse(&x.id)).cmp(&(
+                y.items_synced,
+                y.last_sync_unix,
+                std::cmp::Reverse(&y.id),
+            ))
+        }) else {
             continue;
         };
         notes.push(format!(
@@ -308,9 +309,11 @@ impl Columns {
 fn check_email(email: &str) -> Result<(), &'static str> {
     // First: this is what a row saved as one quoted cell looks like.
     if email.contains([',', ';', '"', '\t']) {
-        return Err("is not an address: it contains a comma, semicolon, quote or tab, as when \
+        return Err(
+            "is not an address: it contains a comma, semicolon, quote or tab, as when \
                     a whole row was saved as one quoted cell; EmailAddress, UserName and \
-                    Password must each be a cell of their own");
+                    Password must each be a cell of their own",
+        );
     }
     if email.matches('@').count() != 1 {
         return Err("is not an address: it must contain exactly one '@'");
@@ -512,14 +515,28 @@ mod tests {
         assert_eq!(lines(&a.errors), [2, 2, 3, 3, 4, 4, 5, 5, 6, 7]);
         for e in &a.errors {
             let shown = e.to_string();
-            for secret in ["Pa55w0rd", "Hunter", "S3cr3t", "T4bbed", "Pa@@word", "sp ace"] {
+            for secret in [
+                "Pa55w0rd", "Hunter", "S3cr3t", "T4bbed", "Pa@@word", "sp ace",
+            ] {
                 assert!(!shown.contains(secret), "{shown}");
             }
             assert!(shown.starts_with(&format!("mailboxes CSV line {}: ", e.line)));
         }
-        assert!(a.errors[0].message.contains("one quoted cell"), "{}", a.errors[0]);
-        assert!(a.errors[1].message.contains("UserName is empty"), "{}", a.errors[1]);
-        assert!(a.errors[8].message.contains("exactly one '@'"), "{}", a.errors[8]);
+        assert!(
+            a.errors[0].message.contains("one quoted cell"),
+            "{}",
+            a.errors[0]
+        );
+        assert!(
+            a.errors[1].message.contains("UserName is empty"),
+            "{}",
+            a.errors[1]
+        );
+        assert!(
+            a.errors[8].message.contains("exactly one '@'"),
+            "{}",
+            a.errors[8]
+        );
         assert!(a.errors[9].message.contains("space"), "{}", a.errors[9]);
     }
 
@@ -538,7 +555,10 @@ mod tests {
         assert_eq!(a.accounts[0].username, "alice");
         assert_eq!(lines(&a.errors), [5]);
         let shown = a.errors[0].to_string();
-        assert!(shown.contains("line 3") && shown.contains("line 5"), "{shown}");
+        assert!(
+            shown.contains("line 3") && shown.contains("line 5"),
+            "{shown}"
+        );
     }
 
     fn known(id: &str, items: u64) -> crate::spool::MailboxState {

@@ -926,7 +926,9 @@ fn check_host(host: &str) -> Result<(), String> {
              port in `port`"
         ));
     }
-    if h.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
+    if h.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    {
         return Err(format!("{h:?} is not a host name or address"));
     }
     if let Some((name, port)) = h.rsplit_once(':') {
@@ -1286,12 +1288,21 @@ host = "outlook.office365.com"
 
     #[test]
     fn plaintext_only_to_loopback_unless_allowed() {
-        for host in ["imap.example.org", "192.168.1.10", "10.0.0.1", "::2", "localhost.example"] {
+        for host in [
+            "imap.example.org",
+            "192.168.1.10",
+            "10.0.0.1",
+            "::2",
+            "localhost.example",
+        ] {
             let err = load_upstream(host, "tls = \"none\"")
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("upstream.tls"), "{host}: {err}");
-            assert!(err.contains("in clear") && err.contains("allow_plaintext"), "{host}: {err}");
+            assert!(
+                err.contains("in clear") && err.contains("allow_plaintext"),
+                "{host}: {err}"
+            );
             assert!(err.contains("cutover.toml"), "{host}: {err}");
             // The operator may say the link is trusted.
             let c = load_upstream(host, "tls = \"none\"\nallow_plaintext = true").unwrap();
@@ -1306,8 +1317,7 @@ host = "outlook.office365.com"
             "localhost",
             "LocalHost.",
         ] {
-            let c = load_upstream(host, "tls = \"none\"")
-                .unwrap_or_else(|e| panic!("{host}: {e}"));
+            let c = load_upstream(host, "tls = \"none\"").unwrap_or_else(|e| panic!("{host}: {e}"));
             assert_eq!(c.upstream.tls, TlsMode::None);
         }
         // The source side is checked the same way.
@@ -1316,7 +1326,10 @@ host = "outlook.office365.com"
             "host = \"imap.legacy.example\"\ntls = \"none\"",
         );
         let err = load_str(&text).1.unwrap_err().to_string();
-        assert!(err.contains("source.tls") && err.contains("[source]"), "{err}");
+        assert!(
+            err.contains("source.tls") && err.contains("[source]"),
+            "{err}"
+        );
         // TLS needs no permission anywhere.
         load_upstream("imap.example.org", "tls = \"starttls\"").unwrap();
     }
@@ -1329,7 +1342,10 @@ host = "outlook.office365.com"
             ("imap example.org", "not a host"),
         ] {
             let err = load_upstream(host, "").unwrap_err().to_string();
-            assert!(err.contains("upstream.host") && err.contains(hint), "{host}: {err}");
+            assert!(
+                err.contains("upstream.host") && err.contains(hint),
+                "{host}: {err}"
+            );
         }
         load_upstream("2001:db8::1", "").unwrap();
     }

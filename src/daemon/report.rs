@@ -153,7 +153,10 @@ pub fn from_spool(spool: &Spool, expected: &[String]) -> anyhow::Result<Snapshot
     for m in expected {
         // An older spool may know the mailbox under other capitals (see
         // `accounts::adopt_spool_ids`): it is the same mailbox, not a new one.
-        if !states.iter().any(|s| s.id.to_lowercase() == m.to_lowercase()) {
+        if !states
+            .iter()
+            .any(|s| s.id.to_lowercase() == m.to_lowercase())
+        {
             states.push(MailboxState {
                 id: m.clone(),
                 status: Status::Queued.as_str().into(),
