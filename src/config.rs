@@ -917,25 +917,27 @@ fn is_loopback(host: &str) -> bool {
 }
 
 /// Catches the usual ways a server address is written wrong (a URL, a port appended,
-/// a space), which would otherwise surface as a puzzling DNS failure per mailbox.
+/// a space), which would otherwise surface as a puzzling DNS failure per mailbox. The
+/// value is not repeated: a URL can carry a user and password (`imaps://u:p@host`).
 fn check_host(host: &str) -> Result<(), String> {
     let h = host.trim();
     if h.contains("://") {
-        return Err(format!(
-            "{h:?} is a URL; give the host name alone (e.g. \"imap.example.org\") and the \
-             port in `port`"
-        ));
+        return Err(
+            "is a URL; give the host name alone (e.g. \"imap.example.org\") and \
+                    the port in `port`"
+                .into(),
+        );
     }
     if h.chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+        .any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == '@')
     {
-        return Err(format!("{h:?} is not a host name or address"));
+        return Err("is not a host name or address (it contains a space, '/' or '@')".into());
     }
     if let Some((name, port)) = h.rsplit_once(':') {
         // One colon: `name:port`. Several: an IPv6 address, which is fine as it is.
         if !name.contains(':') && !name.is_empty() {
             return Err(format!(
-                "{h:?} includes a port; give the host alone and set `port = {port}`"
+                "includes a port; give the host alone and set `port = {port}`"
             ));
         }
     }
@@ -1340,12 +1342,15 @@ host = "outlook.office365.com"
             ("imaps://imap.example.org", "URL"),
             ("imap.example.org:993", "port = 993"),
             ("imap example.org", "not a host"),
+            ("imaps://migrator:hunter2@imap.example.org", "URL"),
+            ("migrator:hunter2@imap.example.org", "not a host"),
         ] {
             let err = load_upstream(host, "").unwrap_err().to_string();
             assert!(
                 err.contains("upstream.host") && err.contains(hint),
                 "{host}: {err}"
             );
+            assert!(!err.contains("hunter2"), "{host}: {err}");
         }
         load_upstream("2001:db8::1", "").unwrap();
     }
