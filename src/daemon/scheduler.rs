@@ -418,6 +418,27 @@ mod tests {
     }
 
     #[test]
+    fn complete_finds_a_mailbox_whatever_its_capitals() {
+        let (_d, spool, mut accounts, cfg) = setup(100);
+        // The spool of an older version knows the first mailbox with capitals.
+        accounts[0].email = "A@Moved.test".into();
+        let t0 = 1_700_000_000_000;
+        let mut s =
+            Scheduler::new(spool.clone(), &accounts, Duration::from_secs(60), &cfg, t0).unwrap();
+        let unknown = s.request_complete(
+            &[" a@MOVED.test".to_string(), "B@Stays.Test".to_string()],
+            t0,
+        );
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert_eq!(s.status_of("A@Moved.test"), Some(Status::CutoverPending));
+        assert_eq!(s.status_of("b@stays.test"), Some(Status::CutoverPending));
+        assert_eq!(
+            s.request_complete(&["c@moved.test".to_string()], t0),
+            ["c@moved.test"]
+        );
+    }
+
+    #[test]
     fn from_queued_to_completed() {
         let (_d, spool, accounts, cfg) = setup(100);
         let t0 = 1_700_000_000_000;
