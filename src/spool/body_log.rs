@@ -154,6 +154,8 @@ pub(super) struct BodyLog {
     failure: Mutex<Failure>,
     /// Test hook: the next this many segment fsyncs fail (a real disk error is hard to
     /// produce on demand).
+    /// [`REPAIR_BACKOFF`], except in tests.
+    repair_backoff: Mutex<std::time::Duration>,
     #[cfg(test)]
     fail_fsyncs: std::sync::atomic::AtomicUsize,
 }
@@ -168,6 +170,56 @@ struct Failure {
     lost: HashSet<BodyHash>,
     /// The first error since the last sync that succeeded, for the messages.
     error: Option<String>,
+    /// Failed fsyncs (or rewrites) since the last sync that succeeded.
+    attempts: u32,
+    /// No repair is tried before this. A disk that fails tends to go on failing, and
+    /// each attempt writes every pending body again: without a pause, the tasks'
+    /// retries would fill the disk with copies.
+    not_before: Option<std::time::Instant>,
+}
+
+/// Pause after the first failed disk sync before a repair is tried; doubled after
+/// each further failure, up to [`REPAIR_BACKOFF_MAX`].
+const REPAIR_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+const REPAIR_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Failed disk syncs in a row after which no repair is tried any more in this process
+/// (every sync then fails): the disk is broken, and the admin has to act.
+const REPAIR_ATTEMPTS: u32 = 10;
+
+impl Failure {
+    /// Counts a failed fsync or rewrite and sets the pause before the next attempt.
+    fn failed_attempt(&mut self, first_pause: std::time::Duration) {
+        self.attempts += 1;
+        let pause = first_pause
+            .saturating_mul(1 << self.attempts.saturating_sub(1).min(16))
+            .min(REPAIR_BACKOFF_MAX);
+        self.not_before = Some(std::time::Instant::now() + pause);
+    }
+
+    /// Fails unless a repair may be tried now.
+    fn repair_allowed(&self) -> Result<()> {
+        if self.segments.is_empty() {
+            return Ok(());
+        }
+        let error = self.error.as_deref().unwrap_or("unknown error");
+        if self.attempts >= REPAIR_ATTEMPTS {
+            return Err(std::io::Error::other(format!(
+                "{} disk syncs of the spool's bodies failed in a row (first: {error}); \
+                 nothing more is recorded until cutover is restarted with the disk fixed",
+                self.attempts
+            ))
+            .into());
+        }
+        match self.not_before {
+            Some(t) if std::time::Instant::now() < t => Err(std::io::Error::other(format!(
+                "a disk sync of the spool's bodies failed ({error}); retried in {:.1} s",
+                (t - std::time::Instant::now()).as_secs_f64()
+            ))
+            .into()),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The segment being appended to, created on the first append of the process.
@@ -217,6 +269,7 @@ impl BodyLog {
             sync_lock: Mutex::new(()),
             released: Mutex::new(Vec::new()),
             failure: Mutex::new(Failure::default()),
+            repair_backoff: Mutex::new(REPAIR_BACKOFF),
             #[cfg(test)]
             fail_fsyncs: std::sync::atomic::AtomicUsize::new(0),
         })
@@ -378,6 +431,7 @@ impl BodyLog {
     /// unless this succeeded.
     pub(super) fn sync(&self, index: &sled::Tree) -> Result<()> {
         let _sync = lock(&self.sync_lock);
+        lock(&self.failure).repair_allowed()?;
         self.rewrite_failed()?;
         let synced: Vec<(BodyHash, Location)> = lock(&self.pending)
             .iter()
@@ -440,6 +494,8 @@ impl BodyLog {
         }
         if failure.segments.is_empty() {
             failure.error = None;
+            failure.attempts = 0;
+            failure.not_before = None;
         }
         Ok(())
     }
@@ -496,7 +552,9 @@ impl BodyLog {
                 },
             );
             if let Err(e) = moved {
-                let failure = lock(&self.failure);
+                let pause = *lock(&self.repair_backoff);
+                let mut failure = lock(&self.failure);
+                failure.failed_attempt(pause);
                 return Err(std::io::Error::other(format!(
                     "cannot write again the bodies of a failed disk sync ({}): {e}",
                     failure.error.as_deref().unwrap_or("unknown error")
@@ -535,8 +593,10 @@ impl BodyLog {
             error = %e,
             "fsync of a body segment failed; its bodies are written again elsewhere"
         );
+        let pause = *lock(&self.repair_backoff);
         let mut failure = lock(&self.failure);
         failure.segments.insert(id);
+        failure.failed_attempt(pause);
         failure
             .error
             .get_or_insert_with(|| format!("fsync of {}: {e}", self.segment_path(id).display()));
@@ -768,6 +828,12 @@ impl BodyLog {
                 .count()
     }
 
+    /// Sets the pause before the first repair (for tests).
+    #[cfg(test)]
+    pub(super) fn set_repair_backoff(&self, pause: std::time::Duration) {
+        *lock(&self.repair_backoff) = pause;
+    }
+
     /// Makes the next `n` segment fsyncs fail (for tests).
     #[cfg(test)]
     pub(super) fn fail_next_fsyncs(&self, n: usize) {
@@ -912,6 +978,7 @@ mod tests {
     fn open() -> (tempfile::TempDir, BodyLog, sled::Tree) {
         let dir = tempfile::tempdir().unwrap();
         let log = BodyLog::open(dir.path().join("bodies")).unwrap();
+        log.set_repair_backoff(std::time::Duration::ZERO);
         let db = sled::Config::new().temporary(true).open().unwrap();
         let index = db.open_tree("bodies").unwrap();
         (dir, log, index)
@@ -1024,6 +1091,39 @@ mod tests {
         assert!(log.seal_if_idle(std::time::Duration::ZERO).is_err());
         log.sync(&index).unwrap();
         read_back(&log, &index, 3);
+    }
+
+    #[test]
+    fn repairs_back_off_and_give_up() {
+        let (_d, log, index) = open();
+        log.set_repair_backoff(std::time::Duration::from_millis(200));
+        append(&log, 1).unwrap();
+        log.fail_next_fsyncs(1);
+        assert!(log.sync(&index).is_err());
+        // Within the pause, a sync fails at once, and writes nothing.
+        let files = std::fs::read_dir(&log.dir).unwrap().count();
+        let err = log.sync(&index).unwrap_err().to_string();
+        assert!(err.contains("retried in"), "{err}");
+        assert_eq!(std::fs::read_dir(&log.dir).unwrap().count(), files);
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        log.sync(&index).unwrap();
+        read_back(&log, &index, 1);
+
+        // A disk that keeps failing: given up after REPAIR_ATTEMPTS in a row.
+        log.set_repair_backoff(std::time::Duration::ZERO);
+        append(&log, 2).unwrap();
+        log.fail_next_fsyncs(usize::MAX);
+        for _ in 0..REPAIR_ATTEMPTS {
+            assert!(log.sync(&index).is_err());
+        }
+        log.fail_next_fsyncs(0);
+        let err = log.sync(&index).unwrap_err().to_string();
+        assert!(err.contains("restarted"), "{err}");
+        let segments = segment_ids(&log.dir).unwrap().len();
+        assert!(
+            segments <= REPAIR_ATTEMPTS as usize + 2,
+            "{segments} segments"
+        );
     }
 
     #[test]

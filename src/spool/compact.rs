@@ -216,6 +216,7 @@ mod tests {
     fn compaction_after_a_failed_fsync_keeps_every_body() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(&dir.path().join("spool")).unwrap();
+        spool.body_log.set_repair_backoff(Duration::ZERO);
         let bodies: Vec<Vec<u8>> = (0..20u8)
             .map(|i| {
                 format!(
