@@ -16,8 +16,9 @@
 //!
 //! A row holds a password, and a spreadsheet mistake can put it anywhere: a row saved
 //! as one quoted cell (`"a@x.com,alice,Pa55"`) lands whole in the EmailAddress column.
-//! So an error never quotes a cell that failed its check; it names the line, the column
-//! and what is wrong, and the admin looks at the line.
+//! So an error never quotes a cell that may hold more than a mistyped address (one with
+//! a separator, a quote or a space, or in a row whose UserName is empty); it names the
+//! line, the column and what is wrong, and the admin looks at the line.
 //!
 //! `EmailAddress` is also the key of the mailbox in the spool, and Office 365 compares
 //! addresses without regard to case, so it is trimmed and lower-cased: the same CSV
@@ -161,8 +162,11 @@ pub fn parse(text: &[u8]) -> Accounts {
             error("EmailAddress is empty".into());
             ok = false;
         } else if let Err(why) = check_email(&email) {
-            // Not quoted: a cell that is no address may well hold the whole row.
-            error(format!("EmailAddress {why}"));
+            if may_hold_a_password(&email, &username) {
+                error(format!("EmailAddress {why}"));
+            } else {
+                error(format!("EmailAddress {email:?} {why}"));
+            }
             ok = false;
         }
         if username.is_empty() {
@@ -301,6 +305,19 @@ impl Columns {
             }
         }
     }
+}
+
+/// True if a cell that failed the address check may hold more than a mistyped address,
+/// and so must not be quoted: it holds a separator, a quote or a space (a row saved as
+/// one cell, `"a@x.com,alice,Pa55"`, or `a@x.com alice Pa55`), or the row's UserName
+/// is empty (its cells ran together). A cell without any of that, in a row whose other
+/// columns are there, is the address typed wrong (`bob.example.com`), and quoting it is
+/// what lets the admin find it.
+fn may_hold_a_password(cell: &str, username: &str) -> bool {
+    username.is_empty()
+        || cell
+            .chars()
+            .any(|c| matches!(c, ',' | ';' | '"' | '\'') || c.is_whitespace() || c.is_control())
 }
 
 /// A plausibility check, not RFC 5322: catches the spreadsheet mistakes (a name in the
@@ -515,9 +532,7 @@ mod tests {
         assert_eq!(lines(&a.errors), [2, 2, 3, 3, 4, 4, 5, 5, 6, 7]);
         for e in &a.errors {
             let shown = e.to_string();
-            for secret in [
-                "Pa55w0rd", "Hunter", "S3cr3t", "T4bbed", "Pa@@word", "sp ace",
-            ] {
+            for secret in ["Pa55w0rd", "Hunter", "S3cr3t", "T4bbed", "sp ace"] {
                 assert!(!shown.contains(secret), "{shown}");
             }
             assert!(shown.starts_with(&format!("mailboxes CSV line {}: ", e.line)));
@@ -533,11 +548,24 @@ mod tests {
             a.errors[1]
         );
         assert!(
-            a.errors[8].message.contains("exactly one '@'"),
+            a.errors[8].message.contains("exactly one '@'")
+                && a.errors[8].message.contains("\"pa@@word\""),
             "{}",
             a.errors[8]
         );
         assert!(a.errors[9].message.contains("space"), "{}", a.errors[9]);
+    }
+
+    #[test]
+    fn a_mistyped_address_in_a_complete_row_is_quoted() {
+        let a = parse(b"EmailAddress,UserName,Password\nbob.example.com,bob,pw\nx@y@z,,pw\n");
+        assert!(
+            a.errors[0].message.contains("\"bob.example.com\""),
+            "{}",
+            a.errors[0]
+        );
+        // Without its UserName the row may have run together: not quoted.
+        assert!(!a.errors[1].message.contains("x@y@z"), "{}", a.errors[1]);
     }
 
     #[test]
