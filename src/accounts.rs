@@ -13,6 +13,18 @@
 //! The file is typically hand-edited in a spreadsheet with hundreds of rows, so one bad
 //! row must not block the others: [`parse`] returns every good account together with
 //! one [`AccountError`] per problem, each naming the physical line of the file.
+//!
+//! A row holds a password, and a spreadsheet mistake can put it anywhere: a row saved
+//! as one quoted cell (`"a@x.com,alice,Pa55"`) lands whole in the EmailAddress column.
+//! So an error never quotes a cell that may hold more than a mistyped address (one with
+//! a separator, a quote or a space, or in a row whose UserName is empty); it names the
+//! line, the column and what is wrong, and the admin looks at the line.
+//!
+//! `EmailAddress` is also the key of the mailbox in the spool, and Office 365 compares
+//! addresses without regard to case, so it is trimmed and lower-cased: the same CSV
+//! exported again with `Alice@Contoso.com` must find the mailbox it already migrated,
+//! not start copying it again. A spool written before that normalisation may hold a
+//! mailbox under another spelling; [`adopt_spool_ids`] keeps using it.
 
 use crate::secret::Secret;
 use std::collections::HashMap;
@@ -24,7 +36,9 @@ use std::path::Path;
 pub struct Account {
     /// Physical line of the row in the CSV (1-based), for messages to the admin.
     pub line: usize,
-    /// Destination mailbox address, trimmed.
+    /// Destination mailbox address, trimmed and lower-cased (see the module docs); also
+    /// the mailbox's id in the spool. [`adopt_spool_ids`] may replace it with the
+    /// spelling an older spool already uses for the same address.
     pub email: String,
     /// Source login name, trimmed.
     pub username: String,
@@ -70,7 +84,8 @@ const PASSWORD: &str = "password";
 /// - Header (first non-blank record) must have `EmailAddress` and `UserName`, else a
 ///   single error for its line and no accounts: without them no row can be understood.
 /// - Blank rows (no fields, or all fields empty) are skipped.
-/// - `EmailAddress`: required, exactly one `@` with something on both sides, no spaces.
+/// - `EmailAddress`: required, exactly one `@` with something on both sides, no spaces,
+///   commas, semicolons or quotes; trimmed and lower-cased.
 /// - `UserName`: required.
 /// - `Password`: empty means `None`; never trimmed.
 /// - A second row for the same `EmailAddress` (compared case-insensitively, as Office
@@ -83,7 +98,7 @@ pub fn parse(text: &[u8]) -> Accounts {
         .from_reader(text);
     let mut out = Accounts::default();
     let mut columns: Option<Columns> = None;
-    // Folded address -> line of the row that has it.
+    // Normalised address -> line of the row that has it.
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut record = csv::ByteRecord::new();
     loop {
@@ -132,7 +147,7 @@ pub fn parse(text: &[u8]) -> Accounts {
             field(Some(cols.username)),
             field(cols.password),
         ) {
-            (Ok(e), Ok(u), Ok(p)) => (e.trim().to_string(), u.trim().to_string(), p),
+            (Ok(e), Ok(u), Ok(p)) => (e.trim().to_lowercase(), u.trim().to_string(), p),
             (e, u, p) => {
                 for (name, r) in [("EmailAddress", e), ("UserName", u), ("Password", p)] {
                     if let Err(m) = r {
@@ -147,16 +162,20 @@ pub fn parse(text: &[u8]) -> Accounts {
             error("EmailAddress is empty".into());
             ok = false;
         } else if let Err(why) = check_email(&email) {
-            error(format!("EmailAddress {email:?} {why}"));
+            if may_hold_a_password(&email, &username) {
+                error(format!("EmailAddress {why}"));
+            } else {
+                error(format!("EmailAddress {email:?} {why}"));
+            }
             ok = false;
         }
         if username.is_empty() {
             error(format!(
                 "UserName is empty{}",
-                if email.is_empty() {
-                    String::new()
-                } else {
+                if ok {
                     format!(" for {email}")
+                } else {
+                    String::new()
                 }
             ));
             ok = false;
@@ -164,14 +183,14 @@ pub fn parse(text: &[u8]) -> Accounts {
         if !ok {
             continue;
         }
-        let key = email.to_lowercase();
-        if let Some(first) = seen.get(&key) {
+        if let Some(first) = seen.get(&email) {
             error(format!(
-                "EmailAddress {email} is already on line {first}; each mailbox must appear once"
+                "EmailAddress {email} is also on line {first} (addresses are compared without \
+                 regard to case); each mailbox must appear once, so line {line} is ignored"
             ));
             continue;
         }
-        seen.insert(key, line);
+        seen.insert(email.clone(), line);
         out.accounts.push(Account {
             line,
             email,
@@ -186,6 +205,53 @@ pub fn parse(text: &[u8]) -> Accounts {
         });
     }
     out
+}
+
+/// Makes each account use the id an existing spool already has for its mailbox, and
+/// returns one line per account changed, for the log.
+///
+/// Versions before the normalisation of [`parse`] kept the address as written, so a
+/// spool may hold the records of `Alice@Contoso.com` under that spelling. Switching to
+/// `alice@contoso.com` would start an empty namespace and copy the whole mailbox a
+/// second time, so the old spelling is kept (Office 365 does not mind the case of the
+/// login). An exact match wins; among several other spellings (an older version that
+/// already copied twice), the one with the most messages synced.
+pub fn adopt_spool_ids(
+    accounts: &mut [Account],
+    known: &[crate::spool::MailboxState],
+) -> Vec<String> {
+    let mut by_address: HashMap<String, Vec<&crate::spool::MailboxState>> = HashMap::new();
+    for st in known {
+        by_address
+            .entry(st.id.trim().to_lowercase())
+            .or_default()
+            .push(st);
+    }
+    let mut notes = Vec::new();
+    for a in accounts {
+        let Some(candidates) = by_address.get(&a.email.to_lowercase()) else {
+            continue;
+        };
+        if candidates.iter().any(|st| st.id == a.email) {
+            continue;
+        }
+        let Some(best) = candidates.iter().max_by(|x, y| {
+            (x.items_synced, x.last_sync_unix, std::cmp::Reverse(&x.id)).cmp(&(
+                y.items_synced,
+                y.last_sync_unix,
+                std::cmp::Reverse(&y.id),
+            ))
+        }) else {
+            continue;
+        };
+        notes.push(format!(
+            "mailboxes CSV line {}: {} is in the spool as {}; that id is kept, so nothing is \
+             copied again",
+            a.line, a.email, best.id
+        ));
+        a.email = best.id.clone();
+    }
+    notes
 }
 
 /// The line a record's first field is on. csv's position is where the reader started
@@ -241,19 +307,40 @@ impl Columns {
     }
 }
 
+/// True if a cell that failed the address check may hold more than a mistyped address,
+/// and so must not be quoted: it holds a separator, a quote or a space (a row saved as
+/// one cell, `"a@x.com,alice,Pa55"`, or `a@x.com alice Pa55`), or the row's UserName
+/// is empty (its cells ran together). A cell without any of that, in a row whose other
+/// columns are there, is the address typed wrong (`bob.example.com`), and quoting it is
+/// what lets the admin find it.
+fn may_hold_a_password(cell: &str, username: &str) -> bool {
+    username.is_empty()
+        || cell
+            .chars()
+            .any(|c| matches!(c, ',' | ';' | '"' | '\'') || c.is_whitespace() || c.is_control())
+}
+
 /// A plausibility check, not RFC 5322: catches the spreadsheet mistakes (a name in the
 /// address column, two addresses in one cell, a missing domain) before they become
 /// confusing login failures.
 fn check_email(email: &str) -> Result<(), &'static str> {
+    // First: this is what a row saved as one quoted cell looks like.
+    if email.contains([',', ';', '"', '\t']) {
+        return Err(
+            "is not an address: it contains a comma, semicolon, quote or tab, as when \
+                    a whole row was saved as one quoted cell; EmailAddress, UserName and \
+                    Password must each be a cell of their own",
+        );
+    }
     if email.matches('@').count() != 1 {
-        return Err("must contain exactly one '@'");
+        return Err("is not an address: it must contain exactly one '@'");
     }
     let (local, domain) = email.split_once('@').unwrap_or_default();
     if local.is_empty() || domain.is_empty() {
-        return Err("needs a name before and a domain after the '@'");
+        return Err("is not an address: it needs a name before and a domain after the '@'");
     }
     if email.chars().any(char::is_whitespace) {
-        return Err("contains a space");
+        return Err("is not an address: it contains a space");
     }
     Ok(())
 }
@@ -427,6 +514,120 @@ mod tests {
         let a = parse(b"EmailAddress,UserName,Password\na@b.c,a,hunter2\n");
         let dbg = format!("{a:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+
+    #[test]
+    fn row_in_one_quoted_cell_is_named_not_printed() {
+        let a = parse(
+            b"EmailAddress,UserName,Password\n\
+              \"a@x.com,alice,Pa55w0rd\"\n\
+              \"b@x.com,bob,Hunter 2\"\n\
+              \"c@x.com;carol;S3cr3t\"\n\
+              \"d@x.com\tdave\tT4bbed\"\n\
+              \"Pa@@word\",erin,pw\n\
+              \"sp ace@x.com\",frank,pw\n\
+              ok@x.com,ok,pw\n",
+        );
+        assert_eq!(a.accounts.len(), 1);
+        assert_eq!(lines(&a.errors), [2, 2, 3, 3, 4, 4, 5, 5, 6, 7]);
+        for e in &a.errors {
+            let shown = e.to_string();
+            for secret in ["Pa55w0rd", "Hunter", "S3cr3t", "T4bbed", "sp ace"] {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+            assert!(shown.starts_with(&format!("mailboxes CSV line {}: ", e.line)));
+        }
+        assert!(
+            a.errors[0].message.contains("one quoted cell"),
+            "{}",
+            a.errors[0]
+        );
+        assert!(
+            a.errors[1].message.contains("UserName is empty"),
+            "{}",
+            a.errors[1]
+        );
+        assert!(
+            a.errors[8].message.contains("exactly one '@'")
+                && a.errors[8].message.contains("\"pa@@word\""),
+            "{}",
+            a.errors[8]
+        );
+        assert!(a.errors[9].message.contains("space"), "{}", a.errors[9]);
+    }
+
+    #[test]
+    fn a_mistyped_address_in_a_complete_row_is_quoted() {
+        let a = parse(b"EmailAddress,UserName,Password\nbob.example.com,bob,pw\nx@y@z,,pw\n");
+        assert!(
+            a.errors[0].message.contains("\"bob.example.com\""),
+            "{}",
+            a.errors[0]
+        );
+        // Without its UserName the row may have run together: not quoted.
+        assert!(!a.errors[1].message.contains("x@y@z"), "{}", a.errors[1]);
+    }
+
+    #[test]
+    fn addresses_are_trimmed_and_lower_cased() {
+        let a = parse(
+            b"EmailAddress,UserName,Password\n \
+              Alice@Contoso.COM ,alice,pw\n\
+              bob@contoso.com,bob,pw\n\
+              \n\
+              BOB@Contoso.com\t,bob2,pw\n",
+        );
+        let emails: Vec<&str> = a.accounts.iter().map(|a| a.email.as_str()).collect();
+        assert_eq!(emails, ["alice@contoso.com", "bob@contoso.com"]);
+        // The user name is the source's login: left as written.
+        assert_eq!(a.accounts[0].username, "alice");
+        assert_eq!(lines(&a.errors), [5]);
+        let shown = a.errors[0].to_string();
+        assert!(
+            shown.contains("line 3") && shown.contains("line 5"),
+            "{shown}"
+        );
+    }
+
+    fn known(id: &str, items: u64) -> crate::spool::MailboxState {
+        crate::spool::MailboxState {
+            id: id.into(),
+            items_synced: items,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_older_spools_spelling_is_kept() {
+        let mut a = parse(
+            b"EmailAddress,UserName\n\
+              Alice@Contoso.com,alice\n\
+              bob@contoso.com,bob\n\
+              carol@contoso.com,carol\n\
+              dave@contoso.com,dave\n",
+        )
+        .accounts;
+        let spool = [
+            known("Alice@Contoso.com", 10),
+            known("bob@contoso.com", 3),
+            known("BOB@contoso.com", 9),
+            known("Carol@contoso.com", 1),
+            known("CAROL@contoso.com", 7),
+            known("other@contoso.com", 1),
+        ];
+        let notes = adopt_spool_ids(&mut a, &spool);
+        let emails: Vec<&str> = a.iter().map(|a| a.email.as_str()).collect();
+        assert_eq!(
+            emails,
+            [
+                "Alice@Contoso.com",
+                "bob@contoso.com",
+                "CAROL@contoso.com",
+                "dave@contoso.com"
+            ]
+        );
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("line 2") && notes[0].contains("Alice@Contoso.com"));
     }
 
     #[test]

@@ -22,10 +22,30 @@ pub(crate) fn load(config: &Path) -> anyhow::Result<(Config, accounts::Accounts)
     Ok((cfg, accts))
 }
 
+/// Points each account at the id the spool already uses for its mailbox, where an
+/// older version wrote it with other capitals (see [`accounts::adopt_spool_ids`]).
+/// Must run before anything is written for the accounts.
+pub(crate) fn adopt_spool_ids(
+    spool: &crate::spool::Spool,
+    accounts: &mut [accounts::Account],
+) -> anyhow::Result<()> {
+    let known = spool.mailboxes().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the mailboxes of the spool at {}: {e}",
+            spool.path().display()
+        )
+    })?;
+    for note in accounts::adopt_spool_ids(accounts, &known) {
+        tracing::info!("{note}");
+    }
+    Ok(())
+}
+
 /// `cutover sync --once`: one pass; true if every mailbox (and every CSV row) is fine.
 pub async fn sync_once(config: &Path) -> anyhow::Result<bool> {
-    let (cfg, accts) = load(config)?;
+    let (cfg, mut accts) = load(config)?;
     let engine = Arc::new(Engine::new(cfg)?);
+    adopt_spool_ids(&engine.spool, &mut accts.accounts)?;
     // Compresses what earlier runs spooled raw, on CPU time nothing else wants; stopped
     // (after the body at hand) when this returns.
     let _compactor = crate::spool::Compactor::start(engine.spool.clone());

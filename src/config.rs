@@ -210,7 +210,10 @@ pub enum TlsMode {
     /// not offer it, so a stripped capability cannot downgrade us to cleartext.
     #[serde(rename = "starttls")]
     Starttls,
-    /// No TLS at all. Only for a server on localhost or a trusted private link.
+    /// No TLS at all: passwords, tokens and every message cross the network in clear.
+    /// Accepted for a loopback address (127.0.0.0/8, `::1`, `localhost`); for any other
+    /// host only with `allow_plaintext = true` on that side, so that a copied test
+    /// config cannot quietly send a whole organisation's mail over the LAN in clear.
     #[serde(rename = "none")]
     None,
 }
@@ -250,6 +253,10 @@ pub struct ServerConfig {
     /// `tls_ca_file`.
     #[serde(default = "yes")]
     pub tls_verify: bool,
+    /// `tls = "none"` to a host that is not a loopback address is refused unless this is
+    /// `true`: the operator says that the link is private and trusted.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     #[serde(default)]
     pub auth: AuthMech,
     /// Log in as this administrator / master user instead of with each user's password.
@@ -338,6 +345,7 @@ impl fmt::Debug for ServerConfig {
             .field("tls", &self.tls)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_verify", &self.tls_verify)
+            .field("allow_plaintext", &self.allow_plaintext)
             .field("auth", &self.auth)
             .field("admin_user", &self.admin_user)
             .field("admin_password", &self.admin_password)
@@ -622,6 +630,26 @@ impl Config {
         if server.host.trim().is_empty() {
             return Err(invalid("host", "must not be empty".into()));
         }
+        check_host(&server.host).map_err(|m| invalid("host", m))?;
+        if server.tls == TlsMode::None && !is_loopback(&server.host) {
+            if !server.allow_plaintext {
+                return Err(invalid(
+                    "tls",
+                    format!(
+                        "\"none\" to {}, which is not a loopback address, would send the \
+                         passwords and every message in clear over the network; use \
+                         \"implicit\" or \"starttls\", or set allow_plaintext = true in \
+                         [{section}] if the link is private and trusted",
+                        server.host.trim()
+                    ),
+                ));
+            }
+            tracing::warn!(
+                host = %server.host.trim(),
+                "[{section}] tls = \"none\" with allow_plaintext = true: passwords and mail \
+                 cross the network in clear"
+            );
+        }
         if server.max_connections_per_user == Some(0) {
             return Err(invalid(
                 "max_connections_per_user",
@@ -866,6 +894,51 @@ fn check_office365_keys(
                 "oauth_tenant"
             };
             return Err(invalid(key, e.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// True if `host` names this machine: `localhost`, an address in 127.0.0.0/8 or `::1`
+/// (also written `[::1]`, or as an IPv4-mapped IPv6 address). Only these may be reached
+/// in clear without `allow_plaintext`: the traffic never leaves the machine.
+fn is_loopback(host: &str) -> bool {
+    let h = host.trim();
+    let h = h.strip_suffix('.').unwrap_or(h);
+    let h = h
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(h);
+    if h.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    h.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// Catches the usual ways a server address is written wrong (a URL, a port appended,
+/// a space), which would otherwise surface as a puzzling DNS failure per mailbox. The
+/// value is not repeated: a URL can carry a user and password (`imaps://u:p@host`).
+fn check_host(host: &str) -> Result<(), String> {
+    let h = host.trim();
+    if h.contains("://") {
+        return Err(
+            "is a URL; give the host name alone (e.g. \"imap.example.org\") and \
+                    the port in `port`"
+                .into(),
+        );
+    }
+    if h.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == '@')
+    {
+        return Err("is not a host name or address (it contains a space, '/' or '@')".into());
+    }
+    if let Some((name, port)) = h.rsplit_once(':') {
+        // One colon: `name:port`. Several: an IPv6 address, which is fine as it is.
+        if !name.contains(':') && !name.is_empty() {
+            return Err(format!(
+                "includes a port; give the host alone and set `port = {port}`"
+            ));
         }
     }
     Ok(())
@@ -1125,6 +1198,7 @@ host = "outlook.office365.com"
             "tls",
             "tls_ca_file",
             "tls_verify",
+            "allow_plaintext",
             "auth",
             "admin_user",
             "admin_password",
@@ -1199,9 +1273,86 @@ host = "outlook.office365.com"
         let c = r.unwrap();
         assert_eq!(c.upstream.tls, TlsMode::Starttls);
         assert_eq!(c.upstream.port(), 143);
-        assert_eq!(server("tls = \"none\"\n").port(), 143);
-        assert_eq!(server("tls = \"none\"\nport = 1143\n").port(), 1143);
+        let plain = "tls = \"none\"\nallow_plaintext = true\n";
+        assert_eq!(server(plain).port(), 143);
+        assert_eq!(server(&format!("{plain}port = 1143\n")).port(), 1143);
         assert_eq!(server("port = 10993\n").port(), 10993);
+    }
+
+    /// With the section's `host` replaced by `host` and `extra` appended to [upstream].
+    fn load_upstream(host: &str, extra: &str) -> Result<Config, ConfigError> {
+        let text = MINIMAL.replace(
+            "host = \"outlook.office365.com\"",
+            &format!("host = \"{host}\"\n{extra}"),
+        );
+        load_str(&text).1
+    }
+
+    #[test]
+    fn plaintext_only_to_loopback_unless_allowed() {
+        for host in [
+            "imap.example.org",
+            "192.168.1.10",
+            "10.0.0.1",
+            "::2",
+            "localhost.example",
+        ] {
+            let err = load_upstream(host, "tls = \"none\"")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("upstream.tls"), "{host}: {err}");
+            assert!(
+                err.contains("in clear") && err.contains("allow_plaintext"),
+                "{host}: {err}"
+            );
+            assert!(err.contains("cutover.toml"), "{host}: {err}");
+            // The operator may say the link is trusted.
+            let c = load_upstream(host, "tls = \"none\"\nallow_plaintext = true").unwrap();
+            assert!(c.upstream.allow_plaintext);
+        }
+        for host in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "[::1]",
+            "::ffff:127.0.0.1",
+            "localhost",
+            "LocalHost.",
+        ] {
+            let c = load_upstream(host, "tls = \"none\"").unwrap_or_else(|e| panic!("{host}: {e}"));
+            assert_eq!(c.upstream.tls, TlsMode::None);
+        }
+        // The source side is checked the same way.
+        let text = MINIMAL.replace(
+            "host = \"imap.legacy.example\"",
+            "host = \"imap.legacy.example\"\ntls = \"none\"",
+        );
+        let err = load_str(&text).1.unwrap_err().to_string();
+        assert!(
+            err.contains("source.tls") && err.contains("[source]"),
+            "{err}"
+        );
+        // TLS needs no permission anywhere.
+        load_upstream("imap.example.org", "tls = \"starttls\"").unwrap();
+    }
+
+    #[test]
+    fn host_written_as_url_or_with_port_is_named() {
+        for (host, hint) in [
+            ("imaps://imap.example.org", "URL"),
+            ("imap.example.org:993", "port = 993"),
+            ("imap example.org", "not a host"),
+            ("imaps://migrator:hunter2@imap.example.org", "URL"),
+            ("migrator:hunter2@imap.example.org", "not a host"),
+        ] {
+            let err = load_upstream(host, "").unwrap_err().to_string();
+            assert!(
+                err.contains("upstream.host") && err.contains(hint),
+                "{host}: {err}"
+            );
+            assert!(!err.contains("hunter2"), "{host}: {err}");
+        }
+        load_upstream("2001:db8::1", "").unwrap();
     }
 
     #[test]

@@ -88,8 +88,26 @@ fn worker_threads() -> Option<usize> {
     }
 }
 
+/// Makes every file and directory the process creates private to its user (umask
+/// 077), whatever umask it was started with.
+///
+/// The spool holds every migrated message, and sled creates its own files (the log, its
+/// snapshots) with the process umask: under the usual 022 every local user could read
+/// them. The spool's own code sets modes explicitly where it creates files; this covers
+/// what it does not create itself. Not for `demo`, whose Dovecot servers read the files
+/// the demo writes for them.
+fn private_umask() {
+    // SAFETY: umask only swaps the process's file mode creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Demo { .. }) {
+        private_umask();
+    }
     cutover::logging::init();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = worker_threads() {

@@ -4,6 +4,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use std::sync::Arc;
 
 use super::report::{self, Snapshot};
@@ -104,8 +106,14 @@ pub fn report(config: &Path, output: Option<&PathBuf>) -> anyhow::Result<bool> {
     match output {
         Some(path) => {
             let tmp = path.with_extension("tmp");
-            report::write_csv(&snap, std::fs::File::create(&tmp)?)?;
-            std::fs::rename(&tmp, path)?;
+            // Names every mailbox and its problems: private like the spool it comes from.
+            let file = super::files::create(&tmp)
+                .with_context(|| format!("cannot write the report to {}", tmp.display()))?;
+            report::write_csv(&snap, file)
+                .with_context(|| format!("cannot write the report to {}", tmp.display()))?;
+            std::fs::rename(&tmp, path).with_context(|| {
+                format!("cannot rename {} to {}", tmp.display(), path.display())
+            })?;
             eprintln!(
                 "wrote {} ({} mailboxes)",
                 path.display(),
@@ -128,9 +136,10 @@ pub fn report(config: &Path, output: Option<&PathBuf>) -> anyhow::Result<bool> {
 /// `cutover status`). With the daemon stopped, the final passes run here, one mailbox
 /// after the other; true if all of them succeeded.
 pub async fn complete(config: &Path, mailboxes: &[String]) -> anyhow::Result<bool> {
-    let (cfg, accounts) = load(config)?;
+    let (cfg, mut accounts) = load(config)?;
     for m in mailboxes {
-        if !accounts.iter().any(|a| &a.email == m) {
+        let m = m.trim().to_lowercase();
+        if !accounts.iter().any(|a| a.email == m) {
             anyhow::bail!("{m} is not a mailbox of {}", cfg.mailboxes.display());
         }
     }
@@ -159,6 +168,7 @@ pub async fn complete(config: &Path, mailboxes: &[String]) -> anyhow::Result<boo
         }
         Err(e) => return Err(e),
     };
+    crate::cli::adopt_spool_ids(&engine.spool, &mut accounts)?;
     let mut sched = Scheduler::new(
         engine.spool.clone(),
         &accounts,

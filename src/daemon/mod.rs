@@ -19,6 +19,7 @@
 //! as the same source user. Mailboxes waiting for a slot keep their status.
 
 pub mod commands;
+pub mod files;
 pub mod notify;
 pub mod report;
 pub mod requests;
@@ -93,7 +94,7 @@ struct PassDone {
 /// `cutover run`. Returns Ok(true) when stopped by a signal or when every mailbox is
 /// Completed.
 pub async fn run(config: &Path) -> anyhow::Result<bool> {
-    let (cfg, accounts) = load(config)?;
+    let (cfg, mut accounts) = load(config)?;
     if accounts.is_empty() {
         anyhow::bail!("no mailboxes to migrate in {}", cfg.mailboxes.display());
     }
@@ -104,6 +105,7 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
     let per_user = cfg.source.max_connections_per_user;
     let max_passes = cfg.source.max_connections.max(1);
     let engine = Arc::new(open_engine(cfg).await?);
+    crate::cli::adopt_spool_ids(&engine.spool, &mut accounts)?;
     // Compresses the bodies spooled raw while the daemon waits between passes.
     let _compactor = crate::spool::Compactor::start(engine.spool.clone());
     let spool_dir = engine.spool.path().to_path_buf();

@@ -185,7 +185,12 @@ pub fn from_spool(spool: &Spool, expected: &[String]) -> anyhow::Result<Snapshot
     let now = chrono::Utc::now().timestamp();
     let mut states = spool.mailboxes()?;
     for m in expected {
-        if !states.iter().any(|s| &s.id == m) {
+        // An older spool may know the mailbox under other capitals (see
+        // `accounts::adopt_spool_ids`): it is the same mailbox, not a new one.
+        if !states
+            .iter()
+            .any(|s| s.id.to_lowercase() == m.to_lowercase())
+        {
             states.push(MailboxState {
                 id: m.clone(),
                 status: Status::Queued.as_str().into(),
@@ -209,7 +214,8 @@ pub fn from_spool(spool: &Spool, expected: &[String]) -> anyhow::Result<Snapshot
 pub fn write_snapshot(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     let data = serde_json::to_vec_pretty(snap).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, data)?;
+    // Every mailbox's errors and skipped messages: for the service user only.
+    super::files::write(&tmp, &data)?;
     std::fs::rename(&tmp, path)
 }
 

@@ -23,7 +23,7 @@ fn dir(spool_dir: &Path) -> PathBuf {
 /// Leaves a request for the daemon; returns the file written.
 pub fn submit(spool_dir: &Path, req: &CompleteRequest) -> std::io::Result<PathBuf> {
     let d = dir(spool_dir);
-    std::fs::create_dir_all(&d)?;
+    super::files::create_dir_all(&d)?;
     let stamp = format!(
         "complete-{}-{}",
         chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
@@ -31,9 +31,9 @@ pub fn submit(spool_dir: &Path, req: &CompleteRequest) -> std::io::Result<PathBu
     );
     let tmp = d.join(format!(".{stamp}.tmp"));
     let file = d.join(format!("{stamp}.json"));
-    std::fs::write(
+    super::files::write(
         &tmp,
-        serde_json::to_vec(req).map_err(std::io::Error::other)?,
+        &serde_json::to_vec(req).map_err(std::io::Error::other)?,
     )?;
     std::fs::rename(&tmp, &file)?;
     Ok(file)

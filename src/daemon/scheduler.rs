@@ -282,14 +282,17 @@ impl Scheduler {
     /// soon as possible. Returns the names that are not mailboxes of the CSV.
     pub fn request_complete(&mut self, mailboxes: &[String], now_ms: i64) -> Vec<String> {
         let now = secs(now_ms);
-        let unknown: Vec<String> = mailboxes
-            .iter()
-            .filter(|m| !self.entries.contains_key(*m))
-            .cloned()
-            .collect();
+        let mut unknown = Vec::new();
+        let mut wanted = Vec::new();
+        for m in mailboxes {
+            match self.resolve(m) {
+                Some(id) => wanted.push(id),
+                None => unknown.push(m.clone()),
+            }
+        }
         let mut changed = Vec::new();
         for e in self.entries.values_mut() {
-            if e.facts.completed || !(mailboxes.is_empty() || mailboxes.contains(&e.st.id)) {
+            if e.facts.completed || !(mailboxes.is_empty() || wanted.contains(&e.st.id)) {
                 continue;
             }
             e.st.cutover_since_unix.get_or_insert(now);
@@ -305,6 +308,21 @@ impl Scheduler {
             self.persist(&id);
         }
         unknown
+    }
+
+    /// The id of the mailbox an admin names (`cutover complete --mailbox`), compared
+    /// without regard to case as Office 365 does: ids are lower-cased addresses, or the
+    /// spelling an older spool used (see [`crate::accounts::adopt_spool_ids`]).
+    pub fn resolve(&self, name: &str) -> Option<String> {
+        let name = name.trim();
+        if self.entries.contains_key(name) {
+            return Some(name.to_string());
+        }
+        let folded = name.to_lowercase();
+        self.entries
+            .keys()
+            .find(|id| id.to_lowercase() == folded)
+            .cloned()
     }
 
     pub fn all_completed(&self) -> bool {
@@ -397,6 +415,27 @@ mod tests {
                 ttl,
             }),
         }
+    }
+
+    #[test]
+    fn complete_finds_a_mailbox_whatever_its_capitals() {
+        let (_d, spool, mut accounts, cfg) = setup(100);
+        // The spool of an older version knows the first mailbox with capitals.
+        accounts[0].email = "A@Moved.test".into();
+        let t0 = 1_700_000_000_000;
+        let mut s =
+            Scheduler::new(spool.clone(), &accounts, Duration::from_secs(60), &cfg, t0).unwrap();
+        let unknown = s.request_complete(
+            &[" a@MOVED.test".to_string(), "B@Stays.Test".to_string()],
+            t0,
+        );
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert_eq!(s.status_of("A@Moved.test"), Some(Status::CutoverPending));
+        assert_eq!(s.status_of("b@stays.test"), Some(Status::CutoverPending));
+        assert_eq!(
+            s.request_complete(&["c@moved.test".to_string()], t0),
+            ["c@moved.test"]
+        );
     }
 
     #[test]

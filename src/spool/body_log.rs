@@ -55,13 +55,34 @@
 //! records syncs for all of them; the others find nothing pending. Bodies that were
 //! never synced (the process died before any record referred to them) are just unused
 //! bytes in a segment, and spooling them again appends a fresh copy.
+//!
+//! # A failed fsync
+//!
+//! Because one sync covers every task's bodies, its failure concerns every task, not
+//! only the one whose call failed: the others are about to write records naming bodies
+//! that may not be on disk. And after a failed fsync Linux may have dropped the dirty
+//! pages, so a second fsync of the same file can succeed without writing them. So:
+//!
+//! - the segment is marked failed and never written or fsynced again; its pending
+//!   bodies stay pending (nothing is forgotten);
+//! - every sync from then on first copies those bodies, read back and checked against
+//!   their CRC or zstd checksum, into a fresh segment, and fsyncs that; until that has
+//!   worked, every sync fails, whoever calls it, so no record is written meanwhile;
+//! - a body whose read-back does not check out is lost: every sync fails until it is
+//!   spooled again (its message is fetched again when its record was not written), or
+//!   until the process restarts (then nothing pending survives, and no record names it).
+//!
+//! Compaction deletes a segment only when it is not the one being written and no
+//! pending body lives in it; a new entry is entered in `pending` before the writer
+//! lock that wrote it is released, so no write is ever between the two.
 
 use super::{hex, BodyHash, Result, SpoolError};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, IoSlice, Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Size at which a segment is closed and the next one started. Large enough that a
@@ -129,6 +150,76 @@ pub(super) struct BodyLog {
     /// Pending entries nobody will read back soon (see [`BodyLog::release`]): their
     /// pages leave the page cache once the sync has made them durable.
     released: Mutex<Vec<Location>>,
+    /// What failed fsyncs left to repair (see "A failed fsync" in the module docs).
+    failure: Mutex<Failure>,
+    /// Test hook: the next this many segment fsyncs fail (a real disk error is hard to
+    /// produce on demand).
+    /// [`REPAIR_BACKOFF`], except in tests.
+    repair_backoff: Mutex<std::time::Duration>,
+    #[cfg(test)]
+    fail_fsyncs: std::sync::atomic::AtomicUsize,
+}
+
+/// The state a failed fsync leaves until a sync repairs it.
+#[derive(Default)]
+struct Failure {
+    /// Segments whose fsync failed: never written or fsynced again, and their pending
+    /// bodies must be copied elsewhere before they count as durable.
+    segments: HashSet<u32>,
+    /// Bodies that could not be read back intact from a failed segment.
+    lost: HashSet<BodyHash>,
+    /// The first error since the last sync that succeeded, for the messages.
+    error: Option<String>,
+    /// Failed fsyncs (or rewrites) since the last sync that succeeded.
+    attempts: u32,
+    /// No repair is tried before this. A disk that fails tends to go on failing, and
+    /// each attempt writes every pending body again: without a pause, the tasks'
+    /// retries would fill the disk with copies.
+    not_before: Option<std::time::Instant>,
+}
+
+/// Pause after the first failed disk sync before a repair is tried; doubled after
+/// each further failure, up to [`REPAIR_BACKOFF_MAX`].
+const REPAIR_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+const REPAIR_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Failed disk syncs in a row after which no repair is tried any more in this process
+/// (every sync then fails): the disk is broken, and the admin has to act.
+const REPAIR_ATTEMPTS: u32 = 10;
+
+impl Failure {
+    /// Counts a failed fsync or rewrite and sets the pause before the next attempt.
+    fn failed_attempt(&mut self, first_pause: std::time::Duration) {
+        self.attempts += 1;
+        let pause = first_pause
+            .saturating_mul(1 << self.attempts.saturating_sub(1).min(16))
+            .min(REPAIR_BACKOFF_MAX);
+        self.not_before = Some(std::time::Instant::now() + pause);
+    }
+
+    /// Fails unless a repair may be tried now.
+    fn repair_allowed(&self) -> Result<()> {
+        if self.segments.is_empty() {
+            return Ok(());
+        }
+        let error = self.error.as_deref().unwrap_or("unknown error");
+        if self.attempts >= REPAIR_ATTEMPTS {
+            return Err(std::io::Error::other(format!(
+                "{} disk syncs of the spool's bodies failed in a row (first: {error}); \
+                 nothing more is recorded until cutover is restarted with the disk fixed",
+                self.attempts
+            ))
+            .into());
+        }
+        match self.not_before {
+            Some(t) if std::time::Instant::now() < t => Err(std::io::Error::other(format!(
+                "a disk sync of the spool's bodies failed ({error}); retried in {:.1} s",
+                (t - std::time::Instant::now()).as_secs_f64()
+            ))
+            .into()),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The segment being appended to, created on the first append of the process.
@@ -156,7 +247,7 @@ impl BodyLog {
     /// Opens the body directory, creating it if needed. Existing segments are only
     /// read; the next append goes to a new segment numbered after the last one.
     pub(super) fn open(dir: PathBuf) -> Result<BodyLog> {
-        std::fs::create_dir_all(&dir)?;
+        create_private_dir(&dir)?;
         // Make the directory itself durable, or the segments in it could vanish with it.
         if let Some(parent) = dir.parent() {
             File::open(parent)?.sync_all()?;
@@ -177,6 +268,10 @@ impl BodyLog {
             pending: Mutex::new(HashMap::new()),
             sync_lock: Mutex::new(()),
             released: Mutex::new(Vec::new()),
+            failure: Mutex::new(Failure::default()),
+            repair_backoff: Mutex::new(REPAIR_BACKOFF),
+            #[cfg(test)]
+            fail_fsyncs: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -208,11 +303,13 @@ impl BodyLog {
         parts: &[&[u8]],
         body_len: u64,
     ) -> Result<()> {
-        let loc = self.write_entry(hash, stored, parts, body_len)?;
-        lock(&self.writer).last_append = std::time::Instant::now();
-        // Another task may have appended the same body meanwhile; the first location
-        // wins, and this copy is a few wasted bytes.
-        lock(&self.pending).entry(*hash).or_insert(loc);
+        self.write_entry(hash, stored, parts, body_len, true, |pending, loc| {
+            // Another task may have appended the same body meanwhile; the first location
+            // wins, and this copy is a few wasted bytes.
+            pending.entry(*hash).or_insert(loc);
+        })?;
+        // Spooled again: no longer lost.
+        lock(&self.failure).lost.remove(hash);
         Ok(())
     }
 
@@ -225,18 +322,31 @@ impl BodyLog {
         frame: &[u8],
         old: Location,
     ) -> Result<()> {
-        let loc = self.write_entry(hash, stored, &[frame], old.body_len)?;
-        lock(&self.pending).insert(*hash, loc);
+        self.write_entry(
+            hash,
+            stored,
+            &[frame],
+            old.body_len,
+            false,
+            |pending, loc| {
+                pending.insert(*hash, loc);
+            },
+        )?;
         Ok(())
     }
 
-    /// Writes one entry at the end of the current segment and returns where it went.
+    /// Writes one entry at the end of the current segment and returns where it went;
+    /// `record` enters it into `pending` before the writer lock is released, so that
+    /// compaction never sees a segment with an entry written but not yet pending.
+    /// `spooled`: a new body, not a copy (see [`BodyLog::idle_for`]).
     fn write_entry(
         &self,
         hash: &BodyHash,
         stored: Stored,
         parts: &[&[u8]],
         body_len: u64,
+        spooled: bool,
+        record: impl FnOnce(&mut HashMap<BodyHash, Location>, Location),
     ) -> Result<Location> {
         let frame_len = u32::try_from(parts.iter().map(|p| p.len()).sum::<usize>())
             .map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "body frame over 4 GiB"))?;
@@ -258,12 +368,17 @@ impl BodyLog {
             return Err(e.into());
         }
         segment.len += entry_len;
-        Ok(Location {
+        let loc = Location {
             segment: segment.id,
             offset,
             frame_len,
             body_len,
-        })
+        };
+        record(&mut lock(&self.pending), loc);
+        if spooled {
+            writer.last_append = std::time::Instant::now();
+        }
+        Ok(loc)
     }
 
     /// Returns the segment to append `len` bytes to, starting a new one if needed.
@@ -274,22 +389,27 @@ impl BodyLog {
         };
         if full {
             // The old segment may hold pending bodies, and a sync only fsyncs the
-            // current segment: make the old one durable before leaving it.
+            // current segment: make the old one durable before leaving it (unless its
+            // fsync failed already: a second one proves nothing, see the module docs).
             if let Some(old) = &mut writer.current {
-                if let Err(e) = old.file.sync_data() {
-                    old.broken = true;
-                    self.forget_segment(old.id);
-                    return Err(e.into());
+                if !self.has_failed(old.id) {
+                    if let Err(e) = self.fsync(&old.file) {
+                        old.broken = true;
+                        self.fsync_failed(old.id, &e);
+                        return Err(e.into());
+                    }
                 }
             }
             let id = writer.next_segment;
+            // Taken before the file exists: a failure below must not reuse the number.
+            writer.next_segment = id.checked_add(1).unwrap_or(id);
             let file = OpenOptions::new()
                 .create_new(true)
                 .append(true)
+                .mode(FILE_MODE)
                 .open(self.segment_path(id))?;
             // The new file's name must survive a crash too, or its contents go with it.
             File::open(&self.dir)?.sync_all()?;
-            writer.next_segment = id.checked_add(1).unwrap_or(id);
             writer.current = Some(Segment {
                 id,
                 file: Arc::new(file),
@@ -305,14 +425,20 @@ impl BodyLog {
     }
 
     /// Makes every appended body durable and indexes it. Cheap when nothing is pending.
+    ///
+    /// Fails while an earlier failed fsync is not repaired (see "A failed fsync" in the
+    /// module docs), whoever made the call that saw it: a caller must not write records
+    /// unless this succeeded.
     pub(super) fn sync(&self, index: &sled::Tree) -> Result<()> {
         let _sync = lock(&self.sync_lock);
+        lock(&self.failure).repair_allowed()?;
+        self.rewrite_failed()?;
         let synced: Vec<(BodyHash, Location)> = lock(&self.pending)
             .iter()
             .map(|(hash, loc)| (*hash, *loc))
             .collect();
         if synced.is_empty() {
-            return Ok(());
+            return self.settle();
         }
         // Released before this point: appended before it, so synced below.
         let released = std::mem::take(&mut *lock(&self.released));
@@ -323,12 +449,13 @@ impl BodyLog {
             .as_ref()
             .map(|seg| (seg.id, Arc::clone(&seg.file)));
         if let Some((id, file)) = current {
-            if let Err(e) = file.sync_data() {
+            if let Err(e) = self.fsync(&file) {
                 let mut writer = lock(&self.writer);
                 if let Some(seg) = writer.current.as_mut().filter(|seg| seg.id == id) {
                     seg.broken = true;
                 }
-                self.forget_segment(id);
+                self.fsync_failed(id, &e);
+                // Those released stay in the page cache: a read-back may need them.
                 return Err(e.into());
             }
         }
@@ -347,7 +474,136 @@ impl BodyLog {
             }
         }
         self.drop_cached(&released);
+        self.settle()
+    }
+
+    /// The outcome of a sync that got this far: fine unless a body was lost. Clears the
+    /// remembered error once nothing is left to repair.
+    fn settle(&self) -> Result<()> {
+        let mut failure = lock(&self.failure);
+        if let Some(hash) = failure.lost.iter().next() {
+            return Err(std::io::Error::other(format!(
+                "body {} (and {} more) could not be made durable after a failed disk sync ({}); \
+                 no message record is written until it is spooled again or cutover is \
+                 restarted",
+                hex(hash),
+                failure.lost.len() - 1,
+                failure.error.as_deref().unwrap_or("unknown error")
+            ))
+            .into());
+        }
+        if failure.segments.is_empty() {
+            failure.error = None;
+            failure.attempts = 0;
+            failure.not_before = None;
+        }
         Ok(())
+    }
+
+    /// Copies the pending bodies of segments whose fsync failed into the segment being
+    /// written, after checking each one read back, so that the sync that follows makes
+    /// them durable. Fails (and leaves everything pending) if that cannot be done now.
+    fn rewrite_failed(&self) -> Result<()> {
+        let failed: HashSet<u32> = lock(&self.failure).segments.clone();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let stranded: Vec<(BodyHash, Location)> = lock(&self.pending)
+            .iter()
+            .filter(|(_, loc)| failed.contains(&loc.segment))
+            .map(|(hash, loc)| (*hash, *loc))
+            .collect();
+        for (hash, old) in stranded {
+            let checked = self.read_frame(&hash, &old, false).and_then(|read| {
+                let (stored, frame) = read.ok_or_else(|| SpoolError::Corrupt {
+                    what: format!("body {}", hex(&hash)),
+                    detail: "its segment file is missing".into(),
+                })?;
+                super::decode_body(&hash, stored, frame.clone(), old.body_len)?;
+                Ok((stored, frame))
+            });
+            let (stored, frame) = match checked {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::error!(
+                        body = %hex(&hash),
+                        error = %e,
+                        "a spooled body did not survive a failed disk sync"
+                    );
+                    let mut pending = lock(&self.pending);
+                    if pending.get(&hash) == Some(&old) {
+                        pending.remove(&hash);
+                        lock(&self.failure).lost.insert(hash);
+                    }
+                    continue;
+                }
+            };
+            let moved = self.write_entry(
+                &hash,
+                stored,
+                &[&frame],
+                old.body_len,
+                false,
+                |pending, loc| {
+                    // Only if nothing (compaction) moved it meanwhile.
+                    if pending.get(&hash) == Some(&old) {
+                        pending.insert(hash, loc);
+                    }
+                },
+            );
+            if let Err(e) = moved {
+                let pause = *lock(&self.repair_backoff);
+                let mut failure = lock(&self.failure);
+                failure.failed_attempt(pause);
+                return Err(std::io::Error::other(format!(
+                    "cannot write again the bodies of a failed disk sync ({}): {e}",
+                    failure.error.as_deref().unwrap_or("unknown error")
+                ))
+                .into());
+            }
+        }
+        // Nothing pending lives there any more; the files go with compaction.
+        let mut failure = lock(&self.failure);
+        for id in &failed {
+            failure.segments.remove(id);
+        }
+        Ok(())
+    }
+
+    /// fsync of a segment's data (or the failure the test hook asks for).
+    fn fsync(&self, file: &File) -> std::io::Result<()> {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering;
+            if self
+                .fail_fsyncs
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(std::io::Error::other("injected fsync failure"));
+            }
+        }
+        file.sync_data()
+    }
+
+    /// Records that the fsync of segment `id` failed (see the module docs).
+    fn fsync_failed(&self, id: u32, e: &std::io::Error) {
+        tracing::error!(
+            segment = %self.segment_path(id).display(),
+            error = %e,
+            "fsync of a body segment failed; its bodies are written again elsewhere"
+        );
+        let pause = *lock(&self.repair_backoff);
+        let mut failure = lock(&self.failure);
+        failure.segments.insert(id);
+        failure.failed_attempt(pause);
+        failure
+            .error
+            .get_or_insert_with(|| format!("fsync of {}: {e}", self.segment_path(id).display()));
+    }
+
+    fn has_failed(&self, id: u32) -> bool {
+        lock(&self.failure).segments.contains(&id)
     }
 
     /// Says that the body `hash` will not be read back soon: its caller holds it in
@@ -386,17 +642,6 @@ impl BodyLog {
                 drop_cached_range(file, loc);
             }
         }
-    }
-
-    /// Drops the pending bodies of a segment whose fsync failed.
-    ///
-    /// After a failed fsync, Linux may have discarded the dirty pages, and a second fsync
-    /// can report success without writing them: the only safe assumption is that those
-    /// bodies are lost. Forgetting them makes the caller's retry (which spools the
-    /// bodies again, since `put_messages` failed) append fresh copies to a new segment,
-    /// as the failed one is marked broken.
-    fn forget_segment(&self, id: u32) {
-        lock(&self.pending).retain(|_, loc| loc.segment != id);
     }
 
     /// Reads the frame of a body, checking the entry header against `loc`. `None` when
@@ -478,8 +723,12 @@ impl BodyLog {
     /// The segments no process appends to any more, oldest first: every segment of the
     /// directory except the one this process is writing.
     pub(super) fn sealed_segments(&self) -> Result<Vec<u32>> {
-        let current = lock(&self.writer).current.as_ref().map(|seg| seg.id);
+        // Listed under the writer lock: a segment started after `current` was read would
+        // otherwise be listed as sealed while it is being written.
+        let writer = lock(&self.writer);
+        let current = writer.current.as_ref().map(|seg| seg.id);
         let mut ids = segment_ids(&self.dir)?;
+        drop(writer);
         ids.retain(|id| Some(*id) != current);
         ids.sort_unstable();
         Ok(ids)
@@ -520,8 +769,23 @@ impl BodyLog {
     }
 
     /// Deletes a segment whose bodies all live elsewhere now (durably).
+    ///
+    /// Refused while the segment is being written or a pending body lives in it (a body
+    /// of a failed fsync waiting to be written again, or one the caller did not see):
+    /// checked under the writer lock, so no write can slip in between.
     pub(super) fn remove_segment(&self, id: u32) -> Result<()> {
+        let writer = lock(&self.writer);
+        let in_use = writer.current.as_ref().is_some_and(|seg| seg.id == id)
+            || lock(&self.pending).values().any(|loc| loc.segment == id);
+        if in_use {
+            return Err(std::io::Error::other(format!(
+                "body segment {} is still in use; not deleted",
+                self.segment_path(id).display()
+            ))
+            .into());
+        }
         std::fs::remove_file(self.segment_path(id))?;
+        drop(writer);
         File::open(&self.dir)?.sync_all()?;
         Ok(())
     }
@@ -542,10 +806,13 @@ impl BodyLog {
             return Ok(false);
         };
         // Its pending bodies must be durable before the writer leaves it, as on rotation:
-        // a sync only fsyncs the current segment.
-        if let Err(e) = seg.file.sync_data() {
-            self.forget_segment(seg.id);
-            return Err(e.into());
+        // a sync only fsyncs the current segment. One that failed already is repaired by
+        // the next sync instead.
+        if !self.has_failed(seg.id) {
+            if let Err(e) = self.fsync(&seg.file) {
+                self.fsync_failed(seg.id, &e);
+                return Err(e.into());
+            }
         }
         Ok(true)
     }
@@ -561,6 +828,19 @@ impl BodyLog {
                 .count()
     }
 
+    /// Sets the pause before the first repair (for tests).
+    #[cfg(test)]
+    pub(super) fn set_repair_backoff(&self, pause: std::time::Duration) {
+        *lock(&self.repair_backoff) = pause;
+    }
+
+    /// Makes the next `n` segment fsyncs fail (for tests).
+    #[cfg(test)]
+    pub(super) fn fail_next_fsyncs(&self, n: usize) {
+        self.fail_fsyncs
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
     #[cfg(test)]
     pub(super) fn set_max_segment_len(&self, len: u64) {
         lock(&self.writer).max_segment_len = len;
@@ -569,6 +849,65 @@ impl BodyLog {
     #[cfg(test)]
     pub(super) fn dir(&self) -> &std::path::Path {
         &self.dir
+    }
+}
+
+/// Mode of the segment files: they are the mail itself.
+const FILE_MODE: u32 = 0o600;
+
+/// Mode of the spool's directories.
+const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` and its missing parents with [`DIR_MODE`], whatever the umask.
+pub(super) fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    Ok(())
+}
+
+/// Takes the group and other permissions off `root` and, with `deep`, off everything
+/// below it (symbolic links are neither changed nor followed).
+///
+/// A spool made by an older version, or sled's files made under the usual umask 022,
+/// are readable by every local user: the spool is the migrated mail. Best effort: a
+/// file this user may not change (another owner) is logged and left, since refusing to
+/// start would stop the migration over what the 0700 directory already protects.
+pub(super) fn make_private(root: &Path, deep: bool) {
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot check the permissions of a spool file");
+                continue;
+            }
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            let private = std::fs::Permissions::from_mode(mode & 0o700);
+            if let Err(e) = std::fs::set_permissions(&path, private) {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{mode:o}"),
+                    error = %e,
+                    "cannot make a spool file private to its owner"
+                );
+            }
+        }
+        if deep && meta.is_dir() {
+            match std::fs::read_dir(&path) {
+                Ok(entries) => todo.extend(entries.filter_map(|e| e.ok().map(|e| e.path()))),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot list a spool directory")
+                }
+            }
+        }
     }
 }
 
@@ -629,4 +968,181 @@ fn write_all_vectored(mut file: &File, mut slices: &mut [IoSlice<'_>]) -> std::i
 /// consistent at every point, so a panic elsewhere is no reason to stop the spool.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body log in a temporary directory, with a sled tree as its index.
+    fn open() -> (tempfile::TempDir, BodyLog, sled::Tree) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = BodyLog::open(dir.path().join("bodies")).unwrap();
+        log.set_repair_backoff(std::time::Duration::ZERO);
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let index = db.open_tree("bodies").unwrap();
+        (dir, log, index)
+    }
+
+    fn hash(n: u8) -> BodyHash {
+        [n; 32]
+    }
+
+    /// Appends body `n` raw, as the spool does.
+    fn append(log: &BodyLog, n: u8) -> Result<()> {
+        let body = vec![n; 1000 + usize::from(n)];
+        let crc = crc32fast::hash(&body).to_be_bytes();
+        log.append(&hash(n), Stored::Raw, &[&body, &crc], body.len() as u64)
+    }
+
+    fn indexed(index: &sled::Tree, n: u8) -> Option<Location> {
+        index
+            .get(hash(n))
+            .unwrap()
+            .map(|v| super::super::decode(&v, || "test".into()).unwrap())
+    }
+
+    /// Reads body `n` back through the index and checks it.
+    fn read_back(log: &BodyLog, index: &sled::Tree, n: u8) {
+        let loc = indexed(index, n).unwrap_or_else(|| panic!("body {n} is not indexed"));
+        let (stored, frame) = log.read_frame(&hash(n), &loc, false).unwrap().unwrap();
+        let body = super::super::decode_body(&hash(n), stored, frame, loc.body_len).unwrap();
+        assert_eq!(body, vec![n; 1000 + usize::from(n)]);
+    }
+
+    #[test]
+    fn a_failed_sync_keeps_the_bodies_and_fails_for_everyone_until_repaired() {
+        let (_d, log, index) = open();
+        append(&log, 1).unwrap();
+        append(&log, 2).unwrap();
+        let first = log.locate(&index, &hash(1)).unwrap().unwrap().segment;
+        log.fail_next_fsyncs(1);
+        assert!(log.sync(&index).is_err());
+        // Nothing forgotten: both are still known, and not indexed.
+        assert!(log.locate(&index, &hash(1)).unwrap().is_some());
+        assert!(indexed(&index, 2).is_none());
+        // Another caller, with nothing of its own pending: it must not be told that
+        // all is durable while the repair fails.
+        log.fail_next_fsyncs(1);
+        assert!(log.sync(&index).is_err());
+        assert!(indexed(&index, 1).is_none());
+        // The next sync writes them again elsewhere and succeeds.
+        log.sync(&index).unwrap();
+        for n in [1, 2] {
+            let loc = indexed(&index, n).unwrap();
+            assert_ne!(loc.segment, first, "body {n} left in the failed segment");
+            read_back(&log, &index, n);
+        }
+        // And the log is healthy again.
+        append(&log, 3).unwrap();
+        log.sync(&index).unwrap();
+        read_back(&log, &index, 3);
+    }
+
+    #[test]
+    fn a_body_damaged_by_the_failure_keeps_the_log_failed_until_spooled_again() {
+        let (_d, log, index) = open();
+        append(&log, 1).unwrap();
+        append(&log, 2).unwrap();
+        let loc = log.locate(&index, &hash(1)).unwrap().unwrap();
+        log.fail_next_fsyncs(1);
+        assert!(log.sync(&index).is_err());
+        // What the kernel may do after a failed writeback: the page is gone, the disk
+        // holds something else.
+        {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(log.segment_path(loc.segment))
+                .unwrap();
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(&[0xAA; 64], loc.offset + HEADER_LEN as u64)
+                .unwrap();
+        }
+        let err = log.sync(&index).unwrap_err().to_string();
+        assert!(err.contains(&hex(&hash(1))), "{err}");
+        // Body 2 survived and is durable; body 1 is not known any more, so that putting
+        // it again appends a fresh copy.
+        read_back(&log, &index, 2);
+        assert!(log.locate(&index, &hash(1)).unwrap().is_none());
+        assert!(
+            log.sync(&index).is_err(),
+            "a lost body must keep every sync failing"
+        );
+        append(&log, 1).unwrap();
+        log.sync(&index).unwrap();
+        read_back(&log, &index, 1);
+    }
+
+    #[test]
+    fn a_failed_fsync_on_rotation_or_seal_loses_nothing() {
+        let (_d, log, index) = open();
+        log.set_max_segment_len(1500);
+        append(&log, 1).unwrap();
+        log.fail_next_fsyncs(1);
+        // Body 2 does not fit: the writer leaves segment 1, whose fsync fails.
+        assert!(append(&log, 2).is_err());
+        append(&log, 2).unwrap();
+        log.sync(&index).unwrap();
+        read_back(&log, &index, 1);
+        read_back(&log, &index, 2);
+
+        append(&log, 3).unwrap();
+        log.fail_next_fsyncs(1);
+        assert!(log.seal_if_idle(std::time::Duration::ZERO).is_err());
+        log.sync(&index).unwrap();
+        read_back(&log, &index, 3);
+    }
+
+    #[test]
+    fn repairs_back_off_and_give_up() {
+        let (_d, log, index) = open();
+        log.set_repair_backoff(std::time::Duration::from_millis(200));
+        append(&log, 1).unwrap();
+        log.fail_next_fsyncs(1);
+        assert!(log.sync(&index).is_err());
+        // Within the pause, a sync fails at once, and writes nothing.
+        let files = std::fs::read_dir(&log.dir).unwrap().count();
+        let err = log.sync(&index).unwrap_err().to_string();
+        assert!(err.contains("retried in"), "{err}");
+        assert_eq!(std::fs::read_dir(&log.dir).unwrap().count(), files);
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        log.sync(&index).unwrap();
+        read_back(&log, &index, 1);
+
+        // A disk that keeps failing: given up after REPAIR_ATTEMPTS in a row.
+        log.set_repair_backoff(std::time::Duration::ZERO);
+        append(&log, 2).unwrap();
+        log.fail_next_fsyncs(usize::MAX);
+        for _ in 0..REPAIR_ATTEMPTS {
+            assert!(log.sync(&index).is_err());
+        }
+        log.fail_next_fsyncs(0);
+        let err = log.sync(&index).unwrap_err().to_string();
+        assert!(err.contains("restarted"), "{err}");
+        let segments = segment_ids(&log.dir).unwrap().len();
+        assert!(
+            segments <= REPAIR_ATTEMPTS as usize + 2,
+            "{segments} segments"
+        );
+    }
+
+    #[test]
+    fn a_segment_in_use_is_never_removed() {
+        let (_d, log, index) = open();
+        append(&log, 1).unwrap();
+        let loc = log.locate(&index, &hash(1)).unwrap().unwrap();
+        // Being written.
+        assert!(log.remove_segment(loc.segment).is_err());
+        assert!(log.segment_path(loc.segment).exists());
+        // Sealed, but its fsync failed: the body waits in it to be written again.
+        log.fail_next_fsyncs(1);
+        assert!(log.seal_if_idle(std::time::Duration::ZERO).is_err());
+        assert_eq!(log.sealed_segments().unwrap(), [loc.segment]);
+        assert!(log.remove_segment(loc.segment).is_err());
+        assert!(log.segment_path(loc.segment).exists());
+        // Once the body lives elsewhere, durably, the segment may go.
+        log.sync(&index).unwrap();
+        log.remove_segment(loc.segment).unwrap();
+        read_back(&log, &index, 1);
+    }
 }

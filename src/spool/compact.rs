@@ -207,3 +207,54 @@ fn low_priority() {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compaction_after_a_failed_fsync_keeps_every_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).unwrap();
+        spool.body_log.set_repair_backoff(Duration::ZERO);
+        let bodies: Vec<Vec<u8>> = (0..20u8)
+            .map(|i| {
+                format!(
+                    "Subject: {i}\r\n\r\n{}",
+                    "body text ".repeat(50 + usize::from(i))
+                )
+                .into_bytes()
+            })
+            .collect();
+        let hashes: Vec<_> = bodies.iter().map(|b| spool.put_body(b).unwrap()).collect();
+        // The segment is sealed, but its fsync fails: the bodies in it are not durable.
+        spool.body_log.fail_next_fsyncs(1);
+        assert!(spool.body_log.seal_if_idle(Duration::ZERO).is_err());
+        let sealed = spool.body_log.sealed_segments().unwrap();
+        assert_eq!(sealed.len(), 1);
+        // A compaction that cannot repair that now does nothing rash.
+        spool.body_log.fail_next_fsyncs(1);
+        assert!(spool.compact(&|| false).is_err());
+        assert!(spool
+            .body_log
+            .dir()
+            .join(format!("{:08x}.seg", sealed[0]))
+            .exists());
+        // Then it repairs: the bodies are written again (the first repair's own fsync
+        // failed above, so its segment goes too), the failed segments are deleted.
+        let report = spool.compact(&|| false).unwrap();
+        assert_eq!((report.segments, report.dropped), (2, 40), "{report:?}");
+        assert!(!spool
+            .body_log
+            .dir()
+            .join(format!("{:08x}.seg", sealed[0]))
+            .exists());
+        // The copies are compressed once their segment is sealed.
+        assert!(spool.body_log.seal_if_idle(Duration::ZERO).unwrap());
+        assert_eq!(spool.compact(&|| false).unwrap().compressed, 20);
+        spool.flush().unwrap();
+        for (hash, body) in hashes.iter().zip(&bodies) {
+            assert_eq!(&spool.get_body(hash).unwrap(), body);
+        }
+    }
+}

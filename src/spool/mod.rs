@@ -342,8 +342,15 @@ impl Spool {
     ///
     /// The sled files and the `bodies/` directory of segment files live side by side in
     /// `path`.
+    ///
+    /// Everything in it is for the service user's eyes only: the directory is made (or
+    /// made again, for a spool an older version left readable) mode 0700, and every file
+    /// below it loses its group and other permissions, sled's own included (sled creates
+    /// them with the process umask; see `body_log::make_private`).
     pub fn open(path: &Path) -> Result<Spool> {
-        std::fs::create_dir_all(path)?;
+        body_log::create_private_dir(path)?;
+        // At once, before sled writes in it: this alone shuts everyone else out.
+        body_log::make_private(path, false);
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_CAPACITY)
@@ -351,12 +358,14 @@ impl Spool {
         let bodies = db.open_tree("bodies")?;
         let messages = db.open_tree("messages")?;
         let hasher = BodyHasher::of(&db, &bodies, &messages)?;
+        let body_log = Arc::new(BodyLog::open(path.join("bodies"))?);
+        body_log::make_private(path, true);
         Ok(Spool {
             bodies,
             mailboxes: db.open_tree("mailboxes")?,
             folders: db.open_tree("folders")?,
             messages,
-            body_log: Arc::new(BodyLog::open(path.join("bodies"))?),
+            body_log,
             compress_inline: Arc::new(AtomicBool::new(false)),
             db,
             path: Arc::new(path.to_path_buf()),
