@@ -6,7 +6,7 @@
 //! migration needs on top: timeouts, STARTTLS, SASL, pipelining of APPEND with LITERAL+,
 //! and FETCH results handed to the caller one message at a time so memory stays bounded.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 
 use super::framer::{Frame, FrameError, Framer};
 use super::response::{parse_internal_date, FetchData, Kind, Resp, RespCode, Untagged};
-use super::transport::{Stream, TlsSettings};
+use super::transport::{ByteStream, Stream, TlsSettings};
 use super::{Credentials, ListedFolder};
 use crate::mapping::{decode_mutf7, encode_mutf7};
 
@@ -73,6 +73,10 @@ pub enum ImapError {
     },
     #[error("{host} did not answer within {secs} s")]
     Timeout { host: String, secs: u64 },
+    /// The TLS handshake got no answer: often a middlebox that accepts connections and then
+    /// stays silent, so the message says where it stalled.
+    #[error("TLS handshake with {host} did not complete within {secs} s")]
+    HandshakeTimeout { host: String, secs: u64 },
     #[error("{host} closed the connection{}", .bye.as_ref().map(|b| format!(": {b}")).unwrap_or_default())]
     Closed { host: String, bye: Option<String> },
     #[error("{host} refused the login for {user}: {text}")]
@@ -116,6 +120,24 @@ fn tls_error(host: &str, source: std::io::Error) -> ImapError {
     }
 }
 
+/// The TLS handshake (implicit TLS, or after STARTTLS), bounded by the endpoint's timeout:
+/// a middlebox that takes the connection and then says nothing would otherwise hold the
+/// session, and the connection slot it occupies, for ever.
+async fn handshake(
+    stream: Stream,
+    tls: &TlsSettings,
+    host: &str,
+    timeout: Duration,
+) -> Result<Stream> {
+    match tokio::time::timeout(timeout, stream.upgrade(tls, host)).await {
+        Ok(r) => r.map_err(|source| tls_error(host, source)),
+        Err(_) => Err(ImapError::HandshakeTimeout {
+            host: host.to_string(),
+            secs: timeout.as_secs(),
+        }),
+    }
+}
+
 impl ImapError {
     /// Worth retrying on a fresh connection (the network or the server hiccupped), as opposed
     /// to a definite answer such as a refused login.
@@ -124,6 +146,7 @@ impl ImapError {
             self,
             ImapError::Io { .. }
                 | ImapError::Timeout { .. }
+                | ImapError::HandshakeTimeout { .. }
                 | ImapError::Closed { .. }
                 | ImapError::Connect { .. }
         )
@@ -311,6 +334,21 @@ fn appended(code: Option<RespCode>, n: usize) -> Vec<AppendOutcome> {
     }
 }
 
+/// The outcomes of an APPEND command of `n` messages from its completion.
+fn append_answer(kind: Kind, code: Option<RespCode>, text: String, n: usize) -> Vec<AppendOutcome> {
+    match kind {
+        Kind::Ok => appended(code, n),
+        _ if n == 1 => vec![AppendOutcome::Refused { kind, text }],
+        _ => (0..n)
+            .map(|_| AppendOutcome::RefusedTogether {
+                kind,
+                text: text.clone(),
+                messages: n,
+            })
+            .collect(),
+    }
+}
+
 /// A UID set in IMAP syntax with runs collapsed (`1:3,7,9:10`); `uids` in any order.
 pub fn uid_set(uids: &[u32]) -> String {
     let mut v: Vec<u32> = uids.iter().copied().filter(|u| *u != 0).collect();
@@ -355,6 +393,16 @@ pub struct Client {
     multiappend_wanted: bool,
     /// Outcomes known when `append_batch` failed mid-way (see `take_partial_outcomes`).
     partial_outcomes: Vec<AppendOutcome>,
+    /// The same, per item of that batch, with the answers that came ahead of the failure
+    /// (see `take_partial_answers`).
+    partial_answers: Vec<Option<AppendOutcome>>,
+    /// Tags of the commands sent whose completion has not been taken yet.
+    outstanding: HashSet<String>,
+    /// Completions that arrived while another command's was awaited: a server may
+    /// complete pipelined commands in any order (RFC 3501 §5.5).
+    done: HashMap<String, Resp>,
+    /// The server refused `ENABLE CONDSTORE`: mod-sequences are not used on this session.
+    condstore_off: bool,
 }
 
 impl Client {
@@ -379,26 +427,9 @@ impl Client {
             })
         };
         if ep.security == Security::Implicit {
-            stream = stream
-                .upgrade(tls()?, &ep.host)
-                .await
-                .map_err(|source| tls_error(&ep.host, source))?;
+            stream = handshake(stream, tls()?, &ep.host, ep.timeout).await?;
         }
-        let mut c = Client {
-            stream,
-            frames: Framer::new(ep.max_response_bytes as usize),
-            wbuf: Vec::with_capacity(READ_CHUNK),
-            stash: VecDeque::new(),
-            caps: Capabilities::default(),
-            tag: 0,
-            host: ep.host.clone(),
-            timeout: ep.timeout,
-            max_response: ep.max_response_bytes,
-            literal_plus: false,
-            multiappend: false,
-            multiappend_wanted: true,
-            partial_outcomes: Vec::new(),
-        };
+        let mut c = Client::new(stream, &ep.host, ep.timeout, ep.max_response_bytes);
         c.read_greeting().await?;
         if ep.security == Security::StartTls {
             if c.caps.is_empty() {
@@ -416,10 +447,7 @@ impl Client {
             c.frames = Framer::new(c.max_response as usize);
             c.stash.clear();
             let plain = std::mem::replace(&mut c.stream, Stream::Detached);
-            c.stream = plain
-                .upgrade(tls()?, &ep.host)
-                .await
-                .map_err(|source| tls_error(&ep.host, source))?;
+            c.stream = handshake(plain, tls()?, &ep.host, ep.timeout).await?;
             c.caps = Capabilities::default();
         }
         if c.caps.is_empty() {
@@ -428,8 +456,55 @@ impl Client {
         Ok(c)
     }
 
+    /// A session over a stream the caller connected (no TLS is set up here): reads the
+    /// greeting and the capabilities. Everything above the socket is the same as after
+    /// [`Client::connect`], so the protocol handling can be driven with exact server bytes
+    /// (e.g. over `tokio::io::duplex`).
+    pub async fn from_stream(
+        stream: impl ByteStream + 'static,
+        host: &str,
+        timeout: Duration,
+        max_response_bytes: u32,
+    ) -> Result<Client> {
+        let stream = Stream::Other(Box::new(stream));
+        let mut c = Client::new(stream, host, timeout, max_response_bytes);
+        c.read_greeting().await?;
+        if c.caps.is_empty() {
+            c.capability().await?;
+        }
+        Ok(c)
+    }
+
+    fn new(stream: Stream, host: &str, timeout: Duration, max_response_bytes: u32) -> Client {
+        Client {
+            stream,
+            frames: Framer::new(max_response_bytes as usize),
+            wbuf: Vec::with_capacity(READ_CHUNK),
+            stash: VecDeque::new(),
+            caps: Capabilities::default(),
+            tag: 0,
+            host: host.to_string(),
+            timeout,
+            max_response: max_response_bytes,
+            literal_plus: false,
+            multiappend: false,
+            multiappend_wanted: true,
+            partial_outcomes: Vec::new(),
+            partial_answers: Vec::new(),
+            outstanding: HashSet::new(),
+            done: HashMap::new(),
+            condstore_off: false,
+        }
+    }
+
     pub fn caps(&self) -> &Capabilities {
         &self.caps
+    }
+
+    /// True if mod-sequences (CONDSTORE) are used on this session: offered, and not
+    /// refused by `ENABLE` at login.
+    pub fn uses_condstore(&self) -> bool {
+        self.caps.has("CONDSTORE") && !self.condstore_off
     }
 
     pub fn host(&self) -> &str {
@@ -583,9 +658,33 @@ impl Client {
         Ok(resp)
     }
 
+    /// A new tag, counted as outstanding until its completion is taken.
     fn next_tag(&mut self) -> String {
         self.tag += 1;
-        format!("c{}", self.tag)
+        let tag = format!("c{}", self.tag);
+        self.outstanding.insert(tag.clone());
+        tag
+    }
+
+    /// Keeps the completion of another outstanding command for when it is awaited; a
+    /// completion for a tag never sent (or already completed) is a protocol error.
+    fn keep_completion(&mut self, resp: Resp, during: &str) -> Result<()> {
+        let Some(tag) = resp.tag().map(str::to_string) else {
+            return Ok(());
+        };
+        if !self.outstanding.remove(&tag) {
+            return Err(self.protocol(format!(
+                "unexpected completion for tag {tag} during {during}"
+            )));
+        }
+        self.done.insert(tag, resp);
+        Ok(())
+    }
+
+    /// The completion of `tag` if it already arrived.
+    fn take_completion(&mut self, tag: &str) -> Option<Resp> {
+        let r = self.done.remove(tag)?;
+        Some(r)
     }
 
     async fn flush(&mut self) -> Result<()> {
@@ -654,7 +753,8 @@ impl Client {
                                 Resp::Continue => break,
                                 // This command refused before its literal.
                                 r @ Resp::Tagged { .. } if r.tag() == Some(tag.as_str()) => {
-                                    return Ok(Err(r))
+                                    self.outstanding.remove(&tag);
+                                    return Ok(Err(r));
                                 }
                                 // Pipelined: the completion of a command sent before
                                 // (an APPEND of the same batch) arrives first.
@@ -693,18 +793,21 @@ impl Client {
     ) -> Result<Outcome> {
         self.flush().await?;
         loop {
-            match self.read_resp().await? {
+            let resp = match self.take_completion(tag) {
+                Some(r) => r,
+                None => self.read_resp().await?,
+            };
+            match resp {
                 Resp::Tagged {
                     tag: t,
                     kind,
                     code,
                     text,
                 } if t == tag => {
+                    self.outstanding.remove(tag);
                     return self.completion(command, kind, code, text);
                 }
-                Resp::Tagged { tag: t, .. } => {
-                    return Err(self.protocol(format!("unexpected completion for tag {t}")))
-                }
+                r @ Resp::Tagged { .. } => self.keep_completion(r, command)?,
                 Resp::Untagged(u) => on_untagged(u)?,
                 Resp::Continue => {
                     return Err(self.protocol(format!("unexpected continuation during {command}")))
@@ -856,10 +959,30 @@ impl Client {
                 "ID (\"name\" \"cutover\" \"version\" \"{}\")",
                 env!("CARGO_PKG_VERSION")
             );
-            self.run_raw(&line, "ID").await?;
+            // Only a courtesy: a server that advertises ID but refuses it still serves mail.
+            match self.run_raw(&line, "ID").await {
+                Err(ImapError::Refused { kind, text, .. }) => {
+                    tracing::debug!(host = %self.host, ?kind, %text, "ID refused; carrying on without it");
+                }
+                other => {
+                    other?;
+                }
+            }
         }
+        self.condstore_off = false;
         if self.caps.has("ENABLE") && self.caps.has("CONDSTORE") {
-            self.run_raw("ENABLE CONDSTORE", "ENABLE").await?;
+            // Refused, mod-sequences are not asked for at all: a FETCH with MODSEQ or
+            // CHANGEDSINCE would be refused in turn, or answered by a server that just said
+            // it will not track them. Folders are then read in full, which is correct.
+            match self.run_raw("ENABLE CONDSTORE", "ENABLE").await {
+                Err(ImapError::Refused { kind, text, .. }) => {
+                    tracing::info!(host = %self.host, ?kind, %text, "ENABLE CONDSTORE refused; reading folders without mod-sequences");
+                    self.condstore_off = true;
+                }
+                other => {
+                    other?;
+                }
+            }
         }
         Ok(())
     }
@@ -904,6 +1027,7 @@ impl Client {
                     code,
                     text,
                 } if t == tag => {
+                    self.outstanding.remove(&tag);
                     return self.completion(command, kind, code, text);
                 }
                 Resp::Bye(b) => {
@@ -912,6 +1036,7 @@ impl Client {
                         bye: Some(b),
                     })
                 }
+                r @ Resp::Tagged { .. } => self.keep_completion(r, command)?,
                 _ => {}
             }
         }
@@ -1001,7 +1126,7 @@ impl Client {
             CommandBody::select(mailbox)
         }
         .map_err(|_| ImapError::Unsupported(format!("folder name {name:?}")))?;
-        if self.caps.has("CONDSTORE") && !self.caps.has("ENABLE") {
+        if self.uses_condstore() && !self.caps.has("ENABLE") {
             if let CommandBody::Select { parameters, .. }
             | CommandBody::Examine { parameters, .. } = &mut body
             {
@@ -1103,7 +1228,7 @@ impl Client {
             MessageDataItemName::InternalDate,
             MessageDataItemName::Rfc822Size,
         ];
-        let condstore = self.caps.has("CONDSTORE");
+        let condstore = self.uses_condstore();
         if condstore {
             items.push(MessageDataItemName::ModSeq);
         }
@@ -1372,54 +1497,90 @@ impl Client {
     }
 
     /// The second half of [`Client::append_batch`]: reads the answers to the APPENDs of
-    /// `sent`, one outcome per item, in order.
+    /// `sent`, one outcome per item, in order. The server may complete the commands in
+    /// any order (RFC 3501 §5.5): each completion is matched to its command by its tag.
     pub async fn append_collect(&mut self, sent: AppendsSent) -> Result<Vec<AppendOutcome>> {
         let AppendsSent { commands, early } = sent;
-        let mut outcomes = Vec::with_capacity(early.len());
-        let mut answers: VecDeque<AppendOutcome> = VecDeque::new();
-        let mut commands = commands.into_iter();
         self.partial_outcomes.clear();
-        for early in early {
-            if let Some(o) = early {
-                outcomes.push(o);
+        self.partial_answers.clear();
+        // Per command: its messages' outcomes, None where unknown (after a failure).
+        let mut answers: Vec<Option<Vec<AppendOutcome>>> = Vec::with_capacity(commands.len());
+        let mut failure = None;
+        for (tag, n) in &commands {
+            let n = *n;
+            if failure.is_some() {
+                // A completion that arrived before the failure is still a fact.
+                answers.push(match self.take_completion(tag) {
+                    Some(Resp::Tagged {
+                        kind, code, text, ..
+                    }) => Some(append_answer(kind, code, text, n)),
+                    _ => None,
+                });
                 continue;
             }
-            if answers.is_empty() {
-                let Some((tag, n)) = commands.next() else {
-                    return Err(self.protocol("APPEND answers and messages do not pair up"));
-                };
-                match self.complete(&tag, "APPEND", |_| Ok(())).await {
-                    Ok(out) => answers.extend(appended(out.code, n)),
-                    Err(ImapError::Refused { kind, text, .. }) if n == 1 => {
-                        answers.push_back(AppendOutcome::Refused { kind, text })
-                    }
-                    Err(ImapError::Refused { kind, text, .. }) => {
-                        answers.extend((0..n).map(|_| AppendOutcome::RefusedTogether {
-                            kind,
-                            text: text.clone(),
-                            messages: n,
-                        }))
-                    }
-                    Err(e) => {
-                        // Keep what is known (e.g. Exchange's `BAD ... throttled` just
-                        // before its `* BYE`) for the caller; the rest is uncertain.
-                        self.partial_outcomes = outcomes;
-                        return Err(e);
-                    }
+            match self.complete(tag, "APPEND", |_| Ok(())).await {
+                Ok(out) => answers.push(Some(appended(out.code, n))),
+                Err(ImapError::Refused {
+                    kind, code, text, ..
+                }) => answers.push(Some(append_answer(kind, code, text, n))),
+                Err(e) => {
+                    failure = Some(e);
+                    answers.push(None);
                 }
             }
-            match answers.pop_front() {
-                Some(o) => outcomes.push(o),
-                None => return Err(self.protocol("an APPEND command without messages")),
+        }
+        // Hand the commands' outcomes out to the items that went out, in order.
+        let mut per_item: Vec<Option<AppendOutcome>> = Vec::with_capacity(early.len());
+        let mut commands = commands.iter().zip(answers);
+        let mut current: Option<(usize, Option<std::vec::IntoIter<AppendOutcome>>)> = None;
+        for early in early {
+            if let Some(o) = early {
+                per_item.push(Some(o));
+                continue;
+            }
+            if current.as_ref().is_none_or(|(left, _)| *left == 0) {
+                let Some(((_, n), a)) = commands.next() else {
+                    return Err(self.protocol("APPEND answers and messages do not pair up"));
+                };
+                current = Some((*n, a.map(Vec::into_iter)));
+            }
+            let Some((left, outcomes)) = current.as_mut() else {
+                return Err(self.protocol("APPEND answers and messages do not pair up"));
+            };
+            *left -= 1;
+            match outcomes {
+                Some(o) => match o.next() {
+                    Some(o) => per_item.push(Some(o)),
+                    None => return Err(self.protocol("an APPEND command without messages")),
+                },
+                None => per_item.push(None),
             }
         }
-        Ok(outcomes)
+        if let Some(e) = failure {
+            // Keep what is known (e.g. Exchange's `BAD ... throttled` just before its
+            // `* BYE`) for the caller; the rest is uncertain.
+            self.partial_outcomes = per_item.iter().map_while(Clone::clone).collect();
+            self.partial_answers = per_item;
+            return Err(e);
+        }
+        per_item
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| self.protocol("an APPEND without an answer"))
     }
 
     /// After [`Client::append_batch`] returned an error: the outcomes of the first items of
     /// that batch, which the server answered before the error (the others are unknown).
     pub fn take_partial_outcomes(&mut self) -> Vec<AppendOutcome> {
         std::mem::take(&mut self.partial_outcomes)
+    }
+
+    /// After [`Client::append_batch`] or [`Client::append_collect`] returned an error: one
+    /// entry per item of that batch, the outcome where the server answered it before the
+    /// error, None where it is unknown. Unlike [`Client::take_partial_outcomes`] this also
+    /// has the answers that came ahead of the failed one (completions out of order).
+    pub fn take_partial_answers(&mut self) -> Vec<Option<AppendOutcome>> {
+        std::mem::take(&mut self.partial_answers)
     }
 
     /// Replaces the flags of one message (UID STORE ... FLAGS.SILENT).
@@ -1595,6 +1756,261 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
+    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
+
+    /// How long any step of a scripted session may take: the tests never wait on a clock
+    /// otherwise, so this only bounds a test that went wrong.
+    const STEP: Duration = Duration::from_secs(5);
+
+    /// The server's end of a session under test: reads the client's commands and writes
+    /// exactly the bytes a test gives.
+    pub(super) struct Peer {
+        r: BufReader<ReadHalf<DuplexStream>>,
+        w: WriteHalf<DuplexStream>,
+    }
+
+    impl Peer {
+        pub(super) async fn send(&mut self, bytes: &[u8]) {
+            tokio::time::timeout(STEP, self.w.write_all(bytes))
+                .await
+                .expect("client reads in time")
+                .expect("client connected");
+        }
+
+        /// One command of the client with its literals (a synchronizing literal gets its
+        /// go-ahead), as text.
+        pub(super) async fn command(&mut self) -> String {
+            let mut out = Vec::new();
+            loop {
+                let mut line = Vec::new();
+                let n = tokio::time::timeout(STEP, self.r.read_until(b'\n', &mut line))
+                    .await
+                    .expect("client command in time")
+                    .expect("client connected");
+                assert!(n > 0, "the client closed the connection");
+                out.extend_from_slice(&line);
+                let Some(len) = super::super::framer::literal_len(&line[..line.len() - 1]) else {
+                    break;
+                };
+                if !line.ends_with(b"+}\r\n") {
+                    self.send(b"+ go ahead\r\n").await;
+                }
+                let mut lit = vec![0; len];
+                tokio::time::timeout(STEP, self.r.read_exact(&mut lit))
+                    .await
+                    .expect("literal in time")
+                    .expect("client connected");
+                out.extend_from_slice(&lit);
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        }
+
+        /// The next command, which must start with `start`.
+        pub(super) async fn expect(&mut self, start: &str) -> String {
+            let c = self.command().await;
+            assert!(c.starts_with(start), "expected {start:?}, got {c:?}");
+            c
+        }
+    }
+
+    /// A client over an in-memory stream whose server side says `greeting`.
+    pub(super) async fn session(greeting: &[u8]) -> (Client, Peer) {
+        session_limited(greeting, 1 << 20).await
+    }
+
+    pub(super) async fn session_limited(greeting: &[u8], max: u32) -> (Client, Peer) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (r, w) = tokio::io::split(server);
+        let mut peer = Peer {
+            r: BufReader::new(r),
+            w,
+        };
+        peer.send(greeting).await;
+        let c = Client::from_stream(client, "imap.test", STEP, max)
+            .await
+            .expect("greeting read");
+        (c, peer)
+    }
+
+    const PLUS: &[u8] = b"* OK [CAPABILITY IMAP4rev1 LITERAL+ UIDPLUS] ready\r\n";
+
+    fn item(body: &[u8]) -> AppendItem<'_> {
+        AppendItem {
+            flags: &[],
+            internal_date: None,
+            body,
+        }
+    }
+
+    /// Pipelined APPENDs completed in another order than they were sent: each outcome
+    /// still belongs to its own message.
+    #[tokio::test]
+    async fn appends_completed_out_of_order() {
+        let (mut c, mut peer) = session(PLUS).await;
+        let items = [item(b"one\r\n"), item(b"two\r\n"), item(b"three\r\n")];
+        let server = async {
+            for tag in ["c1", "c2", "c3"] {
+                peer.expect(&format!("{tag} APPEND INBOX")).await;
+            }
+            peer.send(
+                b"c3 OK [APPENDUID 7 103] done\r\nc1 NO [OVERQUOTA] full\r\n\
+                  c2 OK [APPENDUID 7 102] done\r\n",
+            )
+            .await;
+        };
+        let (got, ()) = tokio::join!(c.append_batch("INBOX", &items), server);
+        assert_eq!(
+            got.expect("batch answered"),
+            vec![
+                AppendOutcome::Refused {
+                    kind: Kind::No,
+                    text: "full".into()
+                },
+                AppendOutcome::Appended {
+                    uidvalidity: 7,
+                    uid: 102
+                },
+                AppendOutcome::Appended {
+                    uidvalidity: 7,
+                    uid: 103
+                },
+            ]
+        );
+        // The session is still in step.
+        let server = async {
+            peer.expect("c4 NOOP").await;
+            peer.send(b"c4 OK done\r\n").await;
+        };
+        let (r, ()) = tokio::join!(c.noop(), server);
+        r.expect("NOOP");
+    }
+
+    /// Two batches in flight: the second one's answers arrive first, and are kept for
+    /// when it is collected.
+    #[tokio::test]
+    async fn a_later_batch_answered_first() {
+        let (mut c, mut peer) = session(PLUS).await;
+        let first = [item(b"a\r\n"), item(b"b\r\n")];
+        let second = [item(b"c\r\n")];
+        let a = c.append_send("INBOX", &first).await.expect("sent");
+        let b = c.append_send("INBOX", &second).await.expect("sent");
+        for tag in ["c1", "c2", "c3"] {
+            peer.expect(&format!("{tag} APPEND")).await;
+        }
+        peer.send(
+            b"c3 OK [APPENDUID 9 3] x\r\nc2 OK [APPENDUID 9 2] x\r\nc1 OK [APPENDUID 9 1] x\r\n",
+        )
+        .await;
+        let uid = |uid| AppendOutcome::Appended {
+            uidvalidity: 9,
+            uid,
+        };
+        assert_eq!(c.append_collect(a).await.unwrap(), vec![uid(1), uid(2)]);
+        assert_eq!(c.append_collect(b).await.unwrap(), vec![uid(3)]);
+    }
+
+    /// A BYE after some completions that came out of order: what was answered is known,
+    /// per message, the rest is not.
+    #[tokio::test]
+    async fn answers_ahead_of_a_failure_are_kept() {
+        let (mut c, mut peer) = session(PLUS).await;
+        let items = [item(b"a\r\n"), item(b"b\r\n"), item(b"c\r\n")];
+        let server = async {
+            for _ in 0..3 {
+                peer.command().await;
+            }
+            peer.send(b"c2 OK [APPENDUID 9 2] x\r\n* BYE going away\r\n")
+                .await;
+        };
+        let (got, ()) = tokio::join!(c.append_batch("INBOX", &items), server);
+        assert!(matches!(got, Err(ImapError::Closed { .. })), "{got:?}");
+        assert_eq!(
+            c.take_partial_answers(),
+            vec![
+                None,
+                Some(AppendOutcome::Appended {
+                    uidvalidity: 9,
+                    uid: 2
+                }),
+                None
+            ]
+        );
+        assert_eq!(c.take_partial_outcomes(), vec![]);
+    }
+
+    /// A completion for a tag that was never sent is still a protocol error.
+    #[tokio::test]
+    async fn completion_of_an_unknown_tag() {
+        let (mut c, mut peer) = session(PLUS).await;
+        let server = async {
+            peer.expect("c1 NOOP").await;
+            peer.send(b"c9 OK what\r\n").await;
+        };
+        let (r, ()) = tokio::join!(c.noop(), server);
+        assert!(matches!(r, Err(ImapError::Protocol { .. })), "{r:?}");
+    }
+
+    /// A server that advertises ID and CONDSTORE but refuses `ID` and `ENABLE`: the login
+    /// stands, and mod-sequences are not asked for afterwards.
+    #[tokio::test]
+    async fn refused_id_and_enable_do_not_fail_the_login() {
+        let (mut c, mut peer) =
+            session(b"* OK [CAPABILITY IMAP4rev1 ID ENABLE CONDSTORE LITERAL+] ready\r\n").await;
+        let creds = Credentials::Login {
+            user: "u".into(),
+            password: Secret::new("pw"),
+        };
+        let server = async {
+            peer.expect("c1 LOGIN").await;
+            peer.send(b"c1 OK [CAPABILITY IMAP4rev1 ID ENABLE CONDSTORE LITERAL+] in\r\n")
+                .await;
+            peer.expect("c2 ID (").await;
+            peer.send(b"c2 BAD Unknown command\r\n").await;
+            peer.expect("c3 ENABLE CONDSTORE").await;
+            peer.send(b"c3 NO Not now\r\n").await;
+        };
+        let (r, ()) = tokio::join!(c.login(&creds), server);
+        r.expect("logged in");
+        assert!(!c.uses_condstore());
+        let server = async {
+            let cmd = peer.command().await;
+            assert_eq!(
+                cmd,
+                "c4 UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE)\r\n"
+            );
+            peer.send(
+                b"* 1 FETCH (UID 4 FLAGS () INTERNALDATE \"01-Jan-2024 10:00:00 +0000\" \
+                  RFC822.SIZE 10)\r\nc4 OK done\r\n",
+            )
+            .await;
+        };
+        let (r, ()) = tokio::join!(c.uid_fetch_meta("1:*", Some(5)), server);
+        assert_eq!(r.expect("fetched").len(), 1);
+    }
+
+    /// Refusals of ID and ENABLE are carried on from; a lost connection is not.
+    #[tokio::test]
+    async fn id_is_only_a_courtesy_but_the_connection_counts() {
+        let (mut c, mut peer) =
+            session(b"* OK [CAPABILITY IMAP4rev1 ID ENABLE CONDSTORE] ready\r\n").await;
+        let creds = Credentials::Login {
+            user: "u".into(),
+            password: Secret::new("pw"),
+        };
+        let server = async {
+            peer.expect("c1 LOGIN").await;
+            peer.send(b"c1 OK [CAPABILITY IMAP4rev1 ID ENABLE CONDSTORE] in\r\n")
+                .await;
+            peer.expect("c2 ID").await;
+            peer.send(b"c2 OK done\r\n").await;
+            peer.expect("c3 ENABLE CONDSTORE").await;
+            peer.send(b"* ENABLED CONDSTORE\r\nc3 OK done\r\n").await;
+        };
+        let (r, ()) = tokio::join!(c.login(&creds), server);
+        r.expect("logged in");
+        assert!(c.uses_condstore());
+    }
 
     #[test]
     fn uid_sets_collapse_runs() {

@@ -266,7 +266,7 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
 
 /// The length announced at the end of `line` (without its `\n`): `{123}`, `{123+}`,
 /// `{123-}` or `~{123}`, optionally followed by `\r`.
-fn literal_len(line: &[u8]) -> Option<usize> {
+pub(super) fn literal_len(line: &[u8]) -> Option<usize> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let inner = line.strip_suffix(b"}")?;
     let open = inner.iter().rposition(|&b| b == b'{')?;
