@@ -139,6 +139,13 @@ async fn handshake(
 }
 
 impl ImapError {
+    /// True if the server ended or refused the session because its OAuth token expired
+    /// (Exchange: `* BYE Session invalidated - AccessTokenExpired`): transient, but the next
+    /// session needs a new token. See `throttle::needs_fresh_token`.
+    pub fn is_token_expired(&self) -> bool {
+        crate::throttle::needs_fresh_token(self)
+    }
+
     /// Worth retrying on a fresh connection (the network or the server hiccupped), as opposed
     /// to a definite answer such as a refused login.
     pub fn is_transient(&self) -> bool {
@@ -1937,6 +1944,26 @@ mod tests {
             ]
         );
         assert_eq!(c.take_partial_outcomes(), vec![]);
+    }
+
+    /// Exchange's BYE for an expired token, then the connection closes: the error carries
+    /// the BYE text and says a new token is needed.
+    #[tokio::test]
+    async fn bye_for_an_expired_token() {
+        let (mut c, mut peer) = session(PLUS).await;
+        let server = async {
+            peer.expect("c1 NOOP").await;
+            peer.send(b"* BYE Session invalidated - AccessTokenExpired\r\n")
+                .await;
+            drop(peer);
+        };
+        let (r, ()) = tokio::join!(c.noop(), server);
+        let e = r.unwrap_err();
+        assert!(
+            matches!(&e, ImapError::Closed { bye: Some(b), .. } if b.contains("AccessTokenExpired")),
+            "{e:?}"
+        );
+        assert!(e.is_token_expired() && e.is_transient());
     }
 
     /// A completion for a tag that was never sent is still a protocol error.
