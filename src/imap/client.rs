@@ -27,11 +27,12 @@ use imap_codec::{CommandCodec, GreetingCodec, ResponseCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::framer::{Frame, FrameError, Framer};
+use super::framer::{Frame, FrameError, Framer, Skipped};
 use super::response::{parse_internal_date, FetchData, Kind, Resp, RespCode, Untagged};
 use super::transport::{ByteStream, Stream, TlsSettings};
 use super::{Credentials, ListedFolder};
 use crate::mapping::{decode_mutf7, encode_mutf7};
+use crate::secret::Scrubber;
 
 /// How the connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,6 +321,127 @@ pub enum AppendOutcome {
     },
 }
 
+/// What [`Client::uid_fetch_meta_report`] found.
+#[derive(Debug, Default)]
+pub struct MetaFetch {
+    /// One entry per UID.
+    pub items: Vec<FetchData>,
+    /// FETCH responses that could not be read: the UID where the raw response shows one,
+    /// and why (the decoder's complaint and the start of the response).
+    pub unreadable: Vec<(Option<u32>, String)>,
+}
+
+/// What a FETCH of bodies could not hand on ([`Client::uid_fetch_bodies`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FetchReport {
+    /// FETCH responses that could not be read, as in [`MetaFetch::unreadable`]; not those
+    /// of messages handed on anyway (from another response).
+    pub unreadable: Vec<(Option<u32>, String)>,
+    /// Messages whose BODY[] was too large (over their RFC822.SIZE, or over the response
+    /// limit): UID and the body's length. They were not handed on.
+    pub too_large: Vec<(u32, u64)>,
+}
+
+/// The FETCH responses of one command, merged per UID.
+#[derive(Default)]
+struct Merger {
+    /// In the order the UIDs first came.
+    items: Vec<FetchData>,
+    at: HashMap<u32, usize>,
+    /// UIDs by message number, from the responses that had both: an unsolicited FETCH
+    /// (a flag change) may carry only the number.
+    uid_of: HashMap<u32, u32>,
+    unreadable: Vec<(Option<u32>, String)>,
+}
+
+impl Merger {
+    /// The UID and data of a FETCH response for a UID `asked` wants; an unreadable one is
+    /// noted. Keeps the numbering up to date on EXPUNGE.
+    fn take(&mut self, u: Untagged, asked: impl Fn(u32) -> bool) -> Option<(u32, FetchData)> {
+        match u {
+            Untagged::Fetch(mut f) => {
+                let uid = match f.uid {
+                    Some(uid) => {
+                        self.uid_of.insert(f.seq, uid);
+                        uid
+                    }
+                    None => *self.uid_of.get(&f.seq)?,
+                };
+                f.uid = Some(uid);
+                asked(uid).then_some((uid, f))
+            }
+            Untagged::Unreadable { seq, uid, detail } => {
+                let uid = uid.or_else(|| seq.and_then(|s| self.uid_of.get(&s).copied()));
+                if uid.is_none_or(&asked) {
+                    self.unreadable.push((uid, detail));
+                }
+                None
+            }
+            Untagged::Expunge(n) => {
+                self.uid_of = self
+                    .uid_of
+                    .drain()
+                    .filter(|(seq, _)| *seq != n)
+                    .map(|(seq, uid)| (if seq > n { seq - 1 } else { seq }, uid))
+                    .collect();
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn absorb(&mut self, uid: u32, f: FetchData) {
+        match self.at.get(&uid) {
+            Some(&i) => self.items[i].absorb(f),
+            None => {
+                self.at.insert(uid, self.items.len());
+                self.items.push(f);
+            }
+        }
+    }
+
+    /// Takes `uid`'s entry out (to be handed on), leaving a gap in the order.
+    fn remove(&mut self, uid: u32) -> Option<FetchData> {
+        let i = self.at.remove(&uid)?;
+        Some(std::mem::take(&mut self.items[i]))
+    }
+
+    fn finish(self) -> (Vec<FetchData>, Vec<(Option<u32>, String)>) {
+        let items = self.items.into_iter().filter(|f| f.uid.is_some()).collect();
+        (items, self.unreadable)
+    }
+}
+
+/// A UID set as sent (`1:*`, `4,7:9`), to tell responses for it from unsolicited ones.
+struct UidRanges(Option<Vec<(u32, u32)>>);
+
+impl UidRanges {
+    /// `*` stands for the largest UID, which any UID at or above the range's start may be.
+    /// A set that cannot be read contains everything.
+    fn parse(set: &str) -> UidRanges {
+        let n = |s: &str| match s {
+            "*" => Some(u32::MAX),
+            s => s.parse::<u32>().ok(),
+        };
+        let ranges = set
+            .split(',')
+            .map(|part| {
+                let (a, b) = part.split_once(':').unwrap_or((part, part));
+                let (a, b) = (n(a)?, n(b)?);
+                Some((a.min(b), a.max(b)))
+            })
+            .collect();
+        UidRanges(ranges)
+    }
+
+    fn contains(&self, uid: u32) -> bool {
+        match &self.0 {
+            Some(ranges) => ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&uid)),
+            None => true,
+        }
+    }
+}
+
 const READ_CHUNK: usize = 64 * 1024;
 
 /// The literal an APPEND is encoded around before its message's length is put in.
@@ -354,6 +476,42 @@ fn append_answer(kind: Kind, code: Option<RespCode>, text: String, n: usize) -> 
             })
             .collect(),
     }
+}
+
+/// The start of a response for a message: printable, at most 200 characters.
+fn excerpt(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect()
+}
+
+/// The message number and (where the bytes show it) the UID of a raw `* n FETCH (...)`
+/// response that could not be decoded; None if it is not a FETCH response.
+fn raw_fetch(bytes: &[u8]) -> Option<(u32, Option<u32>)> {
+    let rest = bytes.strip_prefix(b"* ")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq: u32 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = &rest[digits..];
+    let items = rest
+        .get(..7)
+        .filter(|w| w.eq_ignore_ascii_case(b" FETCH "))?;
+    let rest = &rest[items.len()..];
+    // `UID n` as an item: after `(` or a space.
+    let uid = (0..rest.len().saturating_sub(4)).find_map(|i| {
+        let lead = i.checked_sub(1).map(|j| rest[j]);
+        if !matches!(lead, Some(b'(' | b' ')) || !rest[i..i + 4].eq_ignore_ascii_case(b"UID ") {
+            return None;
+        }
+        let digits = &rest[i + 4..];
+        let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+        std::str::from_utf8(&digits[..n])
+            .ok()?
+            .parse::<u32>()
+            .ok()
+            .filter(|u| *u != 0)
+    });
+    Some((seq, uid))
 }
 
 /// A UID set in IMAP syntax with runs collapsed (`1:3,7,9:10`); `uids` in any order.
@@ -410,6 +568,9 @@ pub struct Client {
     done: HashMap<String, Resp>,
     /// The server refused `ENABLE CONDSTORE`: mod-sequences are not used on this session.
     condstore_off: bool,
+    /// The credentials of the login, in every form they were sent in, taken out of the
+    /// server's texts.
+    scrub: Scrubber,
 }
 
 impl Client {
@@ -501,6 +662,7 @@ impl Client {
             outstanding: HashSet::new(),
             done: HashMap::new(),
             condstore_off: false,
+            scrub: Scrubber::new(),
         }
     }
 
@@ -559,22 +721,27 @@ impl Client {
 
     /// Reads until one whole server response is buffered, then decodes it with `codec`
     /// and converts it with `convert` while its bytes are still borrowed. `convert` also
-    /// gets the `BODY[]` literals the framer took out of the response (see
-    /// [`super::framer`]), to put back into the decoded value.
+    /// gets the frame's bytes as the decoder saw them, the `BODY[]` literals the framer
+    /// took out of the response (see [`super::framer`]), to put back into the decoded
+    /// value, and the literals it skipped as too large.
     async fn next_decoded<C: Decoder, T>(
         &mut self,
         codec: &C,
-        convert: impl FnOnce(Result<C::Message<'_>, &[u8]>, Vec<Vec<u8>>) -> T,
+        convert: impl FnOnce(Option<C::Message<'_>>, &[u8], Vec<Vec<u8>>, Vec<Skipped>) -> T,
     ) -> Result<T> {
         loop {
             match self.frames.next_frame() {
-                Ok(Some(Frame { bytes, bodies })) => {
+                Ok(Some(Frame {
+                    bytes,
+                    bodies,
+                    skipped,
+                })) => {
                     // Lifetimes: the frame lives in `self.frames`; decode and convert here.
                     let decoded = match codec.decode(bytes) {
-                        Ok(([], msg)) => Ok(msg),
-                        _ => Err(bytes),
+                        Ok(([], msg)) => Some(msg),
+                        _ => None,
                     };
-                    return Ok(convert(decoded, bodies));
+                    return Ok(convert(decoded, bytes, bodies, skipped));
                 }
                 Ok(None) => {}
                 Err(FrameError::TooLong { limit }) => {
@@ -587,8 +754,8 @@ impl Client {
 
     async fn read_greeting(&mut self) -> Result<()> {
         let greeting = self
-            .next_decoded(&GreetingCodec::default(), |g, _bodies| {
-                g.ok().map(|g| {
+            .next_decoded(&GreetingCodec::default(), |g, _, _, _| {
+                g.map(|g| {
                     let caps = match &g.code {
                         Some(imap_codec::imap_types::response::Code::Capability(c)) => {
                             Some(c.as_ref().iter().map(|c| c.to_string()).collect::<Vec<_>>())
@@ -634,35 +801,73 @@ impl Client {
         self.multiappend
     }
 
-    /// Reads the next response, from the stash first.
+    /// Reads the next response, from the stash first. A response that cannot be used is
+    /// skipped (its frame is intact, so the session goes on); for a FETCH response the
+    /// caller gets [`Untagged::Unreadable`], so that it can name the message.
     async fn read_resp(&mut self) -> Result<Resp> {
         if let Some(r) = self.stash.pop_front() {
             return Ok(r);
         }
-        let host = self.host.clone();
-        let resp = self
-            .next_decoded(&ResponseCodec::default(), |r, bodies| match r {
-                Ok(r) => Resp::from_codec(r, bodies).unwrap_or_else(|| {
-                    tracing::warn!(host = %host, "response whose BODY[] literals do not match its items skipped");
-                    Resp::Untagged(Untagged::Other)
-                }),
-                Err(bytes) => {
-                    // The frame is intact (literals were counted), so the session can go
-                    // on; the caller notices what is missing and names it.
-                    let head: String = String::from_utf8_lossy(&bytes[..bytes.len().min(120)])
-                        .chars()
-                        .filter(|c| !c.is_control())
-                        .collect();
-                    tracing::warn!(host = %host, response = %head, "unparseable response skipped");
-                    Resp::Untagged(Untagged::Other)
-                }
+        let (mut resp, refused) = self
+            .next_decoded(&ResponseCodec::default(), |r, bytes, bodies, skipped| {
+                let why = match r {
+                    Some(_) if skipped.iter().any(|s| s.body.is_none()) => {
+                        let len = skipped.iter().map(|s| s.len).max().unwrap_or(0);
+                        format!(
+                            "a literal of {len} bytes in it was over the limit and was discarded"
+                        )
+                    }
+                    Some(r) => match Resp::from_codec_skipping(r, bodies, &skipped) {
+                        Some(resp) => return (resp, None),
+                        None => "its BODY[] literals do not match its items".to_string(),
+                    },
+                    None => "imap-codec cannot decode it".to_string(),
+                };
+                let detail = format!("{why}: {}", excerpt(bytes));
+                let resp = match raw_fetch(bytes) {
+                    Some((seq, uid)) => Untagged::Unreadable {
+                        seq: Some(seq),
+                        uid,
+                        detail: detail.clone(),
+                    },
+                    None => Untagged::Other,
+                };
+                (Resp::Untagged(resp), Some(detail))
             })
             .await?;
+        self.scrub_resp(&mut resp);
+        if let Some(mut detail) = refused {
+            self.scrub.scrub_in_place(&mut detail);
+            tracing::warn!(host = %self.host, "response skipped: {detail}");
+        }
         if let Resp::Untagged(Untagged::Capability(c)) = &resp {
             let c = c.clone();
             self.set_caps(&c);
         }
         Ok(resp)
+    }
+
+    /// Takes the session's secrets out of the texts of `resp` (see [`Scrubber`]).
+    fn scrub_resp(&self, resp: &mut Resp) {
+        if self.scrub.is_empty() {
+            return;
+        }
+        let s = &self.scrub;
+        let code = |c: &mut Option<RespCode>| {
+            if let Some(RespCode::Other(text)) = c {
+                s.scrub_in_place(text);
+            }
+        };
+        match resp {
+            Resp::Tagged { code: c, text, .. }
+            | Resp::Untagged(Untagged::State { code: c, text, .. }) => {
+                s.scrub_in_place(text);
+                code(c);
+            }
+            Resp::Untagged(Untagged::Unreadable { detail, .. }) => s.scrub_in_place(detail),
+            Resp::Bye(text) => s.scrub_in_place(text),
+            _ => {}
+        }
     }
 
     /// A new tag, counted as outstanding until its completion is taken.
@@ -907,6 +1112,14 @@ impl Client {
     /// capabilities (servers announce more after login) and enables CONDSTORE when offered.
     pub async fn login(&mut self, creds: &Credentials) -> Result<()> {
         let user = creds.identity().to_string();
+        // Before anything is sent: the server may quote it back in any answer from now on.
+        self.scrub = Scrubber::new();
+        match creds {
+            Credentials::Login { password, .. } | Credentials::Plain { password, .. } => {
+                self.scrub.add(password.expose())
+            }
+            Credentials::XOAuth2 { token, .. } => self.scrub.add(token.expose()),
+        }
         let result = match creds {
             Credentials::Login { user, password } => {
                 if self.caps.has("LOGINDISABLED") {
@@ -1004,6 +1217,7 @@ impl Client {
         command: &str,
     ) -> Result<Outcome> {
         let b64 = base64::engine::general_purpose::STANDARD.encode(&ir);
+        self.scrub.add_sent(&b64);
         let with_ir = self.caps.has("SASL-IR");
         let body = if with_ir {
             CommandBody::authenticate_with_ir(mech, ir)
@@ -1223,12 +1437,30 @@ impl Client {
     }
 
     /// UID FETCH of UID, FLAGS, INTERNALDATE, RFC822.SIZE (and MODSEQ with CONDSTORE) for
-    /// `set` (e.g. `"1:*"`), only messages changed since `changed_since` when given.
+    /// `set` (e.g. `"1:*"`), only messages changed since `changed_since` when given. One
+    /// entry per UID (see [`Client::uid_fetch_meta_report`]); responses that could not be
+    /// read are logged.
     pub async fn uid_fetch_meta(
         &mut self,
         set: &str,
         changed_since: Option<u64>,
     ) -> Result<Vec<FetchData>> {
+        let report = self.uid_fetch_meta_report(set, changed_since).await?;
+        for (uid, why) in &report.unreadable {
+            tracing::warn!(host = %self.host, ?uid, "FETCH response unreadable: {why}");
+        }
+        Ok(report.items)
+    }
+
+    /// [`Client::uid_fetch_meta`], with the responses that could not be read. A server may
+    /// split one message's items over several FETCH responses, or send a flag change in
+    /// between: they are merged into one entry per UID, in the order the UIDs first came.
+    /// Responses for UIDs outside `set` are ignored.
+    pub async fn uid_fetch_meta_report(
+        &mut self,
+        set: &str,
+        changed_since: Option<u64>,
+    ) -> Result<MetaFetch> {
         let mut items = vec![
             MessageDataItemName::Uid,
             MessageDataItemName::Flags,
@@ -1254,28 +1486,65 @@ impl Client {
         ) {
             modifiers.push(FetchModifier::ChangedSince(m));
         }
-        let out = self.run(body, "UID FETCH").await?;
-        Ok(out
-            .untagged
-            .into_iter()
-            .filter_map(|u| match u {
-                Untagged::Fetch(f) if f.uid.is_some() => Some(f),
-                _ => None,
-            })
-            .collect())
+        let asked = UidRanges::parse(set);
+        let mut merged = Merger::default();
+        let tag = match self.send(body).await? {
+            Ok(t) => t,
+            Err(r) => return Err(self.refusal("UID FETCH", r)),
+        };
+        self.complete(&tag, "UID FETCH", |u| {
+            if let Some((uid, f)) = merged.take(u, |uid| asked.contains(uid)) {
+                merged.absorb(uid, f);
+            }
+            Ok(())
+        })
+        .await?;
+        let (items, unreadable) = merged.finish();
+        Ok(MetaFetch { items, unreadable })
     }
 
     /// UID FETCH of whole messages (BODY.PEEK[], so nothing is marked \Seen), handing each
-    /// to `on_message` as it arrives; at most one message is held in memory at a time.
+    /// to `on_message` as it arrives; at most one message is held in memory at a time
+    /// (unless the server sends a message's FLAGS or INTERNALDATE apart from its body).
+    ///
+    /// Each message the callback gets has its BODY[] with the INTERNALDATE and FLAGS the
+    /// server sent for it, in the same response or another one (before or after), and
+    /// comes once. Responses for UIDs not asked for are ignored. What could not be had is
+    /// in the report: responses that could not be read, bodies over the response limit.
     pub async fn uid_fetch_bodies(
         &mut self,
         uids: &[u32],
+        on_message: impl FnMut(FetchData) -> Result<()>,
+    ) -> Result<FetchReport> {
+        let wanted: Vec<(u32, Option<u64>)> = uids.iter().map(|u| (*u, None)).collect();
+        self.fetch_bodies(&wanted, on_message).await
+    }
+
+    /// [`Client::uid_fetch_bodies`] of messages whose sizes are known (UID, RFC822.SIZE):
+    /// a body larger than its message's size is not handed on but reported as too large,
+    /// and one larger than every size asked for is not even held in memory (it is read
+    /// off the wire and dropped, and the session goes on).
+    pub async fn uid_fetch_bodies_sized(
+        &mut self,
+        wanted: &[(u32, u32)],
+        on_message: impl FnMut(FetchData) -> Result<()>,
+    ) -> Result<FetchReport> {
+        let wanted: Vec<(u32, Option<u64>)> =
+            wanted.iter().map(|(u, n)| (*u, Some(*n as u64))).collect();
+        self.fetch_bodies(&wanted, on_message).await
+    }
+
+    async fn fetch_bodies(
+        &mut self,
+        wanted: &[(u32, Option<u64>)],
         mut on_message: impl FnMut(FetchData) -> Result<()>,
-    ) -> Result<()> {
-        if uids.is_empty() {
-            return Ok(());
+    ) -> Result<FetchReport> {
+        let mut report = FetchReport::default();
+        let limits: HashMap<u32, Option<u64>> = wanted.iter().copied().collect();
+        let nz: Vec<NonZeroU32> = limits.keys().filter_map(|u| NonZeroU32::new(*u)).collect();
+        if nz.is_empty() {
+            return Ok(report);
         }
-        let nz: Vec<NonZeroU32> = uids.iter().filter_map(|u| NonZeroU32::new(*u)).collect();
         let seq = SequenceSet::try_from(nz).map_err(|_| self.protocol("empty UID set"))?;
         let items = vec![
             MessageDataItemName::Uid,
@@ -1287,11 +1556,96 @@ impl Client {
                 peek: true,
             },
         ];
-        self.uid_fetch_each(seq, items, |u| match u {
-            Untagged::Fetch(f) if f.body.is_some() => on_message(f),
-            _ => Ok(()),
-        })
-        .await
+        // No body is held that is larger than every message asked for.
+        let largest = limits.values().try_fold(0u64, |m, l| l.map(|l| m.max(l)));
+        let body = CommandBody::fetch(
+            seq,
+            MacroOrMessageDataItemNames::MessageDataItemNames(items),
+            true,
+        )
+        .map_err(|_| self.protocol("bad FETCH"))?;
+        let tag = match self.send(body).await? {
+            Ok(t) => t,
+            Err(r) => return Err(self.refusal("UID FETCH", r)),
+        };
+        self.frames
+            .set_body_limit(largest.map(|l| usize::try_from(l).unwrap_or(usize::MAX)));
+        let mut merged = Merger::default();
+        let mut done: HashSet<u32> = HashSet::new();
+        let mut too_large: Vec<(u32, u64)> = Vec::new();
+        // Hands on `f` if it is whole (or `last`), or reports it as too large; true if so.
+        let mut deliver = |uid: u32, f: &mut Option<FetchData>, last: bool| -> Result<bool> {
+            let Some(m) = f.as_ref() else {
+                return Ok(false);
+            };
+            let limit = limits.get(&uid).copied().flatten();
+            let len = m
+                .oversized
+                .or_else(|| m.body.as_ref().map(|b| b.len() as u64));
+            if let (Some(len), true) = (len, m.oversized.is_some()) {
+                too_large.push((uid, len));
+                return Ok(true);
+            }
+            if let (Some(len), Some(limit)) = (len, limit) {
+                if len > limit {
+                    too_large.push((uid, len));
+                    return Ok(true);
+                }
+            }
+            let whole = m.body.is_some() && m.flags.is_some() && m.internal_date.is_some();
+            if whole || (last && m.body.is_some()) {
+                if let Some(m) = f.take() {
+                    on_message(m)?;
+                }
+                return Ok(true);
+            }
+            Ok(false)
+        };
+        let result = self
+            .complete(&tag, "UID FETCH", |u| {
+                let Some((uid, f)) = merged.take(u, |uid| limits.contains_key(&uid)) else {
+                    return Ok(());
+                };
+                if done.contains(&uid) {
+                    return Ok(());
+                }
+                let mut entry = merged.remove(uid);
+                match &mut entry {
+                    Some(e) => e.absorb(f),
+                    None => entry = Some(f),
+                }
+                if deliver(uid, &mut entry, false)? {
+                    done.insert(uid);
+                } else if let Some(e) = entry {
+                    merged.absorb(uid, e);
+                }
+                Ok(())
+            })
+            .await;
+        self.frames.set_body_limit(None);
+        let result = match result {
+            // A refusal (some messages gone) still lets through what did arrive.
+            r @ (Ok(_) | Err(ImapError::Refused { .. })) => r,
+            Err(e) => return Err(e),
+        };
+        let (rest, unreadable) = merged.finish();
+        for m in rest {
+            let Some(uid) = m.uid else { continue };
+            if done.contains(&uid) {
+                continue;
+            }
+            let mut entry = Some(m);
+            if deliver(uid, &mut entry, true)? {
+                done.insert(uid);
+            }
+        }
+        report.too_large = too_large;
+        report.unreadable = unreadable
+            .into_iter()
+            .filter(|(uid, _)| uid.is_none_or(|u| !done.contains(&u)))
+            .collect();
+        result?;
+        Ok(report)
     }
 
     /// UID FETCH of `items` for `seq`, handing each untagged response to `on` as it
@@ -1964,6 +2318,312 @@ mod tests {
             "{e:?}"
         );
         assert!(e.is_token_expired() && e.is_transient());
+    }
+
+    const DATE: &str = "\"01-Jan-2024 10:00:00 +0000\"";
+
+    fn meta_line(body: &str) -> Vec<u8> {
+        body.replace("@D", DATE).into_bytes()
+    }
+
+    /// A message's items split over several FETCH responses, and a flag change (without
+    /// UID) in between: one entry per UID, with everything the server said about it.
+    #[tokio::test]
+    async fn meta_responses_for_one_uid_are_merged() {
+        let (mut c, mut peer) = session(PLUS).await;
+        let server = async {
+            peer.expect("c1 UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE)")
+                .await;
+            peer.send(&meta_line(
+                "* 1 FETCH (UID 5 FLAGS (\\Seen))\r\n\
+                 * 2 FETCH (UID 6 FLAGS () INTERNALDATE @D RFC822.SIZE 20)\r\n\
+                 * 1 FETCH (UID 5 INTERNALDATE @D RFC822.SIZE 10)\r\n\
+                 * 1 FETCH (FLAGS (\\Seen \\Flagged))\r\n\
+                 c1 OK done\r\n",
+            ))
+            .await;
+        };
+        let (r, ()) = tokio::join!(c.uid_fetch_meta("1:*", None), server);
+        let items = r.expect("fetched");
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert_eq!(items[0].uid, Some(5));
+        assert_eq!(
+            items[0].flags,
+            Some(vec!["\\Seen".to_string(), "\\Flagged".to_string()])
+        );
+        assert_eq!(items[0].size, Some(10));
+        assert!(items[0].internal_date.is_some());
+        assert_eq!((items[1].uid, items[1].size), (Some(6), Some(20)));
+        // Unsolicited data for a UID outside the set asked for is not an entry.
+        let server = async {
+            peer.expect("c2 UID FETCH 1:4 ").await;
+            peer.send(&meta_line(
+                "* 3 FETCH (UID 9 FLAGS (\\Seen))\r\n\
+                 * 1 FETCH (UID 4 FLAGS () INTERNALDATE @D RFC822.SIZE 3)\r\nc2 OK done\r\n",
+            ))
+            .await;
+        };
+        let (r, ()) = tokio::join!(c.uid_fetch_meta("1:4", None), server);
+        let uids: Vec<_> = r.unwrap().iter().map(|m| m.uid).collect();
+        assert_eq!(uids, vec![Some(4)]);
+    }
+
+    /// Bodies whose FLAGS and INTERNALDATE come in another response, before or after:
+    /// the callback gets each message once, whole; UIDs not asked for are ignored.
+    #[tokio::test]
+    async fn body_items_from_several_responses_come_together() {
+        let (mut c, mut peer) = session(PLUS).await;
+        let server = async {
+            peer.expect("c1 UID FETCH 9:10 (UID FLAGS INTERNALDATE BODY.PEEK[])")
+                .await;
+            peer.send(&meta_line(
+                "* 5 FETCH (UID 9 FLAGS (\\Seen))\r\n\
+                 * 5 FETCH (UID 9 BODY[] {5}\r\nhello INTERNALDATE @D)\r\n\
+                 * 6 FETCH (UID 10 BODY[] {3}\r\nabc)\r\n\
+                 * 7 FETCH (UID 11 FLAGS (\\Seen) BODY[] {1}\r\nx INTERNALDATE @D)\r\n\
+                 * 6 FETCH (UID 10 FLAGS (\\Answered) INTERNALDATE @D)\r\n\
+                 * 5 FETCH (FLAGS (\\Seen \\Deleted))\r\n\
+                 c1 OK done\r\n",
+            ))
+            .await;
+        };
+        let mut got = Vec::new();
+        let fetch = c.uid_fetch_bodies(&[9, 10], |f| {
+            got.push(f);
+            Ok(())
+        });
+        let (r, ()) = tokio::join!(fetch, server);
+        assert_eq!(r.expect("fetched"), FetchReport::default());
+        assert_eq!(got.len(), 2, "{got:?}");
+        let summary: Vec<_> = got
+            .iter()
+            .map(|f| {
+                (
+                    f.uid,
+                    f.body.clone(),
+                    f.flags.clone(),
+                    f.internal_date.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (
+                    Some(9),
+                    Some(b"hello".to_vec()),
+                    Some(vec!["\\Seen".to_string()]),
+                    true
+                ),
+                (
+                    Some(10),
+                    Some(b"abc".to_vec()),
+                    Some(vec!["\\Answered".to_string()]),
+                    true
+                ),
+            ]
+        );
+    }
+
+    /// A FETCH response the decoder refuses names its message (UID from the raw bytes)
+    /// in the result, and the session goes on.
+    #[tokio::test]
+    async fn unreadable_fetch_responses_are_reported() {
+        let (mut c, mut peer) = session(PLUS).await;
+        let server = async {
+            peer.expect("c1 UID FETCH").await;
+            peer.send(&meta_line(
+                "* 1 FETCH (UID 5 FLAGS (\\Seen) INTERNALDATE \"31-Foo-2024 10:00:00 +0000\" \
+                 RFC822.SIZE 10)\r\n\
+                 * 2 FETCH (UID 6 FLAGS () INTERNALDATE @D RFC822.SIZE 20)\r\nc1 OK done\r\n",
+            ))
+            .await;
+            peer.expect("c2 UID FETCH 6:7 ").await;
+            peer.send(&meta_line(
+                "* 2 FETCH (UID 6 BODY[] {3}\r\nabc FLAGS () INTERNALDATE \"bad\")\r\n\
+                 * 3 FETCH (UID 7 BODY[] {3}\r\nxyz FLAGS () INTERNALDATE @D)\r\nc2 OK done\r\n",
+            ))
+            .await;
+            peer.expect("c3 NOOP").await;
+            peer.send(b"c3 OK done\r\n").await;
+        };
+        let client = async {
+            let meta = c.uid_fetch_meta_report("1:*", None).await.expect("meta");
+            let mut bodies = Vec::new();
+            let report = c
+                .uid_fetch_bodies(&[6, 7], |f| {
+                    bodies.push(f.uid);
+                    Ok(())
+                })
+                .await
+                .expect("bodies");
+            c.noop().await.expect("still in step");
+            (meta, report, bodies)
+        };
+        let ((meta, report, bodies), ()) = tokio::join!(client, server);
+        assert_eq!(meta.items.len(), 1);
+        assert_eq!(meta.unreadable.len(), 1, "{:?}", meta.unreadable);
+        assert_eq!(meta.unreadable[0].0, Some(5));
+        assert!(
+            meta.unreadable[0].1.contains("31-Foo-2024"),
+            "{:?}",
+            meta.unreadable
+        );
+        assert_eq!(bodies, vec![Some(7)]);
+        assert_eq!(report.unreadable.len(), 1);
+        assert_eq!(report.unreadable[0].0, Some(6));
+        assert!(report.too_large.is_empty());
+    }
+
+    /// Bodies larger than their RFC822.SIZE, or than the response limit, are reported as
+    /// too large and not handed on; the session stays in step for the next message and
+    /// command.
+    #[tokio::test]
+    async fn oversized_bodies_are_skipped_and_reported() {
+        let (mut c, mut peer) = session_limited(PLUS, 64 * 1024).await;
+        let huge = vec![b'x'; 200_000];
+        let server = async {
+            peer.expect("c1 UID FETCH 7:9 ").await;
+            let mut wire = format!("* 1 FETCH (UID 7 BODY[] {{{}}}\r\n", huge.len()).into_bytes();
+            wire.extend_from_slice(&huge);
+            wire.extend_from_slice(&meta_line(
+                " FLAGS () INTERNALDATE @D)\r\n\
+                 * 2 FETCH (UID 8 BODY[] {6}\r\nabcdef FLAGS () INTERNALDATE @D)\r\n\
+                 * 3 FETCH (UID 9 BODY[] {10}\r\n0123456789 FLAGS () INTERNALDATE @D)\r\n\
+                 c1 OK done\r\n",
+            ));
+            peer.send(&wire).await;
+            // Without sizes: only the response limit applies.
+            peer.expect("c2 UID FETCH 7:8 ").await;
+            let mut wire = format!("* 1 FETCH (UID 7 BODY[] {{{}}}\r\n", huge.len()).into_bytes();
+            wire.extend_from_slice(&huge);
+            wire.extend_from_slice(&meta_line(
+                " FLAGS () INTERNALDATE @D)\r\n\
+                 * 2 FETCH (UID 8 BODY[] {6}\r\nabcdef FLAGS () INTERNALDATE @D)\r\n\
+                 c2 OK done\r\n",
+            ));
+            peer.send(&wire).await;
+            peer.expect("c3 NOOP").await;
+            peer.send(b"c3 OK done\r\n").await;
+        };
+        let client = async {
+            let mut got = Vec::new();
+            let sized = c
+                .uid_fetch_bodies_sized(&[(7, 3), (8, 3), (9, 10)], |f| {
+                    got.push((f.uid, f.body.map(|b| b.len())));
+                    Ok(())
+                })
+                .await
+                .expect("sized");
+            let mut got2 = Vec::new();
+            let plain = c
+                .uid_fetch_bodies(&[7, 8], |f| {
+                    got2.push((f.uid, f.body.map(|b| b.len())));
+                    Ok(())
+                })
+                .await
+                .expect("unsized");
+            c.noop().await.expect("still in step");
+            (sized, got, plain, got2)
+        };
+        let ((sized, got, plain, got2), ()) = tokio::join!(client, server);
+        assert_eq!(sized.too_large, vec![(7, 200_000), (8, 6)]);
+        assert_eq!(got, vec![(Some(9), Some(10))]);
+        assert_eq!(plain.too_large, vec![(7, 200_000)]);
+        assert_eq!(got2, vec![(Some(8), Some(6))]);
+    }
+
+    /// The session's password, and the base64 it was sent in, never come back in a
+    /// refusal or BYE text the client returns.
+    #[tokio::test]
+    async fn server_texts_are_scrubbed_of_the_credentials() {
+        let (mut c, mut peer) =
+            session(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR LITERAL+] ready\r\n").await;
+        let creds = Credentials::Plain {
+            authzid: Some("alice".into()),
+            authcid: "admin".into(),
+            password: Secret::new("s3cret-pw"),
+        };
+        let server = async {
+            let cmd = peer.expect("c1 AUTHENTICATE PLAIN ").await;
+            let b64 = cmd.trim_end().rsplit(' ').next().unwrap().to_string();
+            peer.send(
+                format!("c1 NO [AUTHENTICATIONFAILED] no s3cret-pw; response was {b64}\r\n")
+                    .as_bytes(),
+            )
+            .await;
+        };
+        let (r, ()) = tokio::join!(c.login(&creds), server);
+        let e = r.unwrap_err();
+        let text = format!("{e} {e:?}");
+        assert!(matches!(e, ImapError::Auth { .. }), "{text}");
+        assert!(text.contains("***"), "{text}");
+        assert!(
+            !text.contains("s3cret") && !text.contains("czNjcmV0"),
+            "{text}"
+        );
+        assert!(!text.contains("AGFkbWlu"), "the whole response: {text}");
+
+        // Logged in with LOGIN: an APPEND refusal and a BYE that quote the password.
+        let (mut c, mut peer) = session(PLUS).await;
+        let creds = Credentials::Login {
+            user: "alice".into(),
+            password: Secret::new("s3cret-pw"),
+        };
+        let server = async {
+            peer.expect("c1 LOGIN").await;
+            peer.send(b"c1 OK [CAPABILITY IMAP4rev1 LITERAL+] in\r\n")
+                .await;
+            peer.expect("c2 APPEND").await;
+            peer.send(b"c2 NO [CANNOT] refused for \"s3cret-pw\"\r\n")
+                .await;
+            peer.expect("c3 NOOP").await;
+            peer.send(b"* BYE s3cret-pw is wrong\r\n").await;
+        };
+        let client = async {
+            c.login(&creds).await.expect("logged in");
+            let out = c.append_batch("INBOX", &[item(b"x\r\n")]).await;
+            let bye = c.noop().await.unwrap_err();
+            (out, bye)
+        };
+        let ((out, bye), ()) = tokio::join!(client, server);
+        let text = format!("{out:?} {bye} {bye:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        let refusal = match out {
+            Ok(o) => o,
+            Err(e) => panic!("{e:?}"),
+        };
+        assert_eq!(
+            refusal,
+            vec![AppendOutcome::Refused {
+                kind: Kind::No,
+                text: "refused for \"***\"".into()
+            }]
+        );
+        assert!(text.contains("*** is wrong"), "{text}");
+    }
+
+    /// XOAUTH2 without SASL-IR: a piece of the base64 response quoted back is scrubbed.
+    #[tokio::test]
+    async fn a_quoted_piece_of_the_sasl_response_is_scrubbed() {
+        let (mut c, mut peer) =
+            session(b"* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] ready\r\n").await;
+        let creds = Credentials::XOAuth2 {
+            user: "alice@example.test".into(),
+            token: Secret::new("eyJ0eXAiOiJKV1QiLCJhbGciOi.token-body"),
+        };
+        let server = async {
+            peer.expect("c1 AUTHENTICATE XOAUTH2").await;
+            peer.send(b"+ \r\n").await;
+            let b64 = peer.command().await.trim_end().to_string();
+            peer.send(format!("c1 BAD cannot use ...{}\r\n", &b64[5..]).as_bytes())
+                .await;
+        };
+        let (r, ()) = tokio::join!(c.login(&creds), server);
+        let text = format!("{:?}", r.unwrap_err());
+        assert!(text.contains("***"), "{text}");
+        let token = base64::engine::general_purpose::STANDARD.encode("eyJ0eXAiOiJKV1QiLCJhbGciOi");
+        assert!(!text.contains(&token[4..12]), "{text}");
     }
 
     /// A completion for a tag that was never sent is still a protocol error.
