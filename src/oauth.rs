@@ -38,6 +38,15 @@ pub const DEFAULT_SCOPE: &str = "https://outlook.office365.com/.default";
 pub const ERROR_HOLD: Duration = Duration::from_secs(60);
 /// Largest token response accepted.
 const MAX_RESPONSE: usize = 256 * 1024;
+/// The lifetime assumed when the endpoint gives none (Entra ID's tokens live an hour).
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// The shortest lifetime a token is kept for. Short lifetimes are believed (a test
+/// endpoint's tokens live seconds); a zero or negative `expires_in` says the token is stale
+/// already, so it is used at most this long before a new one is fetched.
+pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(1);
+/// The longest lifetime believed: a huge `expires_in` would otherwise keep a token cached
+/// past any real expiry (and overflow the clock arithmetic).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// Why no token could be had. Never contains the client secret or a token.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -280,6 +289,32 @@ pub fn refresh_margin(lifetime: Duration) -> Duration {
     (lifetime / 5).min(Duration::from_secs(300))
 }
 
+/// When a token obtained at `now` with `lifetime` is to be replaced. Never panics: a
+/// lifetime the clock cannot add is taken as [`MAX_TOKEN_LIFETIME`], then as none.
+fn refresh_at(now: Instant, lifetime: Duration) -> Instant {
+    let lifetime = lifetime.min(MAX_TOKEN_LIFETIME);
+    now.checked_add(lifetime - refresh_margin(lifetime))
+        .unwrap_or(now)
+}
+
+/// `expires_in` of a token response (a number, or a string as some endpoints send it),
+/// within [`MIN_TOKEN_LIFETIME`] and [`MAX_TOKEN_LIFETIME`]; absent or unreadable, the
+/// default lifetime.
+fn token_lifetime(value: Option<&serde_json::Value>) -> Duration {
+    let secs = match value {
+        Some(serde_json::Value::Number(n)) => n.as_f64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match secs {
+        Some(s) if s.is_nan() => DEFAULT_TOKEN_LIFETIME,
+        Some(s) if s <= MIN_TOKEN_LIFETIME.as_secs_f64() => MIN_TOKEN_LIFETIME,
+        Some(s) if s >= MAX_TOKEN_LIFETIME.as_secs_f64() => MAX_TOKEN_LIFETIME,
+        Some(s) => Duration::from_secs(s as u64),
+        None => DEFAULT_TOKEN_LIFETIME,
+    }
+}
+
 impl TokenProvider {
     pub fn new(settings: OAuthSettings) -> Result<Arc<TokenProvider>, OAuthError> {
         let url = Url::parse(&settings.token_url)?;
@@ -331,7 +366,7 @@ impl TokenProvider {
         }
         match self.fetch().await {
             Ok(t) => {
-                let refresh_at = Instant::now() + t.expires_in - refresh_margin(t.expires_in);
+                let refresh_at = refresh_at(Instant::now(), t.expires_in);
                 tracing::info!(
                     url = %self.settings.token_url,
                     expires_in = t.expires_in.as_secs(),
@@ -478,15 +513,9 @@ fn parse_token_response(url: &str, status: u16, body: &[u8]) -> Result<Token, OA
             return Err(bad(format!("token_type {tt:?} is not Bearer")));
         }
     }
-    let expires_in = match json.get("expires_in") {
-        Some(serde_json::Value::Number(n)) => n.as_u64(),
-        Some(serde_json::Value::String(s)) => s.parse().ok(),
-        _ => None,
-    }
-    .unwrap_or(3600);
     Ok(Token {
         access_token: Secret::new(token),
-        expires_in: Duration::from_secs(expires_in.max(1)),
+        expires_in: token_lifetime(json.get("expires_in")),
     })
 }
 
@@ -556,6 +585,36 @@ mod tests {
         assert!(e.contains("admin consent"), "{e}");
         assert!(parse_token_response("u", 502, b"<html>").is_err());
         assert!(parse_token_response("u", 200, br#"{"expires_in":1}"#).is_err());
+    }
+
+    /// Whatever `expires_in` says, the lifetime is within bounds and the refresh time
+    /// can be computed (a huge value used to overflow `Instant`).
+    #[test]
+    fn token_lifetimes_are_clamped() {
+        let lifetime = |expires_in: &str| {
+            let body = format!(r#"{{"access_token":"t","expires_in":{expires_in}}}"#);
+            let t = parse_token_response("u", 200, body.as_bytes()).unwrap();
+            // Must not panic.
+            let at = refresh_at(Instant::now(), t.expires_in);
+            assert!(at <= Instant::now() + MAX_TOKEN_LIFETIME);
+            t.expires_in
+        };
+        assert_eq!(lifetime("3599"), Duration::from_secs(3599));
+        assert_eq!(lifetime("\"3599\""), Duration::from_secs(3599));
+        assert_eq!(lifetime("18446744073709551615"), MAX_TOKEN_LIFETIME);
+        assert_eq!(lifetime("1e300"), MAX_TOKEN_LIFETIME);
+        assert_eq!(lifetime("\"99999999999999999999999\""), MAX_TOKEN_LIFETIME);
+        assert_eq!(lifetime("0"), MIN_TOKEN_LIFETIME);
+        assert_eq!(lifetime("-5"), MIN_TOKEN_LIFETIME);
+        assert_eq!(lifetime("\"-5\""), MIN_TOKEN_LIFETIME);
+        assert_eq!(lifetime("null"), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(lifetime("\"soon\""), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(lifetime("599.9"), Duration::from_secs(599));
+        assert_eq!(lifetime("3"), Duration::from_secs(3));
+        // Even a lifetime that never came through the parser.
+        let now = Instant::now();
+        assert!(refresh_at(now, Duration::MAX) > now);
+        assert_eq!(refresh_at(now, Duration::ZERO), now);
     }
 
     #[test]

@@ -517,7 +517,7 @@ async fn read_folder(
         let mut carries: Vec<((u32, u32), MessageRecord)> = Vec::new();
         let mut spool_err = None;
         let mut long_lines: Vec<String> = Vec::new();
-        client
+        let fetched = client
             .uid_fetch_bodies(&uids, |f| {
                 let (Some(uid), Some(body)) = (f.uid, f.body) else {
                     return Ok(());
@@ -601,9 +601,26 @@ async fn read_folder(
                 .chain(carries.iter().map(|(_, r)| r.uid))
                 .collect();
             for uid in uids.iter().filter(|u| !got.contains(u)) {
-                tracing::warn!(mailbox, folder = %folder.name, uid, "source returned no body (expunged meanwhile?); will retry next run");
+                // Why, where the client could tell: a response it could not read, or a
+                // body over the response limit. Otherwise the message went away meanwhile.
+                let why = fetched
+                    .unreadable
+                    .iter()
+                    .find(|(u, _)| *u == Some(*uid))
+                    .map(|(_, why)| format!("its FETCH response could not be read ({why})"))
+                    .or_else(|| {
+                        fetched
+                            .too_large
+                            .iter()
+                            .find(|(u, _)| u == uid)
+                            .map(|(_, n)| {
+                                format!("its body of {n} bytes is over the response limit")
+                            })
+                    })
+                    .unwrap_or_else(|| "the source returned no body (expunged meanwhile?)".into());
+                tracing::warn!(mailbox, folder = %folder.name, uid, "{why}; tried again on the next pass");
                 report.errors.push(format!(
-                    "folder {:?} UID {uid}: the source returned no body",
+                    "folder {:?} UID {uid}: {why}; not copied yet, tried again on the next pass",
                     folder.name
                 ));
             }

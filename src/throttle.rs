@@ -3,8 +3,9 @@
 //! - [`classify`] reads an IMAP error the way Exchange means it: `NO Request is throttled.
 //!   Suggested Backoff Time: N milliseconds` (and the same text in a `BAD` or `* BYE`) is a
 //!   throttle with a backoff to honour; a dropped connection, a timeout or `BAD User is
-//!   authenticated but not connected` is a transient fault worth a new session; anything
-//!   else is final.
+//!   authenticated but not connected` is a transient fault worth a new session, and so is
+//!   `* BYE Session invalidated - AccessTokenExpired`, for which [`needs_fresh_token`] also
+//!   says the cached token must go; anything else is final.
 //! - [`TokenBucket`]: messages/s and bytes/s, with a burst allowance. [`Limits`] holds the
 //!   global buckets (all mailboxes together) and makes a [`MailboxLimiter`] per mailbox,
 //!   which waits on its own buckets first and then on the global ones.
@@ -73,6 +74,27 @@ pub fn is_not_connected_text(text: &str) -> bool {
         .contains("authenticated but not connected")
 }
 
+/// Exchange's answer when the OAuth token a session logged in with has expired: `* BYE
+/// Session invalidated - AccessTokenExpired` (then it closes the connection), or the same
+/// words in a refused command or login. A new session works, but only with a new token.
+pub fn is_token_expired_text(text: &str) -> bool {
+    text.to_ascii_lowercase().contains("accesstokenexpired")
+}
+
+/// True if `e` says the session's OAuth token expired: the caller must forget its cached
+/// token (`TokenProvider::invalidate`) before it reconnects, or the next login presents
+/// the same token. [`classify`] makes such an error [`Fault::Transient`].
+pub fn needs_fresh_token(e: &ImapError) -> bool {
+    match e {
+        ImapError::Closed {
+            bye: Some(text), ..
+        }
+        | ImapError::Refused { text, .. }
+        | ImapError::Auth { text, .. } => is_token_expired_text(text),
+        _ => false,
+    }
+}
+
 /// The backoff to honour for a throttle answer, cut to [`MAX_SUGGESTED_BACKOFF`].
 pub fn throttle_backoff(text: &str) -> Duration {
     suggested_backoff(text)
@@ -96,6 +118,8 @@ pub fn classify(e: &ImapError) -> Fault {
             text: b.clone(),
         },
         ImapError::Refused { text, .. } if is_not_connected_text(text) => Fault::Transient,
+        // The token expired, not the credentials: a new session with a new token works.
+        e if needs_fresh_token(e) => Fault::Transient,
         e if e.is_transient() => Fault::Transient,
         _ => Fault::Fatal,
     }
@@ -518,6 +542,48 @@ mod tests {
             secs: 1,
         };
         assert_eq!(classify(&timeout), Fault::Transient);
+    }
+
+    /// Exchange ends a session whose token expired with an untagged BYE: worth a new
+    /// session (with a new token), and told apart from other transient faults.
+    #[test]
+    fn expired_token_is_transient_and_distinguishable() {
+        let bye = ImapError::Closed {
+            host: "h".into(),
+            bye: Some("Session invalidated - AccessTokenExpired".into()),
+        };
+        assert_eq!(classify(&bye), Fault::Transient);
+        assert!(needs_fresh_token(&bye));
+        // A login refused for the same reason is not a wrong credential.
+        let auth = ImapError::Auth {
+            host: "h".into(),
+            user: "u".into(),
+            text: "AUTHENTICATE failed: AccessTokenExpired".into(),
+        };
+        assert_eq!(classify(&auth), Fault::Transient);
+        assert!(needs_fresh_token(&auth));
+        let refused = ImapError::Refused {
+            host: "h".into(),
+            command: "SELECT".into(),
+            kind: Kind::Bad,
+            code: None,
+            text: "Session invalidated - AccessTokenExpired".into(),
+        };
+        assert_eq!(classify(&refused), Fault::Transient);
+        // Other faults do not ask for a new token.
+        let other = ImapError::Closed {
+            host: "h".into(),
+            bye: Some("Server shutting down".into()),
+        };
+        assert_eq!(classify(&other), Fault::Transient);
+        assert!(!needs_fresh_token(&other));
+        let wrong = ImapError::Auth {
+            host: "h".into(),
+            user: "u".into(),
+            text: "AUTHENTICATE failed.".into(),
+        };
+        assert_eq!(classify(&wrong), Fault::Fatal);
+        assert!(!needs_fresh_token(&wrong));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! migration needs on top: timeouts, STARTTLS, SASL, pipelining of APPEND with LITERAL+,
 //! and FETCH results handed to the caller one message at a time so memory stays bounded.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
@@ -27,11 +27,12 @@ use imap_codec::{CommandCodec, GreetingCodec, ResponseCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::framer::{Frame, FrameError, Framer};
+use super::framer::{Frame, FrameError, Framer, Skipped};
 use super::response::{parse_internal_date, FetchData, Kind, Resp, RespCode, Untagged};
-use super::transport::{Stream, TlsSettings};
+use super::transport::{ByteStream, Stream, TlsSettings};
 use super::{Credentials, ListedFolder};
 use crate::mapping::{decode_mutf7, encode_mutf7};
+use crate::secret::Scrubber;
 
 /// How the connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +74,10 @@ pub enum ImapError {
     },
     #[error("{host} did not answer within {secs} s")]
     Timeout { host: String, secs: u64 },
+    /// The TLS handshake got no answer: often a middlebox that accepts connections and then
+    /// stays silent, so the message says where it stalled.
+    #[error("TLS handshake with {host} did not complete within {secs} s")]
+    HandshakeTimeout { host: String, secs: u64 },
     #[error("{host} closed the connection{}", .bye.as_ref().map(|b| format!(": {b}")).unwrap_or_default())]
     Closed { host: String, bye: Option<String> },
     #[error("{host} refused the login for {user}: {text}")]
@@ -116,7 +121,32 @@ fn tls_error(host: &str, source: std::io::Error) -> ImapError {
     }
 }
 
+/// The TLS handshake (implicit TLS, or after STARTTLS), bounded by the endpoint's timeout:
+/// a middlebox that takes the connection and then says nothing would otherwise hold the
+/// session, and the connection slot it occupies, for ever.
+async fn handshake(
+    stream: Stream,
+    tls: &TlsSettings,
+    host: &str,
+    timeout: Duration,
+) -> Result<Stream> {
+    match tokio::time::timeout(timeout, stream.upgrade(tls, host)).await {
+        Ok(r) => r.map_err(|source| tls_error(host, source)),
+        Err(_) => Err(ImapError::HandshakeTimeout {
+            host: host.to_string(),
+            secs: timeout.as_secs(),
+        }),
+    }
+}
+
 impl ImapError {
+    /// True if the server ended or refused the session because its OAuth token expired
+    /// (Exchange: `* BYE Session invalidated - AccessTokenExpired`): transient, but the next
+    /// session needs a new token. See `throttle::needs_fresh_token`.
+    pub fn is_token_expired(&self) -> bool {
+        crate::throttle::needs_fresh_token(self)
+    }
+
     /// Worth retrying on a fresh connection (the network or the server hiccupped), as opposed
     /// to a definite answer such as a refused login.
     pub fn is_transient(&self) -> bool {
@@ -124,6 +154,7 @@ impl ImapError {
             self,
             ImapError::Io { .. }
                 | ImapError::Timeout { .. }
+                | ImapError::HandshakeTimeout { .. }
                 | ImapError::Closed { .. }
                 | ImapError::Connect { .. }
         )
@@ -293,6 +324,127 @@ pub enum AppendOutcome {
     },
 }
 
+/// What [`Client::uid_fetch_meta_report`] found.
+#[derive(Debug, Default)]
+pub struct MetaFetch {
+    /// One entry per UID.
+    pub items: Vec<FetchData>,
+    /// FETCH responses that could not be read: the UID where the raw response shows one,
+    /// and why (the decoder's complaint and the start of the response).
+    pub unreadable: Vec<(Option<u32>, String)>,
+}
+
+/// What a FETCH of bodies could not hand on ([`Client::uid_fetch_bodies`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FetchReport {
+    /// FETCH responses that could not be read, as in [`MetaFetch::unreadable`]; not those
+    /// of messages handed on anyway (from another response).
+    pub unreadable: Vec<(Option<u32>, String)>,
+    /// Messages whose BODY[] was too large (over their RFC822.SIZE, or over the response
+    /// limit): UID and the body's length. They were not handed on.
+    pub too_large: Vec<(u32, u64)>,
+}
+
+/// The FETCH responses of one command, merged per UID.
+#[derive(Default)]
+struct Merger {
+    /// In the order the UIDs first came.
+    items: Vec<FetchData>,
+    at: HashMap<u32, usize>,
+    /// UIDs by message number, from the responses that had both: an unsolicited FETCH
+    /// (a flag change) may carry only the number.
+    uid_of: HashMap<u32, u32>,
+    unreadable: Vec<(Option<u32>, String)>,
+}
+
+impl Merger {
+    /// The UID and data of a FETCH response for a UID `asked` wants; an unreadable one is
+    /// noted. Keeps the numbering up to date on EXPUNGE.
+    fn take(&mut self, u: Untagged, asked: impl Fn(u32) -> bool) -> Option<(u32, FetchData)> {
+        match u {
+            Untagged::Fetch(mut f) => {
+                let uid = match f.uid {
+                    Some(uid) => {
+                        self.uid_of.insert(f.seq, uid);
+                        uid
+                    }
+                    None => *self.uid_of.get(&f.seq)?,
+                };
+                f.uid = Some(uid);
+                asked(uid).then_some((uid, f))
+            }
+            Untagged::Unreadable { seq, uid, detail } => {
+                let uid = uid.or_else(|| seq.and_then(|s| self.uid_of.get(&s).copied()));
+                if uid.is_none_or(&asked) {
+                    self.unreadable.push((uid, detail));
+                }
+                None
+            }
+            Untagged::Expunge(n) => {
+                self.uid_of = self
+                    .uid_of
+                    .drain()
+                    .filter(|(seq, _)| *seq != n)
+                    .map(|(seq, uid)| (if seq > n { seq - 1 } else { seq }, uid))
+                    .collect();
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn absorb(&mut self, uid: u32, f: FetchData) {
+        match self.at.get(&uid) {
+            Some(&i) => self.items[i].absorb(f),
+            None => {
+                self.at.insert(uid, self.items.len());
+                self.items.push(f);
+            }
+        }
+    }
+
+    /// Takes `uid`'s entry out (to be handed on), leaving a gap in the order.
+    fn remove(&mut self, uid: u32) -> Option<FetchData> {
+        let i = self.at.remove(&uid)?;
+        Some(std::mem::take(&mut self.items[i]))
+    }
+
+    fn finish(self) -> (Vec<FetchData>, Vec<(Option<u32>, String)>) {
+        let items = self.items.into_iter().filter(|f| f.uid.is_some()).collect();
+        (items, self.unreadable)
+    }
+}
+
+/// A UID set as sent (`1:*`, `4,7:9`), to tell responses for it from unsolicited ones.
+struct UidRanges(Option<Vec<(u32, u32)>>);
+
+impl UidRanges {
+    /// `*` stands for the largest UID, which any UID at or above the range's start may be.
+    /// A set that cannot be read contains everything.
+    fn parse(set: &str) -> UidRanges {
+        let n = |s: &str| match s {
+            "*" => Some(u32::MAX),
+            s => s.parse::<u32>().ok(),
+        };
+        let ranges = set
+            .split(',')
+            .map(|part| {
+                let (a, b) = part.split_once(':').unwrap_or((part, part));
+                let (a, b) = (n(a)?, n(b)?);
+                Some((a.min(b), a.max(b)))
+            })
+            .collect();
+        UidRanges(ranges)
+    }
+
+    fn contains(&self, uid: u32) -> bool {
+        match &self.0 {
+            Some(ranges) => ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&uid)),
+            None => true,
+        }
+    }
+}
+
 const READ_CHUNK: usize = 64 * 1024;
 
 /// The literal an APPEND is encoded around before its message's length is put in.
@@ -312,6 +464,57 @@ fn appended(code: Option<RespCode>, n: usize) -> Vec<AppendOutcome> {
             .collect(),
         _ => vec![AppendOutcome::AppendedNoUid; n],
     }
+}
+
+/// The outcomes of an APPEND command of `n` messages from its completion.
+fn append_answer(kind: Kind, code: Option<RespCode>, text: String, n: usize) -> Vec<AppendOutcome> {
+    match kind {
+        Kind::Ok => appended(code, n),
+        _ if n == 1 => vec![AppendOutcome::Refused { kind, code, text }],
+        _ => (0..n)
+            .map(|_| AppendOutcome::RefusedTogether {
+                kind,
+                text: text.clone(),
+                messages: n,
+            })
+            .collect(),
+    }
+}
+
+/// The start of a response for a message: printable, at most 200 characters.
+fn excerpt(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect()
+}
+
+/// The message number and (where the bytes show it) the UID of a raw `* n FETCH (...)`
+/// response that could not be decoded; None if it is not a FETCH response.
+fn raw_fetch(bytes: &[u8]) -> Option<(u32, Option<u32>)> {
+    let rest = bytes.strip_prefix(b"* ")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq: u32 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = &rest[digits..];
+    let items = rest
+        .get(..7)
+        .filter(|w| w.eq_ignore_ascii_case(b" FETCH "))?;
+    let rest = &rest[items.len()..];
+    // `UID n` as an item: after `(` or a space.
+    let uid = (0..rest.len().saturating_sub(4)).find_map(|i| {
+        let lead = i.checked_sub(1).map(|j| rest[j]);
+        if !matches!(lead, Some(b'(' | b' ')) || !rest[i..i + 4].eq_ignore_ascii_case(b"UID ") {
+            return None;
+        }
+        let digits = &rest[i + 4..];
+        let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+        std::str::from_utf8(&digits[..n])
+            .ok()?
+            .parse::<u32>()
+            .ok()
+            .filter(|u| *u != 0)
+    });
+    Some((seq, uid))
 }
 
 /// A UID set in IMAP syntax with runs collapsed (`1:3,7,9:10`); `uids` in any order.
@@ -358,6 +561,19 @@ pub struct Client {
     multiappend_wanted: bool,
     /// Outcomes known when `append_batch` failed mid-way (see `take_partial_outcomes`).
     partial_outcomes: Vec<AppendOutcome>,
+    /// The same, per item of that batch, with the answers that came ahead of the failure
+    /// (see `take_partial_answers`).
+    partial_answers: Vec<Option<AppendOutcome>>,
+    /// Tags of the commands sent whose completion has not been taken yet.
+    outstanding: HashSet<String>,
+    /// Completions that arrived while another command's was awaited: a server may
+    /// complete pipelined commands in any order (RFC 3501 §5.5).
+    done: HashMap<String, Resp>,
+    /// The server refused `ENABLE CONDSTORE`: mod-sequences are not used on this session.
+    condstore_off: bool,
+    /// The credentials of the login, in every form they were sent in, taken out of the
+    /// server's texts.
+    scrub: Scrubber,
 }
 
 impl Client {
@@ -382,26 +598,9 @@ impl Client {
             })
         };
         if ep.security == Security::Implicit {
-            stream = stream
-                .upgrade(tls()?, &ep.host)
-                .await
-                .map_err(|source| tls_error(&ep.host, source))?;
+            stream = handshake(stream, tls()?, &ep.host, ep.timeout).await?;
         }
-        let mut c = Client {
-            stream,
-            frames: Framer::new(ep.max_response_bytes as usize),
-            wbuf: Vec::with_capacity(READ_CHUNK),
-            stash: VecDeque::new(),
-            caps: Capabilities::default(),
-            tag: 0,
-            host: ep.host.clone(),
-            timeout: ep.timeout,
-            max_response: ep.max_response_bytes,
-            literal_plus: false,
-            multiappend: false,
-            multiappend_wanted: true,
-            partial_outcomes: Vec::new(),
-        };
+        let mut c = Client::new(stream, &ep.host, ep.timeout, ep.max_response_bytes);
         c.read_greeting().await?;
         if ep.security == Security::StartTls {
             if c.caps.is_empty() {
@@ -419,10 +618,7 @@ impl Client {
             c.frames = Framer::new(c.max_response as usize);
             c.stash.clear();
             let plain = std::mem::replace(&mut c.stream, Stream::Detached);
-            c.stream = plain
-                .upgrade(tls()?, &ep.host)
-                .await
-                .map_err(|source| tls_error(&ep.host, source))?;
+            c.stream = handshake(plain, tls()?, &ep.host, ep.timeout).await?;
             c.caps = Capabilities::default();
         }
         if c.caps.is_empty() {
@@ -431,8 +627,56 @@ impl Client {
         Ok(c)
     }
 
+    /// A session over a stream the caller connected (no TLS is set up here): reads the
+    /// greeting and the capabilities. Everything above the socket is the same as after
+    /// [`Client::connect`], so the protocol handling can be driven with exact server bytes
+    /// (e.g. over `tokio::io::duplex`).
+    pub async fn from_stream(
+        stream: impl ByteStream + 'static,
+        host: &str,
+        timeout: Duration,
+        max_response_bytes: u32,
+    ) -> Result<Client> {
+        let stream = Stream::Other(Box::new(stream));
+        let mut c = Client::new(stream, host, timeout, max_response_bytes);
+        c.read_greeting().await?;
+        if c.caps.is_empty() {
+            c.capability().await?;
+        }
+        Ok(c)
+    }
+
+    fn new(stream: Stream, host: &str, timeout: Duration, max_response_bytes: u32) -> Client {
+        Client {
+            stream,
+            frames: Framer::new(max_response_bytes as usize),
+            wbuf: Vec::with_capacity(READ_CHUNK),
+            stash: VecDeque::new(),
+            caps: Capabilities::default(),
+            tag: 0,
+            host: host.to_string(),
+            timeout,
+            max_response: max_response_bytes,
+            literal_plus: false,
+            multiappend: false,
+            multiappend_wanted: true,
+            partial_outcomes: Vec::new(),
+            partial_answers: Vec::new(),
+            outstanding: HashSet::new(),
+            done: HashMap::new(),
+            condstore_off: false,
+            scrub: Scrubber::new(),
+        }
+    }
+
     pub fn caps(&self) -> &Capabilities {
         &self.caps
+    }
+
+    /// True if mod-sequences (CONDSTORE) are used on this session: offered, and not
+    /// refused by `ENABLE` at login.
+    pub fn uses_condstore(&self) -> bool {
+        self.caps.has("CONDSTORE") && !self.condstore_off
     }
 
     pub fn host(&self) -> &str {
@@ -480,22 +724,27 @@ impl Client {
 
     /// Reads until one whole server response is buffered, then decodes it with `codec`
     /// and converts it with `convert` while its bytes are still borrowed. `convert` also
-    /// gets the `BODY[]` literals the framer took out of the response (see
-    /// [`super::framer`]), to put back into the decoded value.
+    /// gets the frame's bytes as the decoder saw them, the `BODY[]` literals the framer
+    /// took out of the response (see [`super::framer`]), to put back into the decoded
+    /// value, and the literals it skipped as too large.
     async fn next_decoded<C: Decoder, T>(
         &mut self,
         codec: &C,
-        convert: impl FnOnce(Result<C::Message<'_>, &[u8]>, Vec<Vec<u8>>) -> T,
+        convert: impl FnOnce(Option<C::Message<'_>>, &[u8], Vec<Vec<u8>>, Vec<Skipped>) -> T,
     ) -> Result<T> {
         loop {
             match self.frames.next_frame() {
-                Ok(Some(Frame { bytes, bodies })) => {
+                Ok(Some(Frame {
+                    bytes,
+                    bodies,
+                    skipped,
+                })) => {
                     // Lifetimes: the frame lives in `self.frames`; decode and convert here.
                     let decoded = match codec.decode(bytes) {
-                        Ok(([], msg)) => Ok(msg),
-                        _ => Err(bytes),
+                        Ok(([], msg)) => Some(msg),
+                        _ => None,
                     };
-                    return Ok(convert(decoded, bodies));
+                    return Ok(convert(decoded, bytes, bodies, skipped));
                 }
                 Ok(None) => {}
                 Err(FrameError::TooLong { limit }) => {
@@ -508,8 +757,8 @@ impl Client {
 
     async fn read_greeting(&mut self) -> Result<()> {
         let greeting = self
-            .next_decoded(&GreetingCodec::default(), |g, _bodies| {
-                g.ok().map(|g| {
+            .next_decoded(&GreetingCodec::default(), |g, _, _, _| {
+                g.map(|g| {
                     let caps = match &g.code {
                         Some(imap_codec::imap_types::response::Code::Capability(c)) => {
                             Some(c.as_ref().iter().map(|c| c.to_string()).collect::<Vec<_>>())
@@ -555,30 +804,45 @@ impl Client {
         self.multiappend
     }
 
-    /// Reads the next response, from the stash first.
+    /// Reads the next response, from the stash first. A response that cannot be used is
+    /// skipped (its frame is intact, so the session goes on); for a FETCH response the
+    /// caller gets [`Untagged::Unreadable`], so that it can name the message.
     async fn read_resp(&mut self) -> Result<Resp> {
         if let Some(r) = self.stash.pop_front() {
             return Ok(r);
         }
-        let host = self.host.clone();
-        let resp = self
-            .next_decoded(&ResponseCodec::default(), |r, bodies| match r {
-                Ok(r) => Resp::from_codec(r, bodies).unwrap_or_else(|| {
-                    tracing::warn!(host = %host, "response whose BODY[] literals do not match its items skipped");
-                    Resp::Untagged(Untagged::Other)
-                }),
-                Err(bytes) => {
-                    // The frame is intact (literals were counted), so the session can go
-                    // on; the caller notices what is missing and names it.
-                    let head: String = String::from_utf8_lossy(&bytes[..bytes.len().min(120)])
-                        .chars()
-                        .filter(|c| !c.is_control())
-                        .collect();
-                    tracing::warn!(host = %host, response = %head, "unparseable response skipped");
-                    Resp::Untagged(Untagged::Other)
-                }
+        let (mut resp, refused) = self
+            .next_decoded(&ResponseCodec::default(), |r, bytes, bodies, skipped| {
+                let why = match r {
+                    Some(_) if skipped.iter().any(|s| s.body.is_none()) => {
+                        let len = skipped.iter().map(|s| s.len).max().unwrap_or(0);
+                        format!(
+                            "a literal of {len} bytes in it was over the limit and was discarded"
+                        )
+                    }
+                    Some(r) => match Resp::from_codec_skipping(r, bodies, &skipped) {
+                        Some(resp) => return (resp, None),
+                        None => "its BODY[] literals do not match its items".to_string(),
+                    },
+                    None => "imap-codec cannot decode it".to_string(),
+                };
+                let detail = format!("{why}: {}", excerpt(bytes));
+                let resp = match raw_fetch(bytes) {
+                    Some((seq, uid)) => Untagged::Unreadable {
+                        seq: Some(seq),
+                        uid,
+                        detail: detail.clone(),
+                    },
+                    None => Untagged::Other,
+                };
+                (Resp::Untagged(resp), Some(detail))
             })
             .await?;
+        self.scrub_resp(&mut resp);
+        if let Some(mut detail) = refused {
+            self.scrub.scrub_in_place(&mut detail);
+            tracing::warn!(host = %self.host, "response skipped: {detail}");
+        }
         if let Resp::Untagged(Untagged::Capability(c)) = &resp {
             let c = c.clone();
             self.set_caps(&c);
@@ -586,9 +850,56 @@ impl Client {
         Ok(resp)
     }
 
+    /// Takes the session's secrets out of the texts of `resp` (see [`Scrubber`]).
+    fn scrub_resp(&self, resp: &mut Resp) {
+        if self.scrub.is_empty() {
+            return;
+        }
+        let s = &self.scrub;
+        let code = |c: &mut Option<RespCode>| {
+            if let Some(RespCode::Other(text)) = c {
+                s.scrub_in_place(text);
+            }
+        };
+        match resp {
+            Resp::Tagged { code: c, text, .. }
+            | Resp::Untagged(Untagged::State { code: c, text, .. }) => {
+                s.scrub_in_place(text);
+                code(c);
+            }
+            Resp::Untagged(Untagged::Unreadable { detail, .. }) => s.scrub_in_place(detail),
+            Resp::Bye(text) => s.scrub_in_place(text),
+            _ => {}
+        }
+    }
+
+    /// A new tag, counted as outstanding until its completion is taken.
     fn next_tag(&mut self) -> String {
         self.tag += 1;
-        format!("c{}", self.tag)
+        let tag = format!("c{}", self.tag);
+        self.outstanding.insert(tag.clone());
+        tag
+    }
+
+    /// Keeps the completion of another outstanding command for when it is awaited; a
+    /// completion for a tag never sent (or already completed) is a protocol error.
+    fn keep_completion(&mut self, resp: Resp, during: &str) -> Result<()> {
+        let Some(tag) = resp.tag().map(str::to_string) else {
+            return Ok(());
+        };
+        if !self.outstanding.remove(&tag) {
+            return Err(self.protocol(format!(
+                "unexpected completion for tag {tag} during {during}"
+            )));
+        }
+        self.done.insert(tag, resp);
+        Ok(())
+    }
+
+    /// The completion of `tag` if it already arrived.
+    fn take_completion(&mut self, tag: &str) -> Option<Resp> {
+        let r = self.done.remove(tag)?;
+        Some(r)
     }
 
     async fn flush(&mut self) -> Result<()> {
@@ -657,7 +968,8 @@ impl Client {
                                 Resp::Continue => break,
                                 // This command refused before its literal.
                                 r @ Resp::Tagged { .. } if r.tag() == Some(tag.as_str()) => {
-                                    return Ok(Err(r))
+                                    self.outstanding.remove(&tag);
+                                    return Ok(Err(r));
                                 }
                                 // Pipelined: the completion of a command sent before
                                 // (an APPEND of the same batch) arrives first.
@@ -696,18 +1008,21 @@ impl Client {
     ) -> Result<Outcome> {
         self.flush().await?;
         loop {
-            match self.read_resp().await? {
+            let resp = match self.take_completion(tag) {
+                Some(r) => r,
+                None => self.read_resp().await?,
+            };
+            match resp {
                 Resp::Tagged {
                     tag: t,
                     kind,
                     code,
                     text,
                 } if t == tag => {
+                    self.outstanding.remove(tag);
                     return self.completion(command, kind, code, text);
                 }
-                Resp::Tagged { tag: t, .. } => {
-                    return Err(self.protocol(format!("unexpected completion for tag {t}")))
-                }
+                r @ Resp::Tagged { .. } => self.keep_completion(r, command)?,
                 Resp::Untagged(u) => on_untagged(u)?,
                 Resp::Continue => {
                     return Err(self.protocol(format!("unexpected continuation during {command}")))
@@ -800,6 +1115,14 @@ impl Client {
     /// capabilities (servers announce more after login) and enables CONDSTORE when offered.
     pub async fn login(&mut self, creds: &Credentials) -> Result<()> {
         let user = creds.identity().to_string();
+        // Before anything is sent: the server may quote it back in any answer from now on.
+        self.scrub = Scrubber::new();
+        match creds {
+            Credentials::Login { password, .. } | Credentials::Plain { password, .. } => {
+                self.scrub.add(password.expose())
+            }
+            Credentials::XOAuth2 { token, .. } => self.scrub.add(token.expose()),
+        }
         let result = match creds {
             Credentials::Login { user, password } => {
                 if self.caps.has("LOGINDISABLED") {
@@ -859,10 +1182,30 @@ impl Client {
                 "ID (\"name\" \"cutover\" \"version\" \"{}\")",
                 env!("CARGO_PKG_VERSION")
             );
-            self.run_raw(&line, "ID").await?;
+            // Only a courtesy: a server that advertises ID but refuses it still serves mail.
+            match self.run_raw(&line, "ID").await {
+                Err(ImapError::Refused { kind, text, .. }) => {
+                    tracing::debug!(host = %self.host, ?kind, %text, "ID refused; carrying on without it");
+                }
+                other => {
+                    other?;
+                }
+            }
         }
+        self.condstore_off = false;
         if self.caps.has("ENABLE") && self.caps.has("CONDSTORE") {
-            self.run_raw("ENABLE CONDSTORE", "ENABLE").await?;
+            // Refused, mod-sequences are not asked for at all: a FETCH with MODSEQ or
+            // CHANGEDSINCE would be refused in turn, or answered by a server that just said
+            // it will not track them. Folders are then read in full, which is correct.
+            match self.run_raw("ENABLE CONDSTORE", "ENABLE").await {
+                Err(ImapError::Refused { kind, text, .. }) => {
+                    tracing::info!(host = %self.host, ?kind, %text, "ENABLE CONDSTORE refused; reading folders without mod-sequences");
+                    self.condstore_off = true;
+                }
+                other => {
+                    other?;
+                }
+            }
         }
         Ok(())
     }
@@ -877,6 +1220,7 @@ impl Client {
         command: &str,
     ) -> Result<Outcome> {
         let b64 = base64::engine::general_purpose::STANDARD.encode(&ir);
+        self.scrub.add_sent(&b64);
         let with_ir = self.caps.has("SASL-IR");
         let body = if with_ir {
             CommandBody::authenticate_with_ir(mech, ir)
@@ -907,6 +1251,7 @@ impl Client {
                     code,
                     text,
                 } if t == tag => {
+                    self.outstanding.remove(&tag);
                     return self.completion(command, kind, code, text);
                 }
                 Resp::Bye(b) => {
@@ -915,6 +1260,7 @@ impl Client {
                         bye: Some(b),
                     })
                 }
+                r @ Resp::Tagged { .. } => self.keep_completion(r, command)?,
                 _ => {}
             }
         }
@@ -1004,7 +1350,7 @@ impl Client {
             CommandBody::select(mailbox)
         }
         .map_err(|_| ImapError::Unsupported(format!("folder name {name:?}")))?;
-        if self.caps.has("CONDSTORE") && !self.caps.has("ENABLE") {
+        if self.uses_condstore() && !self.caps.has("ENABLE") {
             if let CommandBody::Select { parameters, .. }
             | CommandBody::Examine { parameters, .. } = &mut body
             {
@@ -1094,19 +1440,37 @@ impl Client {
     }
 
     /// UID FETCH of UID, FLAGS, INTERNALDATE, RFC822.SIZE (and MODSEQ with CONDSTORE) for
-    /// `set` (e.g. `"1:*"`), only messages changed since `changed_since` when given.
+    /// `set` (e.g. `"1:*"`), only messages changed since `changed_since` when given. One
+    /// entry per UID (see [`Client::uid_fetch_meta_report`]); responses that could not be
+    /// read are logged.
     pub async fn uid_fetch_meta(
         &mut self,
         set: &str,
         changed_since: Option<u64>,
     ) -> Result<Vec<FetchData>> {
+        let report = self.uid_fetch_meta_report(set, changed_since).await?;
+        for (uid, why) in &report.unreadable {
+            tracing::warn!(host = %self.host, ?uid, "FETCH response unreadable: {why}");
+        }
+        Ok(report.items)
+    }
+
+    /// [`Client::uid_fetch_meta`], with the responses that could not be read. A server may
+    /// split one message's items over several FETCH responses, or send a flag change in
+    /// between: they are merged into one entry per UID, in the order the UIDs first came.
+    /// Responses for UIDs outside `set` are ignored.
+    pub async fn uid_fetch_meta_report(
+        &mut self,
+        set: &str,
+        changed_since: Option<u64>,
+    ) -> Result<MetaFetch> {
         let mut items = vec![
             MessageDataItemName::Uid,
             MessageDataItemName::Flags,
             MessageDataItemName::InternalDate,
             MessageDataItemName::Rfc822Size,
         ];
-        let condstore = self.caps.has("CONDSTORE");
+        let condstore = self.uses_condstore();
         if condstore {
             items.push(MessageDataItemName::ModSeq);
         }
@@ -1125,28 +1489,65 @@ impl Client {
         ) {
             modifiers.push(FetchModifier::ChangedSince(m));
         }
-        let out = self.run(body, "UID FETCH").await?;
-        Ok(out
-            .untagged
-            .into_iter()
-            .filter_map(|u| match u {
-                Untagged::Fetch(f) if f.uid.is_some() => Some(f),
-                _ => None,
-            })
-            .collect())
+        let asked = UidRanges::parse(set);
+        let mut merged = Merger::default();
+        let tag = match self.send(body).await? {
+            Ok(t) => t,
+            Err(r) => return Err(self.refusal("UID FETCH", r)),
+        };
+        self.complete(&tag, "UID FETCH", |u| {
+            if let Some((uid, f)) = merged.take(u, |uid| asked.contains(uid)) {
+                merged.absorb(uid, f);
+            }
+            Ok(())
+        })
+        .await?;
+        let (items, unreadable) = merged.finish();
+        Ok(MetaFetch { items, unreadable })
     }
 
     /// UID FETCH of whole messages (BODY.PEEK[], so nothing is marked \Seen), handing each
-    /// to `on_message` as it arrives; at most one message is held in memory at a time.
+    /// to `on_message` as it arrives; at most one message is held in memory at a time
+    /// (unless the server sends a message's FLAGS or INTERNALDATE apart from its body).
+    ///
+    /// Each message the callback gets has its BODY[] with the INTERNALDATE and FLAGS the
+    /// server sent for it, in the same response or another one (before or after), and
+    /// comes once. Responses for UIDs not asked for are ignored. What could not be had is
+    /// in the report: responses that could not be read, bodies over the response limit.
     pub async fn uid_fetch_bodies(
         &mut self,
         uids: &[u32],
+        on_message: impl FnMut(FetchData) -> Result<()>,
+    ) -> Result<FetchReport> {
+        let wanted: Vec<(u32, Option<u64>)> = uids.iter().map(|u| (*u, None)).collect();
+        self.fetch_bodies(&wanted, on_message).await
+    }
+
+    /// [`Client::uid_fetch_bodies`] of messages whose sizes are known (UID, RFC822.SIZE):
+    /// a body larger than its message's size is not handed on but reported as too large,
+    /// and one larger than every size asked for is not even held in memory (it is read
+    /// off the wire and dropped, and the session goes on).
+    pub async fn uid_fetch_bodies_sized(
+        &mut self,
+        wanted: &[(u32, u32)],
+        on_message: impl FnMut(FetchData) -> Result<()>,
+    ) -> Result<FetchReport> {
+        let wanted: Vec<(u32, Option<u64>)> =
+            wanted.iter().map(|(u, n)| (*u, Some(*n as u64))).collect();
+        self.fetch_bodies(&wanted, on_message).await
+    }
+
+    async fn fetch_bodies(
+        &mut self,
+        wanted: &[(u32, Option<u64>)],
         mut on_message: impl FnMut(FetchData) -> Result<()>,
-    ) -> Result<()> {
-        if uids.is_empty() {
-            return Ok(());
+    ) -> Result<FetchReport> {
+        let mut report = FetchReport::default();
+        let limits: HashMap<u32, Option<u64>> = wanted.iter().copied().collect();
+        let nz: Vec<NonZeroU32> = limits.keys().filter_map(|u| NonZeroU32::new(*u)).collect();
+        if nz.is_empty() {
+            return Ok(report);
         }
-        let nz: Vec<NonZeroU32> = uids.iter().filter_map(|u| NonZeroU32::new(*u)).collect();
         let seq = SequenceSet::try_from(nz).map_err(|_| self.protocol("empty UID set"))?;
         let items = vec![
             MessageDataItemName::Uid,
@@ -1158,11 +1559,96 @@ impl Client {
                 peek: true,
             },
         ];
-        self.uid_fetch_each(seq, items, |u| match u {
-            Untagged::Fetch(f) if f.body.is_some() => on_message(f),
-            _ => Ok(()),
-        })
-        .await
+        // No body is held that is larger than every message asked for.
+        let largest = limits.values().try_fold(0u64, |m, l| l.map(|l| m.max(l)));
+        let body = CommandBody::fetch(
+            seq,
+            MacroOrMessageDataItemNames::MessageDataItemNames(items),
+            true,
+        )
+        .map_err(|_| self.protocol("bad FETCH"))?;
+        let tag = match self.send(body).await? {
+            Ok(t) => t,
+            Err(r) => return Err(self.refusal("UID FETCH", r)),
+        };
+        self.frames
+            .set_body_limit(largest.map(|l| usize::try_from(l).unwrap_or(usize::MAX)));
+        let mut merged = Merger::default();
+        let mut done: HashSet<u32> = HashSet::new();
+        let mut too_large: Vec<(u32, u64)> = Vec::new();
+        // Hands on `f` if it is whole (or `last`), or reports it as too large; true if so.
+        let mut deliver = |uid: u32, f: &mut Option<FetchData>, last: bool| -> Result<bool> {
+            let Some(m) = f.as_ref() else {
+                return Ok(false);
+            };
+            let limit = limits.get(&uid).copied().flatten();
+            let len = m
+                .oversized
+                .or_else(|| m.body.as_ref().map(|b| b.len() as u64));
+            if let (Some(len), true) = (len, m.oversized.is_some()) {
+                too_large.push((uid, len));
+                return Ok(true);
+            }
+            if let (Some(len), Some(limit)) = (len, limit) {
+                if len > limit {
+                    too_large.push((uid, len));
+                    return Ok(true);
+                }
+            }
+            let whole = m.body.is_some() && m.flags.is_some() && m.internal_date.is_some();
+            if whole || (last && m.body.is_some()) {
+                if let Some(m) = f.take() {
+                    on_message(m)?;
+                }
+                return Ok(true);
+            }
+            Ok(false)
+        };
+        let result = self
+            .complete(&tag, "UID FETCH", |u| {
+                let Some((uid, f)) = merged.take(u, |uid| limits.contains_key(&uid)) else {
+                    return Ok(());
+                };
+                if done.contains(&uid) {
+                    return Ok(());
+                }
+                let mut entry = merged.remove(uid);
+                match &mut entry {
+                    Some(e) => e.absorb(f),
+                    None => entry = Some(f),
+                }
+                if deliver(uid, &mut entry, false)? {
+                    done.insert(uid);
+                } else if let Some(e) = entry {
+                    merged.absorb(uid, e);
+                }
+                Ok(())
+            })
+            .await;
+        self.frames.set_body_limit(None);
+        let result = match result {
+            // A refusal (some messages gone) still lets through what did arrive.
+            r @ (Ok(_) | Err(ImapError::Refused { .. })) => r,
+            Err(e) => return Err(e),
+        };
+        let (rest, unreadable) = merged.finish();
+        for m in rest {
+            let Some(uid) = m.uid else { continue };
+            if done.contains(&uid) {
+                continue;
+            }
+            let mut entry = Some(m);
+            if deliver(uid, &mut entry, true)? {
+                done.insert(uid);
+            }
+        }
+        report.too_large = too_large;
+        report.unreadable = unreadable
+            .into_iter()
+            .filter(|(uid, _)| uid.is_none_or(|u| !done.contains(&u)))
+            .collect();
+        result?;
+        Ok(report)
     }
 
     /// UID FETCH of `items` for `seq`, handing each untagged response to `on` as it
@@ -1375,54 +1861,90 @@ impl Client {
     }
 
     /// The second half of [`Client::append_batch`]: reads the answers to the APPENDs of
-    /// `sent`, one outcome per item, in order.
+    /// `sent`, one outcome per item, in order. The server may complete the commands in
+    /// any order (RFC 3501 §5.5): each completion is matched to its command by its tag.
     pub async fn append_collect(&mut self, sent: AppendsSent) -> Result<Vec<AppendOutcome>> {
         let AppendsSent { commands, early } = sent;
-        let mut outcomes = Vec::with_capacity(early.len());
-        let mut answers: VecDeque<AppendOutcome> = VecDeque::new();
-        let mut commands = commands.into_iter();
         self.partial_outcomes.clear();
-        for early in early {
-            if let Some(o) = early {
-                outcomes.push(o);
+        self.partial_answers.clear();
+        // Per command: its messages' outcomes, None where unknown (after a failure).
+        let mut answers: Vec<Option<Vec<AppendOutcome>>> = Vec::with_capacity(commands.len());
+        let mut failure = None;
+        for (tag, n) in &commands {
+            let n = *n;
+            if failure.is_some() {
+                // A completion that arrived before the failure is still a fact.
+                answers.push(match self.take_completion(tag) {
+                    Some(Resp::Tagged {
+                        kind, code, text, ..
+                    }) => Some(append_answer(kind, code, text, n)),
+                    _ => None,
+                });
                 continue;
             }
-            if answers.is_empty() {
-                let Some((tag, n)) = commands.next() else {
-                    return Err(self.protocol("APPEND answers and messages do not pair up"));
-                };
-                match self.complete(&tag, "APPEND", |_| Ok(())).await {
-                    Ok(out) => answers.extend(appended(out.code, n)),
-                    Err(ImapError::Refused {
-                        kind, code, text, ..
-                    }) if n == 1 => answers.push_back(AppendOutcome::Refused { kind, code, text }),
-                    Err(ImapError::Refused { kind, text, .. }) => {
-                        answers.extend((0..n).map(|_| AppendOutcome::RefusedTogether {
-                            kind,
-                            text: text.clone(),
-                            messages: n,
-                        }))
-                    }
-                    Err(e) => {
-                        // Keep what is known (e.g. Exchange's `BAD ... throttled` just
-                        // before its `* BYE`) for the caller; the rest is uncertain.
-                        self.partial_outcomes = outcomes;
-                        return Err(e);
-                    }
+            match self.complete(tag, "APPEND", |_| Ok(())).await {
+                Ok(out) => answers.push(Some(appended(out.code, n))),
+                Err(ImapError::Refused {
+                    kind, code, text, ..
+                }) => answers.push(Some(append_answer(kind, code, text, n))),
+                Err(e) => {
+                    failure = Some(e);
+                    answers.push(None);
                 }
             }
-            match answers.pop_front() {
-                Some(o) => outcomes.push(o),
-                None => return Err(self.protocol("an APPEND command without messages")),
+        }
+        // Hand the commands' outcomes out to the items that went out, in order.
+        let mut per_item: Vec<Option<AppendOutcome>> = Vec::with_capacity(early.len());
+        let mut commands = commands.iter().zip(answers);
+        let mut current: Option<(usize, Option<std::vec::IntoIter<AppendOutcome>>)> = None;
+        for early in early {
+            if let Some(o) = early {
+                per_item.push(Some(o));
+                continue;
+            }
+            if current.as_ref().is_none_or(|(left, _)| *left == 0) {
+                let Some(((_, n), a)) = commands.next() else {
+                    return Err(self.protocol("APPEND answers and messages do not pair up"));
+                };
+                current = Some((*n, a.map(Vec::into_iter)));
+            }
+            let Some((left, outcomes)) = current.as_mut() else {
+                return Err(self.protocol("APPEND answers and messages do not pair up"));
+            };
+            *left -= 1;
+            match outcomes {
+                Some(o) => match o.next() {
+                    Some(o) => per_item.push(Some(o)),
+                    None => return Err(self.protocol("an APPEND command without messages")),
+                },
+                None => per_item.push(None),
             }
         }
-        Ok(outcomes)
+        if let Some(e) = failure {
+            // Keep what is known (e.g. Exchange's `BAD ... throttled` just before its
+            // `* BYE`) for the caller; the rest is uncertain.
+            self.partial_outcomes = per_item.iter().map_while(Clone::clone).collect();
+            self.partial_answers = per_item;
+            return Err(e);
+        }
+        per_item
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| self.protocol("an APPEND without an answer"))
     }
 
     /// After [`Client::append_batch`] returned an error: the outcomes of the first items of
     /// that batch, which the server answered before the error (the others are unknown).
     pub fn take_partial_outcomes(&mut self) -> Vec<AppendOutcome> {
         std::mem::take(&mut self.partial_outcomes)
+    }
+
+    /// After [`Client::append_batch`] or [`Client::append_collect`] returned an error: one
+    /// entry per item of that batch, the outcome where the server answered it before the
+    /// error, None where it is unknown. Unlike [`Client::take_partial_outcomes`] this also
+    /// has the answers that came ahead of the failed one (completions out of order).
+    pub fn take_partial_answers(&mut self) -> Vec<Option<AppendOutcome>> {
+        std::mem::take(&mut self.partial_answers)
     }
 
     /// Replaces the flags of one message (UID STORE ... FLAGS.SILENT).
@@ -1630,6 +2152,589 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
+    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
+
+    /// How long any step of a scripted session may take: the tests never wait on a clock
+    /// otherwise, so this only bounds a test that went wrong.
+    const STEP: Duration = Duration::from_secs(5);
+
+    /// The server's end of a session under test: reads the client's commands and writes
+    /// exactly the bytes a test gives.
+    pub(super) struct Peer {
+        r: BufReader<ReadHalf<DuplexStream>>,
+        w: WriteHalf<DuplexStream>,
+    }
+
+    impl Peer {
+        pub(super) async fn send(&mut self, bytes: &[u8]) {
+            tokio::time::timeout(STEP, self.w.write_all(bytes))
+                .await
+                .expect("client reads in time")
+                .expect("client connected");
+        }
+
+        /// One command of the client with its literals (a synchronizing literal gets its
+        /// go-ahead), as text.
+        pub(super) async fn command(&mut self) -> String {
+            let mut out = Vec::new();
+            loop {
+                let mut line = Vec::new();
+                let n = tokio::time::timeout(STEP, self.r.read_until(b'\n', &mut line))
+                    .await
+                    .expect("client command in time")
+                    .expect("client connected");
+                assert!(n > 0, "the client closed the connection");
+                out.extend_from_slice(&line);
+                let Some(len) = super::super::framer::literal_len(&line[..line.len() - 1]) else {
+                    break;
+                };
+                if !line.ends_with(b"+}\r\n") {
+                    self.send(b"+ go ahead\r\n").await;
+                }
+                let mut lit = vec![0; len];
+                tokio::time::timeout(STEP, self.r.read_exact(&mut lit))
+                    .await
+                    .expect("literal in time")
+                    .expect("client connected");
+                out.extend_from_slice(&lit);
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        }
+
+        /// The next command, which must start with `start`.
+        pub(super) async fn expect(&mut self, start: &str) -> String {
+            let c = self.command().await;
+            assert!(c.starts_with(start), "expected {start:?}, got {c:?}");
+            c
+        }
+    }
+
+    /// A client over an in-memory stream whose server side says `greeting`.
+    pub(super) async fn session(greeting: &[u8]) -> (Client, Peer) {
+        session_limited(greeting, 1 << 20).await
+    }
+
+    pub(super) async fn session_limited(greeting: &[u8], max: u32) -> (Client, Peer) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (r, w) = tokio::io::split(server);
+        let mut peer = Peer {
+            r: BufReader::new(r),
+            w,
+        };
+        peer.send(greeting).await;
+        let c = Client::from_stream(client, "imap.test", STEP, max)
+            .await
+            .expect("greeting read");
+        (c, peer)
+    }
+
+    const PLUS: &[u8] = b"* OK [CAPABILITY IMAP4rev1 LITERAL+ UIDPLUS] ready\r\n";
+
+    fn item(body: &[u8]) -> AppendItem<'_> {
+        AppendItem {
+            flags: &[],
+            internal_date: None,
+            body,
+        }
+    }
+
+    /// Pipelined APPENDs completed in another order than they were sent: each outcome
+    /// still belongs to its own message.
+    #[tokio::test]
+    async fn appends_completed_out_of_order() {
+        let (mut c, mut peer) = session(PLUS).await;
+        let items = [item(b"one\r\n"), item(b"two\r\n"), item(b"three\r\n")];
+        let server = async {
+            for tag in ["c1", "c2", "c3"] {
+                peer.expect(&format!("{tag} APPEND INBOX")).await;
+            }
+            peer.send(
+                b"c3 OK [APPENDUID 7 103] done\r\nc1 NO [OVERQUOTA] full\r\n\
+                  c2 OK [APPENDUID 7 102] done\r\n",
+            )
+            .await;
+        };
+        let (got, ()) = tokio::join!(c.append_batch("INBOX", &items), server);
+        assert_eq!(
+            got.expect("batch answered"),
+            vec![
+                AppendOutcome::Refused {
+                    kind: Kind::No,
+                    code: None,
+                    text: "full".into()
+                },
+                AppendOutcome::Appended {
+                    uidvalidity: 7,
+                    uid: 102
+                },
+                AppendOutcome::Appended {
+                    uidvalidity: 7,
+                    uid: 103
+                },
+            ]
+        );
+        // The session is still in step.
+        let server = async {
+            peer.expect("c4 NOOP").await;
+            peer.send(b"c4 OK done\r\n").await;
+        };
+        let (r, ()) = tokio::join!(c.noop(), server);
+        r.expect("NOOP");
+    }
+
+    /// Two batches in flight: the second one's answers arrive first, and are kept for
+    /// when it is collected.
+    #[tokio::test]
+    async fn a_later_batch_answered_first() {
+        let (mut c, mut peer) = session(PLUS).await;
+        let first = [item(b"a\r\n"), item(b"b\r\n")];
+        let second = [item(b"c\r\n")];
+        let a = c.append_send("INBOX", &first).await.expect("sent");
+        let b = c.append_send("INBOX", &second).await.expect("sent");
+        for tag in ["c1", "c2", "c3"] {
+            peer.expect(&format!("{tag} APPEND")).await;
+        }
+        peer.send(
+            b"c3 OK [APPENDUID 9 3] x\r\nc2 OK [APPENDUID 9 2] x\r\nc1 OK [APPENDUID 9 1] x\r\n",
+        )
+        .await;
+        let uid = |uid| AppendOutcome::Appended {
+            uidvalidity: 9,
+            uid,
+        };
+        assert_eq!(c.append_collect(a).await.unwrap(), vec![uid(1), uid(2)]);
+        assert_eq!(c.append_collect(b).await.unwrap(), vec![uid(3)]);
+    }
+
+    /// A BYE after some completions that came out of order: what was answered is known,
+    /// per message, the rest is not.
+    #[tokio::test]
+    async fn answers_ahead_of_a_failure_are_kept() {
+        let (mut c, mut peer) = session(PLUS).await;
+        let items = [item(b"a\r\n"), item(b"b\r\n"), item(b"c\r\n")];
+        let server = async {
+            for _ in 0..3 {
+                peer.command().await;
+            }
+            peer.send(b"c2 OK [APPENDUID 9 2] x\r\n* BYE going away\r\n")
+                .await;
+        };
+        let (got, ()) = tokio::join!(c.append_batch("INBOX", &items), server);
+        assert!(matches!(got, Err(ImapError::Closed { .. })), "{got:?}");
+        assert_eq!(
+            c.take_partial_answers(),
+            vec![
+                None,
+                Some(AppendOutcome::Appended {
+                    uidvalidity: 9,
+                    uid: 2
+                }),
+                None
+            ]
+        );
+        assert_eq!(c.take_partial_outcomes(), vec![]);
+    }
+
+    /// Exchange's BYE for an expired token, then the connection closes: the error carries
+    /// the BYE text and says a new token is needed.
+    #[tokio::test]
+    async fn bye_for_an_expired_token() {
+        let (mut c, mut peer) = session(PLUS).await;
+        let server = async {
+            peer.expect("c1 NOOP").await;
+            peer.send(b"* BYE Session invalidated - AccessTokenExpired\r\n")
+                .await;
+            drop(peer);
+        };
+        let (r, ()) = tokio::join!(c.noop(), server);
+        let e = r.unwrap_err();
+        assert!(
+            matches!(&e, ImapError::Closed { bye: Some(b), .. } if b.contains("AccessTokenExpired")),
+            "{e:?}"
+        );
+        assert!(e.is_token_expired() && e.is_transient());
+    }
+
+    const DATE: &str = "\"01-Jan-2024 10:00:00 +0000\"";
+
+    fn meta_line(body: &str) -> Vec<u8> {
+        body.replace("@D", DATE).into_bytes()
+    }
+
+    /// A message's items split over several FETCH responses, and a flag change (without
+    /// UID) in between: one entry per UID, with everything the server said about it.
+    #[tokio::test]
+    async fn meta_responses_for_one_uid_are_merged() {
+        let (mut c, mut peer) = session(PLUS).await;
+        let server = async {
+            peer.expect("c1 UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE)")
+                .await;
+            peer.send(&meta_line(
+                "* 1 FETCH (UID 5 FLAGS (\\Seen))\r\n\
+                 * 2 FETCH (UID 6 FLAGS () INTERNALDATE @D RFC822.SIZE 20)\r\n\
+                 * 1 FETCH (UID 5 INTERNALDATE @D RFC822.SIZE 10)\r\n\
+                 * 1 FETCH (FLAGS (\\Seen \\Flagged))\r\n\
+                 c1 OK done\r\n",
+            ))
+            .await;
+        };
+        let (r, ()) = tokio::join!(c.uid_fetch_meta("1:*", None), server);
+        let items = r.expect("fetched");
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert_eq!(items[0].uid, Some(5));
+        assert_eq!(
+            items[0].flags,
+            Some(vec!["\\Seen".to_string(), "\\Flagged".to_string()])
+        );
+        assert_eq!(items[0].size, Some(10));
+        assert!(items[0].internal_date.is_some());
+        assert_eq!((items[1].uid, items[1].size), (Some(6), Some(20)));
+        // Unsolicited data for a UID outside the set asked for is not an entry.
+        let server = async {
+            peer.expect("c2 UID FETCH 1:4 ").await;
+            peer.send(&meta_line(
+                "* 3 FETCH (UID 9 FLAGS (\\Seen))\r\n\
+                 * 1 FETCH (UID 4 FLAGS () INTERNALDATE @D RFC822.SIZE 3)\r\nc2 OK done\r\n",
+            ))
+            .await;
+        };
+        let (r, ()) = tokio::join!(c.uid_fetch_meta("1:4", None), server);
+        let uids: Vec<_> = r.unwrap().iter().map(|m| m.uid).collect();
+        assert_eq!(uids, vec![Some(4)]);
+    }
+
+    /// Bodies whose FLAGS and INTERNALDATE come in another response, before or after:
+    /// the callback gets each message once, whole; UIDs not asked for are ignored.
+    #[tokio::test]
+    async fn body_items_from_several_responses_come_together() {
+        let (mut c, mut peer) = session(PLUS).await;
+        let server = async {
+            peer.expect("c1 UID FETCH 9:10 (UID FLAGS INTERNALDATE BODY.PEEK[])")
+                .await;
+            peer.send(&meta_line(
+                "* 5 FETCH (UID 9 FLAGS (\\Seen))\r\n\
+                 * 5 FETCH (UID 9 BODY[] {5}\r\nhello INTERNALDATE @D)\r\n\
+                 * 6 FETCH (UID 10 BODY[] {3}\r\nabc)\r\n\
+                 * 7 FETCH (UID 11 FLAGS (\\Seen) BODY[] {1}\r\nx INTERNALDATE @D)\r\n\
+                 * 6 FETCH (UID 10 FLAGS (\\Answered) INTERNALDATE @D)\r\n\
+                 * 5 FETCH (FLAGS (\\Seen \\Deleted))\r\n\
+                 c1 OK done\r\n",
+            ))
+            .await;
+        };
+        let mut got = Vec::new();
+        let fetch = c.uid_fetch_bodies(&[9, 10], |f| {
+            got.push(f);
+            Ok(())
+        });
+        let (r, ()) = tokio::join!(fetch, server);
+        assert_eq!(r.expect("fetched"), FetchReport::default());
+        assert_eq!(got.len(), 2, "{got:?}");
+        let summary: Vec<_> = got
+            .iter()
+            .map(|f| {
+                (
+                    f.uid,
+                    f.body.clone(),
+                    f.flags.clone(),
+                    f.internal_date.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (
+                    Some(9),
+                    Some(b"hello".to_vec()),
+                    Some(vec!["\\Seen".to_string()]),
+                    true
+                ),
+                (
+                    Some(10),
+                    Some(b"abc".to_vec()),
+                    Some(vec!["\\Answered".to_string()]),
+                    true
+                ),
+            ]
+        );
+    }
+
+    /// A FETCH response the decoder refuses names its message (UID from the raw bytes)
+    /// in the result, and the session goes on.
+    #[tokio::test]
+    async fn unreadable_fetch_responses_are_reported() {
+        let (mut c, mut peer) = session(PLUS).await;
+        let server = async {
+            peer.expect("c1 UID FETCH").await;
+            peer.send(&meta_line(
+                "* 1 FETCH (UID 5 FLAGS (\\Seen) INTERNALDATE \"31-Foo-2024 10:00:00 +0000\" \
+                 RFC822.SIZE 10)\r\n\
+                 * 2 FETCH (UID 6 FLAGS () INTERNALDATE @D RFC822.SIZE 20)\r\nc1 OK done\r\n",
+            ))
+            .await;
+            peer.expect("c2 UID FETCH 6:7 ").await;
+            peer.send(&meta_line(
+                "* 2 FETCH (UID 6 BODY[] {3}\r\nabc FLAGS () INTERNALDATE \"bad\")\r\n\
+                 * 3 FETCH (UID 7 BODY[] {3}\r\nxyz FLAGS () INTERNALDATE @D)\r\nc2 OK done\r\n",
+            ))
+            .await;
+            peer.expect("c3 NOOP").await;
+            peer.send(b"c3 OK done\r\n").await;
+        };
+        let client = async {
+            let meta = c.uid_fetch_meta_report("1:*", None).await.expect("meta");
+            let mut bodies = Vec::new();
+            let report = c
+                .uid_fetch_bodies(&[6, 7], |f| {
+                    bodies.push(f.uid);
+                    Ok(())
+                })
+                .await
+                .expect("bodies");
+            c.noop().await.expect("still in step");
+            (meta, report, bodies)
+        };
+        let ((meta, report, bodies), ()) = tokio::join!(client, server);
+        assert_eq!(meta.items.len(), 1);
+        assert_eq!(meta.unreadable.len(), 1, "{:?}", meta.unreadable);
+        assert_eq!(meta.unreadable[0].0, Some(5));
+        assert!(
+            meta.unreadable[0].1.contains("31-Foo-2024"),
+            "{:?}",
+            meta.unreadable
+        );
+        assert_eq!(bodies, vec![Some(7)]);
+        assert_eq!(report.unreadable.len(), 1);
+        assert_eq!(report.unreadable[0].0, Some(6));
+        assert!(report.too_large.is_empty());
+    }
+
+    /// Bodies larger than their RFC822.SIZE, or than the response limit, are reported as
+    /// too large and not handed on; the session stays in step for the next message and
+    /// command.
+    #[tokio::test]
+    async fn oversized_bodies_are_skipped_and_reported() {
+        let (mut c, mut peer) = session_limited(PLUS, 64 * 1024).await;
+        let huge = vec![b'x'; 200_000];
+        let server = async {
+            peer.expect("c1 UID FETCH 7:9 ").await;
+            let mut wire = format!("* 1 FETCH (UID 7 BODY[] {{{}}}\r\n", huge.len()).into_bytes();
+            wire.extend_from_slice(&huge);
+            wire.extend_from_slice(&meta_line(
+                " FLAGS () INTERNALDATE @D)\r\n\
+                 * 2 FETCH (UID 8 BODY[] {6}\r\nabcdef FLAGS () INTERNALDATE @D)\r\n\
+                 * 3 FETCH (UID 9 BODY[] {10}\r\n0123456789 FLAGS () INTERNALDATE @D)\r\n\
+                 c1 OK done\r\n",
+            ));
+            peer.send(&wire).await;
+            // Without sizes: only the response limit applies.
+            peer.expect("c2 UID FETCH 7:8 ").await;
+            let mut wire = format!("* 1 FETCH (UID 7 BODY[] {{{}}}\r\n", huge.len()).into_bytes();
+            wire.extend_from_slice(&huge);
+            wire.extend_from_slice(&meta_line(
+                " FLAGS () INTERNALDATE @D)\r\n\
+                 * 2 FETCH (UID 8 BODY[] {6}\r\nabcdef FLAGS () INTERNALDATE @D)\r\n\
+                 c2 OK done\r\n",
+            ));
+            peer.send(&wire).await;
+            peer.expect("c3 NOOP").await;
+            peer.send(b"c3 OK done\r\n").await;
+        };
+        let client = async {
+            let mut got = Vec::new();
+            let sized = c
+                .uid_fetch_bodies_sized(&[(7, 3), (8, 3), (9, 10)], |f| {
+                    got.push((f.uid, f.body.map(|b| b.len())));
+                    Ok(())
+                })
+                .await
+                .expect("sized");
+            let mut got2 = Vec::new();
+            let plain = c
+                .uid_fetch_bodies(&[7, 8], |f| {
+                    got2.push((f.uid, f.body.map(|b| b.len())));
+                    Ok(())
+                })
+                .await
+                .expect("unsized");
+            c.noop().await.expect("still in step");
+            (sized, got, plain, got2)
+        };
+        let ((sized, got, plain, got2), ()) = tokio::join!(client, server);
+        assert_eq!(sized.too_large, vec![(7, 200_000), (8, 6)]);
+        assert_eq!(got, vec![(Some(9), Some(10))]);
+        assert_eq!(plain.too_large, vec![(7, 200_000)]);
+        assert_eq!(got2, vec![(Some(8), Some(6))]);
+    }
+
+    /// The session's password, and the base64 it was sent in, never come back in a
+    /// refusal or BYE text the client returns.
+    #[tokio::test]
+    async fn server_texts_are_scrubbed_of_the_credentials() {
+        let (mut c, mut peer) =
+            session(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR LITERAL+] ready\r\n").await;
+        let creds = Credentials::Plain {
+            authzid: Some("alice".into()),
+            authcid: "admin".into(),
+            password: Secret::new("s3cret-pw"),
+        };
+        let server = async {
+            let cmd = peer.expect("c1 AUTHENTICATE PLAIN ").await;
+            let b64 = cmd.trim_end().rsplit(' ').next().unwrap().to_string();
+            peer.send(
+                format!("c1 NO [AUTHENTICATIONFAILED] no s3cret-pw; response was {b64}\r\n")
+                    .as_bytes(),
+            )
+            .await;
+        };
+        let (r, ()) = tokio::join!(c.login(&creds), server);
+        let e = r.unwrap_err();
+        let text = format!("{e} {e:?}");
+        assert!(matches!(e, ImapError::Auth { .. }), "{text}");
+        assert!(text.contains("***"), "{text}");
+        assert!(
+            !text.contains("s3cret") && !text.contains("czNjcmV0"),
+            "{text}"
+        );
+        assert!(!text.contains("AGFkbWlu"), "the whole response: {text}");
+
+        // Logged in with LOGIN: an APPEND refusal and a BYE that quote the password.
+        let (mut c, mut peer) = session(PLUS).await;
+        let creds = Credentials::Login {
+            user: "alice".into(),
+            password: Secret::new("s3cret-pw"),
+        };
+        let server = async {
+            peer.expect("c1 LOGIN").await;
+            peer.send(b"c1 OK [CAPABILITY IMAP4rev1 LITERAL+] in\r\n")
+                .await;
+            peer.expect("c2 APPEND").await;
+            peer.send(b"c2 NO [CANNOT] refused for \"s3cret-pw\"\r\n")
+                .await;
+            peer.expect("c3 NOOP").await;
+            peer.send(b"* BYE s3cret-pw is wrong\r\n").await;
+        };
+        let client = async {
+            c.login(&creds).await.expect("logged in");
+            let out = c.append_batch("INBOX", &[item(b"x\r\n")]).await;
+            let bye = c.noop().await.unwrap_err();
+            (out, bye)
+        };
+        let ((out, bye), ()) = tokio::join!(client, server);
+        let text = format!("{out:?} {bye} {bye:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        let refusal = match out {
+            Ok(o) => o,
+            Err(e) => panic!("{e:?}"),
+        };
+        assert_eq!(
+            refusal,
+            vec![AppendOutcome::Refused {
+                kind: Kind::No,
+                code: None,
+                text: "refused for \"***\"".into()
+            }]
+        );
+        assert!(text.contains("*** is wrong"), "{text}");
+    }
+
+    /// XOAUTH2 without SASL-IR: a piece of the base64 response quoted back is scrubbed.
+    #[tokio::test]
+    async fn a_quoted_piece_of_the_sasl_response_is_scrubbed() {
+        let (mut c, mut peer) =
+            session(b"* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] ready\r\n").await;
+        let creds = Credentials::XOAuth2 {
+            user: "alice@example.test".into(),
+            token: Secret::new("eyJ0eXAiOiJKV1QiLCJhbGciOi.token-body"),
+        };
+        let server = async {
+            peer.expect("c1 AUTHENTICATE XOAUTH2").await;
+            peer.send(b"+ \r\n").await;
+            let b64 = peer.command().await.trim_end().to_string();
+            peer.send(format!("c1 BAD cannot use ...{}\r\n", &b64[5..]).as_bytes())
+                .await;
+        };
+        let (r, ()) = tokio::join!(c.login(&creds), server);
+        let text = format!("{:?}", r.unwrap_err());
+        assert!(text.contains("***"), "{text}");
+        let token = base64::engine::general_purpose::STANDARD.encode("eyJ0eXAiOiJKV1QiLCJhbGciOi");
+        assert!(!text.contains(&token[4..12]), "{text}");
+    }
+
+    /// A completion for a tag that was never sent is still a protocol error.
+    #[tokio::test]
+    async fn completion_of_an_unknown_tag() {
+        let (mut c, mut peer) = session(PLUS).await;
+        let server = async {
+            peer.expect("c1 NOOP").await;
+            peer.send(b"c9 OK what\r\n").await;
+        };
+        let (r, ()) = tokio::join!(c.noop(), server);
+        assert!(matches!(r, Err(ImapError::Protocol { .. })), "{r:?}");
+    }
+
+    /// A server that advertises ID and CONDSTORE but refuses `ID` and `ENABLE`: the login
+    /// stands, and mod-sequences are not asked for afterwards.
+    #[tokio::test]
+    async fn refused_id_and_enable_do_not_fail_the_login() {
+        let (mut c, mut peer) =
+            session(b"* OK [CAPABILITY IMAP4rev1 ID ENABLE CONDSTORE LITERAL+] ready\r\n").await;
+        let creds = Credentials::Login {
+            user: "u".into(),
+            password: Secret::new("pw"),
+        };
+        let server = async {
+            peer.expect("c1 LOGIN").await;
+            peer.send(b"c1 OK [CAPABILITY IMAP4rev1 ID ENABLE CONDSTORE LITERAL+] in\r\n")
+                .await;
+            peer.expect("c2 ID (").await;
+            peer.send(b"c2 BAD Unknown command\r\n").await;
+            peer.expect("c3 ENABLE CONDSTORE").await;
+            peer.send(b"c3 NO Not now\r\n").await;
+        };
+        let (r, ()) = tokio::join!(c.login(&creds), server);
+        r.expect("logged in");
+        assert!(!c.uses_condstore());
+        let server = async {
+            let cmd = peer.command().await;
+            assert_eq!(
+                cmd,
+                "c4 UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE)\r\n"
+            );
+            peer.send(
+                b"* 1 FETCH (UID 4 FLAGS () INTERNALDATE \"01-Jan-2024 10:00:00 +0000\" \
+                  RFC822.SIZE 10)\r\nc4 OK done\r\n",
+            )
+            .await;
+        };
+        let (r, ()) = tokio::join!(c.uid_fetch_meta("1:*", Some(5)), server);
+        assert_eq!(r.expect("fetched").len(), 1);
+    }
+
+    /// Refusals of ID and ENABLE are carried on from; a lost connection is not.
+    #[tokio::test]
+    async fn id_is_only_a_courtesy_but_the_connection_counts() {
+        let (mut c, mut peer) =
+            session(b"* OK [CAPABILITY IMAP4rev1 ID ENABLE CONDSTORE] ready\r\n").await;
+        let creds = Credentials::Login {
+            user: "u".into(),
+            password: Secret::new("pw"),
+        };
+        let server = async {
+            peer.expect("c1 LOGIN").await;
+            peer.send(b"c1 OK [CAPABILITY IMAP4rev1 ID ENABLE CONDSTORE] in\r\n")
+                .await;
+            peer.expect("c2 ID").await;
+            peer.send(b"c2 OK done\r\n").await;
+            peer.expect("c3 ENABLE CONDSTORE").await;
+            peer.send(b"* ENABLED CONDSTORE\r\nc3 OK done\r\n").await;
+        };
+        let (r, ()) = tokio::join!(c.login(&creds), server);
+        r.expect("logged in");
+        assert!(c.uses_condstore());
+    }
 
     #[test]
     fn uid_sets_collapse_runs() {

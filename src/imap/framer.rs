@@ -55,6 +55,21 @@ pub struct Frame<'a> {
     pub bytes: &'a [u8],
     /// The values of the taken `BODY[]` literals, in wire order.
     pub bodies: Vec<Vec<u8>>,
+    /// Literals that were over the limit and discarded unread (see [`Skipped`]).
+    pub skipped: Vec<Skipped>,
+}
+
+/// A literal too large to keep, counted off the wire without being stored: the framing
+/// stays in step and the session usable, and the caller learns what was lost. It is
+/// announced as `{0}` to the decoder, like a taken body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    /// For the value of a `BODY[]` item: its place in [`Frame::bodies`], which holds an
+    /// empty placeholder there. None for any other literal (the response then lacks data
+    /// the decoder will not know is missing, and cannot be used).
+    pub body: Option<usize>,
+    /// The announced length.
+    pub len: u64,
 }
 
 /// Where a taken literal was in `Framer::buf` (indices into it, all past `start`).
@@ -91,6 +106,16 @@ pub struct Framer {
     outside: usize,
     /// The last frame that had literals taken out, as handed to the decoder.
     skeleton: Vec<u8>,
+    /// Largest `BODY[]` literal kept (at most `max`); larger ones are skipped.
+    body_limit: usize,
+    /// Bytes of a skipped literal still to come off the wire.
+    discard_left: usize,
+    /// Where those are read to, and dropped from.
+    scratch: Vec<u8>,
+    /// Literals skipped in the response being framed.
+    skipped: Vec<Skipped>,
+    /// Bytes of skipped literals that are in `buf` (they do not count against `max`).
+    skipped_in_buf: usize,
 }
 
 impl Framer {
@@ -106,7 +131,25 @@ impl Framer {
             cuts: Vec::new(),
             outside: 0,
             skeleton: Vec::new(),
+            body_limit: max_response_bytes,
+            discard_left: 0,
+            scratch: Vec::new(),
+            skipped: Vec::new(),
+            skipped_in_buf: 0,
         }
+    }
+
+    /// Keeps `BODY[]` literals of at most `limit` bytes (None: up to the response limit);
+    /// larger ones are skipped (see [`Skipped`]). For the FETCH of messages whose sizes
+    /// are known, so that a literal larger than announced is never held in memory.
+    pub fn set_body_limit(&mut self, limit: Option<usize>) {
+        self.body_limit = limit.map_or(self.max, |l| l.min(self.max));
+    }
+
+    /// Counts the bytes read into `scratch` off the literal being skipped.
+    fn settle(&mut self) {
+        self.discard_left -= self.scratch.len().min(self.discard_left);
+        self.scratch.clear();
     }
 
     /// Room to read into (e.g. with tokio's `read_buf`): the body being received when one
@@ -118,6 +161,12 @@ impl Framer {
     /// first (TCP reads into it directly, tokio-rustls copies into it): zero-filling 64 KiB
     /// before every read cost more than 1 % of a copy's CPU.
     pub fn read_room(&mut self) -> Limit<&mut Vec<u8>> {
+        self.settle();
+        if self.discard_left > 0 {
+            let room = self.discard_left.min(READ_ROOM);
+            self.scratch.reserve(room);
+            return BufMut::limit(&mut self.scratch, room);
+        }
         let missing = self.body_missing();
         if missing == 0 {
             self.compact();
@@ -156,18 +205,19 @@ impl Framer {
 
     /// True if bytes are buffered that belong to no complete response yet.
     pub fn has_pending(&self) -> bool {
-        self.start < self.buf.len() || !self.bodies.is_empty()
+        self.start < self.buf.len() || !self.bodies.is_empty() || self.discard_left > 0
     }
 
     /// The size of the response being framed if it ended at `pos` in `buf`, counting taken
     /// bodies at their full length: what `max` limits.
     fn frame_len(&self, pos: usize) -> usize {
-        (pos - self.start).saturating_add(self.outside)
+        (pos - self.start - self.skipped_in_buf).saturating_add(self.outside)
     }
 
     /// The next complete response, if buffered. Its bytes stay valid until the next call.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, FrameError> {
-        if self.body_missing() > 0 {
+        self.settle();
+        if self.discard_left > 0 || self.body_missing() > 0 {
             return Ok(None);
         }
         loop {
@@ -184,10 +234,26 @@ impl Framer {
                 return Ok(Some(self.finish(eol + 1)));
             };
             let data = eol + 1;
-            if self.frame_len(data).saturating_add(n) > self.max {
-                return Err(FrameError::TooLong { limit: self.max });
+            let body = body_digits(line, n);
+            let over = self.frame_len(data).saturating_add(n) > self.max
+                || (body.is_some() && n > self.body_limit);
+            if over {
+                // Beyond what imap-codec could parse anyway: no point reading it off.
+                if u32::try_from(n).is_err() {
+                    return Err(FrameError::TooLong { limit: self.max });
+                }
+                let is_body = body.is_some();
+                let Some(digits) = body.or_else(|| announced_digits(line)) else {
+                    return Err(FrameError::TooLong { limit: self.max });
+                };
+                let digits = self.line + digits.start..self.line + digits.end;
+                self.skip_literal(digits, data, n, is_body);
+                if self.discard_left > 0 {
+                    return Ok(None);
+                }
+                continue;
             }
-            if let Some(digits) = body_digits(line, n) {
+            if let Some(digits) = body {
                 let digits = self.line + digits.start..self.line + digits.end;
                 self.take_body(digits, data, n);
                 if self.body_missing() > 0 {
@@ -227,6 +293,33 @@ impl Framer {
         self.scan = resume;
     }
 
+    /// Skips the `n`-byte literal starting at `data` (announced by the digits at
+    /// `digits`): what of it is buffered stays in `buf` but out of the frame, the rest is
+    /// read off into `scratch`. A `BODY[]` value gets an empty placeholder in `bodies`.
+    fn skip_literal(&mut self, digits: std::ops::Range<usize>, data: usize, n: usize, body: bool) {
+        let resume = data + n.min(self.buf.len() - data);
+        self.skipped_in_buf += resume - data;
+        self.discard_left = n - (resume - data);
+        let index = body.then(|| {
+            self.bodies.push(Vec::new());
+            // The placeholder is complete: reads go on into `buf`.
+            self.last_body_len = 0;
+            self.bodies.len() - 1
+        });
+        self.skipped.push(Skipped {
+            body: index,
+            len: n as u64,
+        });
+        self.cuts.push(Cut {
+            digits: digits.start,
+            digits_end: digits.end,
+            data,
+            resume,
+        });
+        self.line = resume;
+        self.scan = resume;
+    }
+
     /// Ends the response being framed at `end` (just past its final `\n`) and hands it
     /// out: straight from `buf` when nothing was taken out, else rebuilt in `skeleton`
     /// (only the response's structure: a few hundred bytes for a FETCH of a message).
@@ -236,11 +329,14 @@ impl Framer {
         self.scan = end;
         self.outside = 0;
         self.last_body_len = 0;
+        self.skipped_in_buf = 0;
         let bodies = std::mem::take(&mut self.bodies);
+        let skipped = std::mem::take(&mut self.skipped);
         if self.cuts.is_empty() {
             return Frame {
                 bytes: &self.buf[start..end],
                 bodies,
+                skipped,
             };
         }
         self.skeleton.clear();
@@ -256,6 +352,7 @@ impl Framer {
         Frame {
             bytes: &self.skeleton,
             bodies,
+            skipped,
         }
     }
 }
@@ -266,7 +363,7 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
 
 /// The length announced at the end of `line` (without its `\n`): `{123}`, `{123+}`,
 /// `{123-}` or `~{123}`, optionally followed by `\r`.
-fn literal_len(line: &[u8]) -> Option<usize> {
+pub(super) fn literal_len(line: &[u8]) -> Option<usize> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let inner = line.strip_suffix(b"}")?;
     let open = inner.iter().rposition(|&b| b == b'{')?;
@@ -279,6 +376,16 @@ fn literal_len(line: &[u8]) -> Option<usize> {
         return None;
     }
     std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Where the digits of the announcement ending `line` are (known to end in one).
+fn announced_digits(line: &[u8]) -> Option<std::ops::Range<usize>> {
+    let digits = line.iter().rposition(|&b| b == b'{')? + 1;
+    let len = line[digits..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    Some(digits..digits + len)
 }
 
 /// Where the digits of the announcement ending `line` are, if it announces the value of a
@@ -492,24 +599,113 @@ pub(super) mod tests {
 
     #[test]
     fn too_long_is_an_error_not_an_allocation() {
-        let mut f = Framer::new(100);
-        feed(&mut f, b"* 1 FETCH (BODY[] {1000000000}\r\n");
-        assert_eq!(f.next_frame(), Err(FrameError::TooLong { limit: 100 }));
         let mut f = Framer::new(10);
         feed(&mut f, b"* OK a very long line without end");
         assert_eq!(f.next_frame(), Err(FrameError::TooLong { limit: 10 }));
         // Taken bodies count at their full size, together with the rest of the response.
-        let mut f = Framer::new(100);
-        feed(&mut f, b"* 1 FETCH (BODY[] {40}\r\n");
-        assert_eq!(f.next_frame(), Ok(None));
-        feed(&mut f, &[b'a'; 40]);
-        feed(&mut f, b" BODY[] {40}\r\n");
-        assert_eq!(f.next_frame(), Err(FrameError::TooLong { limit: 100 }));
         let mut f = Framer::new(100);
         feed(&mut f, b"* 1 FETCH (BODY[] {70}\r\n");
         assert_eq!(f.next_frame(), Ok(None));
         feed(&mut f, &[b'a'; 70]);
         feed(&mut f, b" UID 1 FLAGS (\\Seen)");
         assert_eq!(f.next_frame(), Err(FrameError::TooLong { limit: 100 }));
+        // A literal no decoder could take is not worth reading off.
+        let mut f = Framer::new(100);
+        feed(&mut f, b"* 1 FETCH (BODY[] {99999999999}\r\n");
+        assert_eq!(f.next_frame(), Err(FrameError::TooLong { limit: 100 }));
+    }
+
+    /// A frame as a test keeps it: its bytes, its bodies and its skipped literals.
+    type OwnedFrame = (Vec<u8>, Vec<Vec<u8>>, Vec<Skipped>);
+
+    /// Feeds `chunks` in reads of at most `step` bytes; every frame with its skipped
+    /// literals.
+    fn frames_skipping(
+        max: usize,
+        body_limit: Option<usize>,
+        wire: &[u8],
+        step: usize,
+    ) -> Vec<OwnedFrame> {
+        let mut f = Framer::new(max);
+        f.set_body_limit(body_limit);
+        let mut out = Vec::new();
+        let mut rest = wire;
+        while !rest.is_empty() {
+            let n = {
+                let mut room = f.read_room();
+                let n = rest.len().min(room.remaining_mut()).min(step);
+                room.put_slice(&rest[..n]);
+                n
+            };
+            rest = &rest[n..];
+            while let Some(fr) = f.next_frame().unwrap() {
+                out.push((fr.bytes.to_vec(), fr.bodies, fr.skipped));
+            }
+        }
+        assert!(!f.has_pending(), "bytes left over");
+        out
+    }
+
+    /// A literal over the limit (the response limit, or the body limit for a `BODY[]`)
+    /// is counted off the wire, not kept; the frames after it are as they would be.
+    #[test]
+    fn oversized_literals_are_skipped_in_step() {
+        let big = vec![b'x'; 300_000];
+        let mut wire = format!("* 1 FETCH (UID 7 BODY[] {{{}}}\r\n", big.len()).into_bytes();
+        wire.extend_from_slice(&big);
+        wire.extend_from_slice(b" FLAGS (\\Seen))\r\n* 2 FETCH (UID 8 BODY[] {3}\r\nabc)\r\n");
+        wire.extend_from_slice(b"* 3 FETCH (UID 9 BODY[HEADER] {200}\r\n");
+        wire.extend_from_slice(&[b'h'; 200]);
+        wire.extend_from_slice(b")\r\nc1 OK done\r\n");
+        let want = |step| {
+            let got = frames_skipping(100_000, Some(150), &wire, step);
+            assert_eq!(got.len(), 4, "step {step}");
+            assert_eq!(
+                got[0].0,
+                b"* 1 FETCH (UID 7 BODY[] {0}\r\n FLAGS (\\Seen))\r\n"
+            );
+            assert_eq!(got[0].1, vec![Vec::<u8>::new()]);
+            assert_eq!(
+                got[0].2,
+                vec![Skipped {
+                    body: Some(0),
+                    len: 300_000
+                }]
+            );
+            assert_eq!(got[1].1, vec![b"abc".to_vec()]);
+            assert!(got[1].2.is_empty());
+            // Not a body, and under the response limit: kept.
+            assert!(got[2].2.is_empty(), "step {step}");
+            assert_eq!(got[3].0, b"c1 OK done\r\n");
+        };
+        for step in [1 << 20, 65_536, 1000, 7] {
+            want(step);
+        }
+        // Under a small response limit even a literal that is not a body is skipped.
+        let got = frames_skipping(100, None, &wire, 4096);
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[2].0, b"* 3 FETCH (UID 9 BODY[HEADER] {0}\r\n)\r\n");
+        assert_eq!(
+            got[2].2,
+            vec![Skipped {
+                body: None,
+                len: 200
+            }]
+        );
+        // Two bodies that fit alone but not together: the second is skipped.
+        let mut wire = b"* 1 FETCH (BODY[] {40}\r\n".to_vec();
+        wire.extend_from_slice(&[b'a'; 40]);
+        wire.extend_from_slice(b" BODY[] {40}\r\n");
+        wire.extend_from_slice(&[b'b'; 40]);
+        wire.extend_from_slice(b")\r\n");
+        let got = frames_skipping(100, None, &wire, 9);
+        assert_eq!(got[0].1, vec![vec![b'a'; 40], Vec::new()]);
+        assert_eq!(
+            got[0].2,
+            vec![Skipped {
+                body: Some(1),
+                len: 40
+            }]
+        );
     }
 }

@@ -60,6 +60,47 @@ pub struct FetchData {
     pub body: Option<Vec<u8>>,
     /// The bytes of a BODY[<section>] with a section, e.g. `HEADER.FIELDS (SUBJECT)`.
     pub section: Option<Vec<u8>>,
+    /// The length announced for a BODY[] that was over the limit and discarded unread
+    /// (`body` is then None).
+    pub oversized: Option<u64>,
+}
+
+impl FetchData {
+    /// Takes in what a later FETCH response for the same message says: a server may split
+    /// a message's items over several responses, and an unsolicited one (a flag change)
+    /// may come in between. What `later` has replaces what was known; MODSEQ only grows.
+    pub fn absorb(&mut self, later: FetchData) {
+        let FetchData {
+            seq,
+            uid,
+            flags,
+            internal_date,
+            internal_ts,
+            size,
+            modseq,
+            body,
+            section,
+            oversized,
+        } = later;
+        self.seq = seq;
+        self.uid = uid.or(self.uid);
+        self.flags = flags.or(self.flags.take());
+        if internal_date.is_some() {
+            self.internal_date = internal_date;
+            self.internal_ts = internal_ts;
+        }
+        self.size = size.or(self.size);
+        self.modseq = self.modseq.max(modseq);
+        if body.is_some() {
+            self.body = body;
+            self.oversized = None;
+        }
+        if oversized.is_some() {
+            self.oversized = oversized;
+            self.body = None;
+        }
+        self.section = section.or(self.section.take());
+    }
 }
 
 /// A LIST response; the name is still on-the-wire (modified UTF-7).
@@ -88,6 +129,16 @@ pub enum Untagged {
     Namespace(Vec<(String, Option<char>)>),
     /// `* SEARCH n n n`: UIDs after a UID SEARCH, sequence numbers after a SEARCH.
     Search(Vec<u32>),
+    /// `* n EXPUNGE`: sequence numbers above n move down by one.
+    Expunge(u32),
+    /// A FETCH response that could not be used (the decoder refused it, or a literal in it
+    /// was discarded): the message number and UID as far as the raw bytes show them, and
+    /// why.
+    Unreadable {
+        seq: Option<u32>,
+        uid: Option<u32>,
+        detail: String,
+    },
     /// `* OK [code] text` and friends (`* NO`, `* BAD`).
     State {
         kind: Kind,
@@ -234,8 +285,26 @@ pub fn parse_internal_date(s: &str) -> Option<chrono::DateTime<chrono::FixedOffs
 }
 
 /// Bodies the framer took out of a response (see [`super::framer`]), in wire order, to be
-/// put back into its `BODY[]` items.
-type Taken = std::vec::IntoIter<Vec<u8>>;
+/// put back into its `BODY[]` items; with those it skipped as too large.
+struct Taken {
+    bodies: std::iter::Enumerate<std::vec::IntoIter<Vec<u8>>>,
+    skipped: Vec<(usize, u64)>,
+}
+
+enum TakenBody {
+    Kept(Vec<u8>),
+    Skipped(u64),
+}
+
+impl Taken {
+    fn next(&mut self) -> Option<TakenBody> {
+        let (i, body) = self.bodies.next()?;
+        Some(match self.skipped.iter().find(|(at, _)| *at == i) {
+            Some((_, len)) => TakenBody::Skipped(*len),
+            None => TakenBody::Kept(body),
+        })
+    }
+}
 
 /// A FETCH response's items; each `BODY[]` item with a literal value gets the next of
 /// `bodies` (the decoder saw `{0}` in its place). None if a body is missing or the literal
@@ -275,7 +344,10 @@ fn fetch(seq: u32, items: Vec<MessageDataItem<'_>>, bodies: &mut Taken) -> Optio
                 if !placeholder.data().is_empty() {
                     return None;
                 }
-                f.body = Some(bodies.next()?);
+                match bodies.next()? {
+                    TakenBody::Kept(b) => f.body = Some(b),
+                    TakenBody::Skipped(len) => f.oversized = Some(len),
+                }
             }
             MessageDataItem::BodyExt {
                 section: None,
@@ -308,7 +380,23 @@ impl Resp {
     /// back into the `BODY[]` item that the decoder saw as `{0}`. None if they do not pair
     /// up one to one (no response the decoder accepts should cause that).
     pub fn from_codec(r: Response<'_>, bodies: Vec<Vec<u8>>) -> Option<Resp> {
-        let mut bodies = bodies.into_iter();
+        Resp::from_codec_skipping(r, bodies, &[])
+    }
+
+    /// [`Resp::from_codec`] for a frame with `BODY[]` literals the framer skipped as too
+    /// large ([`super::framer::Skipped`]): their items get `oversized` instead of a body.
+    pub fn from_codec_skipping(
+        r: Response<'_>,
+        bodies: Vec<Vec<u8>>,
+        skipped: &[super::framer::Skipped],
+    ) -> Option<Resp> {
+        let mut bodies = Taken {
+            bodies: bodies.into_iter().enumerate(),
+            skipped: skipped
+                .iter()
+                .filter_map(|s| s.body.map(|i| (i, s.len)))
+                .collect(),
+        };
         let resp = Resp::convert(r, &mut bodies)?;
         // A body left over belongs to no item.
         bodies.next().is_none().then_some(resp)
@@ -349,6 +437,7 @@ impl Resp {
                         .collect(),
                 }),
                 Data::Exists(n) => Untagged::Exists(n),
+                Data::Expunge(n) => Untagged::Expunge(n.get()),
                 Data::Fetch { seq, items } => {
                     Untagged::Fetch(fetch(seq.get(), items.into_inner(), bodies)?)
                 }

@@ -25,10 +25,19 @@ use tokio_rustls::TlsConnector;
 /// small reads are copies from memory.
 const TLS_READ_BUFFER: usize = 128 * 1024;
 
+/// Any byte stream a session can run over: what [`Stream::Other`] holds.
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> ByteStream for T {}
+
 /// A connected byte stream, plain or TLS.
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<BufReader<TcpStream>>>),
+    /// A stream set up by the caller (see `Client::from_stream`): the protocol code runs
+    /// over it unchanged, which is how it is tested with exact server bytes. It cannot be
+    /// moved into TLS.
+    Other(Box<dyn ByteStream>),
     /// Only while the socket moves into TLS; every I/O on it fails.
     Detached,
 }
@@ -42,7 +51,7 @@ impl Stream {
     pub async fn upgrade(self, tls: &TlsSettings, host: &str) -> io::Result<Stream> {
         let tcp = match self {
             Stream::Plain(tcp) => tcp,
-            Stream::Tls(_) | Stream::Detached => {
+            Stream::Tls(_) | Stream::Other(_) | Stream::Detached => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "connection is not a plain TCP stream",
@@ -78,6 +87,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Other(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
@@ -92,6 +102,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Other(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
@@ -104,6 +115,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Other(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
@@ -112,6 +124,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Other(s) => s.is_write_vectored(),
             Stream::Detached => false,
         }
     }
@@ -120,6 +133,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Other(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
@@ -128,6 +142,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Other(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
