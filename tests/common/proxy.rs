@@ -337,7 +337,11 @@ impl Proxy {
             .unwrap()
             .iter()
             .filter(|e| {
-                e.user == user && matches!(e.action, Action::Throttle { .. } | Action::ThrottleBye { .. })
+                e.user == user
+                    && matches!(
+                        e.action,
+                        Action::Throttle { .. } | Action::ThrottleBye { .. }
+                    )
             })
             .count() as u64
     }
@@ -474,13 +478,10 @@ async fn session(ctx: Ctx, client: TcpStream, server: TcpStream) {
     let mut down = tokio::spawn(server_to_client(ctx.clone(), BufReader::new(sr), cw, flow));
     tokio::select! {
         end = &mut writer => {
-            match end {
-                Ok(WriterEnd::ClientGone) => {
-                    // The server has answered everything (or the bound passed) and saw
-                    // the half-close: let it say goodbye, within the bound.
-                    let _ = tokio::time::timeout(ctx.opts.drain_limit, &mut down).await;
-                }
-                _ => {}
+            if let Ok(WriterEnd::ClientGone) = end {
+                // The server has answered everything (or the bound passed) and saw the
+                // half-close: let it say goodbye, within the bound.
+                let _ = tokio::time::timeout(ctx.opts.drain_limit, &mut down).await;
             }
         }
         _ = &mut down => {}
@@ -944,7 +945,12 @@ pub fn strip_caps(line: &[u8]) -> Vec<u8> {
         (s, s + e)
     } else if let Some(p) = find(line, b"* CAPABILITY ") {
         let s = p + b"* CAPABILITY ".len();
-        let e = line.len() - line.iter().rev().take_while(|b| **b == b'\r' || **b == b'\n').count();
+        let e = line.len()
+            - line
+                .iter()
+                .rev()
+                .take_while(|b| **b == b'\r' || **b == b'\n')
+                .count();
         (s, e.max(s))
     } else {
         return line.to_vec();
@@ -1151,11 +1157,17 @@ impl Cursor<'_> {
     }
 }
 
+/// A FETCH item: its name (`UID`, `BODY[HEADER.FIELDS (SUBJECT)]`...) and value.
+type Item = (Vec<u8>, Val);
+
 /// Splits `* n FETCH (items)\r\n` into its prefix (`* n FETCH `) and items.
-fn parse_fetch(resp: &[u8]) -> Option<(&[u8], Vec<(Vec<u8>, Val)>)> {
+fn parse_fetch(resp: &[u8]) -> Option<(&[u8], Vec<Item>)> {
     let open = find(resp, b" FETCH (")? + b" FETCH ".len();
     let prefix = &resp[..open];
-    let mut c = Cursor { b: resp, i: open + 1 };
+    let mut c = Cursor {
+        b: resp,
+        i: open + 1,
+    };
     let mut items = Vec::new();
     loop {
         while c.peek()? == b' ' {
@@ -1203,9 +1215,7 @@ pub fn rewrite_fetch(resp: &[u8]) -> Option<Vec<u8>> {
                 Val::Raw(size_estimate(n).to_string().into_bytes())
             }
             (b"BODY[]" | b"RFC822" | b"BINARY[]", Val::Str(_, s)) => Val::Lit(render_message(&s)),
-            (b"BODY[HEADER]" | b"RFC822.HEADER", Val::Str(_, s)) => {
-                Val::Lit(render_message(&s))
-            }
+            (b"BODY[HEADER]" | b"RFC822.HEADER", Val::Str(_, s)) => Val::Lit(render_message(&s)),
             (b"BODY[TEXT]" | b"RFC822.TEXT", Val::Str(_, s)) => Val::Lit(crlf(&s)),
             (n, Val::Str(_, s)) if n.starts_with(b"BODY[HEADER.FIELDS") && !n.contains(&b'<') => {
                 Val::Lit(render_header(&crlf(&s)))
@@ -1308,10 +1318,7 @@ pub fn fold(field: &[u8], width: usize) -> Vec<u8> {
     let mut i = colon + 2;
     while i < field.len() {
         // A break before whitespace at i, with something other than whitespace on both sides.
-        if is_ws(field[i])
-            && !is_ws(field[i - 1])
-            && field[i..].iter().any(|&b| !is_ws(b))
-        {
+        if is_ws(field[i]) && !is_ws(field[i - 1]) && field[i..].iter().any(|&b| !is_ws(b)) {
             if i - line_start > width {
                 if let Some(bp) = last_break {
                     out.extend_from_slice(&field[line_start..bp]);
@@ -1401,11 +1408,17 @@ mod tests {
     #[test]
     fn special_use_and_modseq_are_stripped() {
         assert_eq!(
-            s(&exchange_response(b"* LIST (\\HasNoChildren \\Sent) \"/\" \"Sent Items\"\r\n".to_vec()).unwrap()),
+            s(&exchange_response(
+                b"* LIST (\\HasNoChildren \\Sent) \"/\" \"Sent Items\"\r\n".to_vec()
+            )
+            .unwrap()),
             "* LIST (\\HasNoChildren) \"/\" \"Sent Items\"\r\n"
         );
         assert_eq!(
-            s(&exchange_response(b"* LIST (\\Trash) \"/\" {13}\r\nDeleted Items\r\n".to_vec()).unwrap()),
+            s(
+                &exchange_response(b"* LIST (\\Trash) \"/\" {13}\r\nDeleted Items\r\n".to_vec())
+                    .unwrap()
+            ),
             "* LIST () \"/\" {13}\r\nDeleted Items\r\n"
         );
         assert_eq!(
@@ -1420,7 +1433,10 @@ mod tests {
             "* STATUS \"a (b)\" (MESSAGES 3 UIDNEXT 4)\r\n"
         );
         assert_eq!(
-            s(&exchange_response(b"* 2 FETCH (UID 5 MODSEQ (12) FLAGS (\\Seen))\r\n".to_vec()).unwrap()),
+            s(
+                &exchange_response(b"* 2 FETCH (UID 5 MODSEQ (12) FLAGS (\\Seen))\r\n".to_vec())
+                    .unwrap()
+            ),
             "* 2 FETCH (UID 5 FLAGS (\\Seen))\r\n"
         );
     }
@@ -1454,11 +1470,18 @@ mod tests {
         assert_ne!(rendered.len(), body.len());
         assert!(rendered.starts_with(RENDERED_HEADER));
         let text = s(&rendered);
-        assert!(!text.replace("\r\n", "").contains('\n'), "bare LF left: {text:?}");
-        assert!(text.ends_with("\r\n\r\nline one\r\nline two\r\n"), "{text:?}");
+        assert!(
+            !text.replace("\r\n", "").contains('\n'),
+            "bare LF left: {text:?}"
+        );
+        assert!(
+            text.ends_with("\r\n\r\nline one\r\nline two\r\n"),
+            "{text:?}"
+        );
         // The long Subject is folded elsewhere, but is the same once unfolded.
         let subject_at = text.find("Subject:").unwrap();
-        let subject = &text[subject_at..text[subject_at..].find("\r\nMessage-ID").unwrap() + subject_at];
+        let subject =
+            &text[subject_at..text[subject_at..].find("\r\nMessage-ID").unwrap() + subject_at];
         assert!(subject.lines().all(|l| l.len() <= FOLD_AT), "{subject:?}");
         assert_eq!(
             s(&unfold(subject.as_bytes())),
@@ -1471,7 +1494,11 @@ mod tests {
         assert!(rendered.ends_with(b"Subject: x\"y\r\n"));
         assert_eq!(
             out,
-            format!("* 2 FETCH (UID 3 BODY[] {{{}}}\r\n{})\r\n", rendered.len(), s(&rendered))
+            format!(
+                "* 2 FETCH (UID 3 BODY[] {{{}}}\r\n{})\r\n",
+                rendered.len(),
+                s(&rendered)
+            )
         );
     }
 
@@ -1494,7 +1521,14 @@ mod tests {
         assert_ne!(got, fields.to_vec(), "the To field is folded elsewhere");
         assert_eq!(unfold(&got), unfold(fields));
         // A field without whitespace to fold at stays whole.
-        assert_eq!(fold(b"X:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 20).len(), 70);
+        assert_eq!(
+            fold(
+                b"X:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                20
+            )
+            .len(),
+            70
+        );
         let long = b"To: aaaa bbbb cccc dddd eeee ffff gggg hhhh iiii jjjj kkkk llll mmmm nnnn";
         let f = fold(long, 20);
         assert_eq!(unfold(&f), long.to_vec());
@@ -1507,7 +1541,10 @@ mod tests {
         // An ENVELOPE with a literal inside, then BODY[]: both framed right.
         let r = b"* 5 FETCH (ENVELOPE (NIL {3}\r\na)b NIL) BODY[] {4}\r\nab\r\n UID 2)\r\n";
         let out = s(&rewrite_fetch(r).unwrap());
-        assert!(out.starts_with("* 5 FETCH (UID 2 ENVELOPE (NIL {3}\r\na)b NIL) BODY[] {"), "{out}");
+        assert!(
+            out.starts_with("* 5 FETCH (UID 2 ENVELOPE (NIL {3}\r\na)b NIL) BODY[] {"),
+            "{out}"
+        );
         // Not parseable: left alone (never a panic).
         for bad in [
             &b"* 5 FETCH (UID\r\n"[..],
@@ -1539,7 +1576,10 @@ mod tests {
         assert_eq!(b.decide(&cfg, 1, t0 + Duration::from_millis(30)), Some(70));
         // A new session before the time is over: longer.
         assert_eq!(b.decide(&cfg, 2, t0 + Duration::from_millis(60)), Some(200));
-        assert_eq!(b.decide(&cfg, 3, t0 + Duration::from_millis(100)), Some(400));
+        assert_eq!(
+            b.decide(&cfg, 3, t0 + Duration::from_millis(100)),
+            Some(400)
+        );
         // Back after the suggested time: tokens have refilled.
         assert_eq!(b.decide(&cfg, 4, t0 + Duration::from_millis(600)), None);
     }
