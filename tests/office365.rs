@@ -2,6 +2,10 @@
 //! fault-injecting proxy in front of the real destination), the configured rate, Microsoft's
 //! limits (items per mailbox, message size, long lines) and XOAUTH2 with app-only tokens
 //! from a token endpoint served by the test.
+//!
+//! The proxy runs in its Exchange-like mode (`proxy::Options::exchange`): no MULTIAPPEND,
+//! CONDSTORE or SPECIAL-USE, bodies rendered again on FETCH, RFC822.SIZE estimated. What
+//! arrived is therefore always read from the Dovecot behind it, directly, never through it.
 
 mod common;
 #[path = "common/proxy.rs"]
@@ -13,7 +17,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use cutover::testbed::{Testbed, MASTER_PASSWORD, MASTER_USER};
-use proxy::{Action, Proxy};
+use proxy::{Action, Options, Proxy};
+
+/// The fault-injecting proxy in front of `upstream_port`, looking like Exchange Online.
+async fn exchange_proxy(upstream_port: u16, schedule: proxy::Schedule) -> Proxy {
+    Proxy::start_with(upstream_port, Options::new(schedule).exchange()).await
+}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -158,7 +167,7 @@ fn throttling_and_faults_exactly_once() {
             _ => Action::Forward,
         }
     });
-    let proxy = rt.block_on(Proxy::start(tb.dest.plain_port(), schedule));
+    let proxy = rt.block_on(exchange_proxy(tb.dest.plain_port(), schedule));
     let config = config(
         &tb,
         &users,
@@ -284,7 +293,7 @@ fn configured_rate_holds() {
             .unwrap();
     }
     let rt = rt();
-    let proxy = rt.block_on(Proxy::start(
+    let proxy = rt.block_on(exchange_proxy(
         tb.dest.plain_port(),
         Arc::new(|_: &str, _| Action::Forward),
     ));
@@ -473,7 +482,7 @@ fn long_lines_are_refused_with_a_clear_report() {
     }
     let rt = rt();
     // Exchange's answer to gina's long line, from the proxy (APPENDs go in UID order).
-    let proxy = rt.block_on(Proxy::start(
+    let proxy = rt.block_on(exchange_proxy(
         tb.dest.plain_port(),
         Arc::new(|user: &str, n| {
             if user.starts_with("gina") && n == 0 {
@@ -930,7 +939,7 @@ fn xoauth2_token_refreshed_before_expiry() {
     let rt = rt();
     // Tokens live 3 s; the throttle pauses the mailbox for 4 s.
     let ep = rt.block_on(token_endpoint::start(key, 3));
-    let proxy = rt.block_on(Proxy::start(
+    let proxy = rt.block_on(exchange_proxy(
         tb.dest.plain_port(),
         Arc::new(|_: &str, n| {
             if n == 5 {
@@ -965,4 +974,339 @@ fn xoauth2_token_refreshed_before_expiry() {
         st.tokens.len()
     );
     assert!(proxy.connections() >= 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// The Exchange-like proxy itself, end to end
+// ---------------------------------------------------------------------------------------
+
+/// A raw IMAP session through a proxy: lines as sent, for what a client library hides.
+struct Raw {
+    r: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Raw {
+    /// Connects, reads the greeting and logs in as `user` through the master user.
+    async fn login(port: u16, user: &str) -> Raw {
+        use base64::Engine as _;
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (r, w) = s.into_split();
+        let mut raw = Raw {
+            r: tokio::io::BufReader::new(r),
+            w,
+        };
+        let greeting = raw.line().await;
+        assert!(greeting.starts_with("* OK"), "{greeting}");
+        let ir = base64::engine::general_purpose::STANDARD
+            .encode(format!("{user}\0{MASTER_USER}\0{MASTER_PASSWORD}"));
+        let done = raw.cmd("l1", &format!("AUTHENTICATE PLAIN {ir}")).await;
+        assert!(done.last().unwrap().starts_with("l1 OK"), "{done:?}");
+        raw
+    }
+
+    /// One response line (literals in it read and kept as text); "" at the end of the
+    /// stream.
+    async fn line(&mut self) -> String {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        let mut text = String::new();
+        loop {
+            let mut buf = Vec::new();
+            let n =
+                tokio::time::timeout(Duration::from_secs(10), self.r.read_until(b'\n', &mut buf))
+                    .await
+                    .expect("the proxy answers")
+                    .unwrap_or(0);
+            if n == 0 {
+                return text;
+            }
+            let part = String::from_utf8_lossy(&buf).into_owned();
+            let literal = part
+                .trim_end()
+                .strip_suffix('}')
+                .and_then(|t| t.rsplit_once('{'))
+                .and_then(|(_, d)| d.parse::<usize>().ok());
+            text += &part;
+            let Some(len) = literal else { return text };
+            let mut lit = vec![0u8; len];
+            self.r.read_exact(&mut lit).await.unwrap();
+            text += &String::from_utf8_lossy(&lit);
+        }
+    }
+
+    /// Lines up to and including the completion of `tag`.
+    async fn until(&mut self, tag: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            let l = self.line().await;
+            assert!(
+                !l.is_empty(),
+                "the stream ended before {tag} completed: {out:?}"
+            );
+            let done = l.starts_with(&format!("{tag} "));
+            out.push(l);
+            if done {
+                return out;
+            }
+        }
+        panic!("{tag} never completed");
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.w.write_all(bytes).await.unwrap();
+    }
+
+    async fn cmd(&mut self, tag: &str, command: &str) -> Vec<String> {
+        self.send(format!("{tag} {command}\r\n").as_bytes()).await;
+        self.until(tag).await
+    }
+}
+
+/// Messages in `user`'s INBOX at the destination, from a session of its own (a session
+/// with the folder selected may answer STATUS from what it last saw).
+async fn inbox_count(tb: &Testbed, user: &str) -> u32 {
+    let mut c = session(tb, &tb.dest, user).await;
+    let n = c.status("INBOX").await.unwrap().messages;
+    c.logout().await;
+    n
+}
+
+fn append_cmd(tag: &str, body: &[u8]) -> Vec<u8> {
+    let mut v = format!("{tag} APPEND INBOX {{{}+}}\r\n", body.len()).into_bytes();
+    v.extend_from_slice(body);
+    v.extend_from_slice(b"\r\n");
+    v
+}
+
+/// The "Backoff Time" in a throttle answer.
+fn suggested_ms(line: &str) -> u64 {
+    line.split("Suggested Backoff Time: ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no suggested backoff in {line:?}"))
+}
+
+/// The Exchange-like proxy in front of the real destination, seen by cutover's client and
+/// by a raw session: capabilities, special-use attributes and MODSEQ hidden, bodies
+/// rendered with their new length (header fields equal once unfolded), RFC822.SIZE an
+/// estimate and before UID; per-user throttling with a growing suggestion; the session
+/// ended when its token expires; and a client that dies with APPENDs pipelined still gets
+/// them saved.
+#[test]
+fn exchange_proxy_end_to_end() {
+    use cutover::imap::client::{Client, Endpoint, Security};
+    let email = "lena@example.test";
+    let users = [("lena", "lena-pw", email)];
+    let Some(tb) = testbed(&users) else { return };
+    let mut bodies = Vec::new();
+    for i in 0..3 {
+        let mut m = format!(
+            "From: Colleague {i} <c{i}@legacy.example>\r\nTo: {email}\r\nSubject: a subject long \
+             enough for Exchange to fold it somewhere else, number {i}, and then some\r\n \
+             more words on a continuation line\r\nMessage-ID: <proxy-{i}@legacy.example>\r\n\r\n"
+        )
+        .into_bytes();
+        m.extend(std::iter::repeat_n(b'b', 500 * (i + 1)));
+        m.extend_from_slice(b"\r\n");
+        tb.dest
+            .deliver(
+                email,
+                "INBOX",
+                &m,
+                &["\\Seen"],
+                Some(1_700_000_000 + i as i64),
+            )
+            .unwrap();
+        bodies.push(m);
+    }
+    let rt = rt();
+    rt.block_on(async {
+        let px = Proxy::start_with(tb.dest.plain_port(), Options::forward_all().exchange()).await;
+        let mut direct = session(&tb, &tb.dest, email).await;
+        let ep = Endpoint {
+            host: "127.0.0.1".into(),
+            port: px.port(),
+            security: Security::None,
+            tls: None,
+            timeout: Duration::from_secs(10),
+            max_response_bytes: 64 << 20,
+        };
+        let mut via = Client::connect(&ep).await.unwrap();
+        via.login(&cutover::imap::Credentials::Plain {
+            authzid: Some(email.to_string()),
+            authcid: MASTER_USER.to_string(),
+            password: cutover::secret::Secret::new(MASTER_PASSWORD),
+        })
+        .await
+        .unwrap();
+        for cap in ["MULTIAPPEND", "CONDSTORE", "SPECIAL-USE"] {
+            assert!(direct.caps().has(cap), "Dovecot offers {cap}");
+            assert!(!via.caps().has(cap), "{cap} shown through the proxy");
+        }
+        assert!(via.caps().has("LITERAL+") && via.caps().has("UIDPLUS"));
+        let attrs = |l: Vec<cutover::imap::ListedFolder>| {
+            l.into_iter()
+                .find(|f| f.name == "Sent Items")
+                .expect("Sent Items listed")
+                .attributes
+        };
+        assert!(attrs(direct.list().await.unwrap()).contains(&"\\sent".to_string()));
+        assert!(!attrs(via.list().await.unwrap()).contains(&"\\sent".to_string()));
+
+        direct.select("INBOX", true).await.unwrap();
+        via.select("INBOX", true).await.unwrap();
+        let dm = direct.uid_fetch_meta("1:*", None).await.unwrap();
+        let vm = via.uid_fetch_meta("1:*", None).await.unwrap();
+        assert_eq!(dm.len(), 3);
+        for (d, v) in dm.iter().zip(&vm) {
+            assert_eq!(
+                (d.uid, &d.flags, &d.internal_date),
+                (v.uid, &v.flags, &v.internal_date)
+            );
+            let (ds, vs) = (d.size.unwrap() as i64, v.size.unwrap() as i64);
+            assert_ne!(ds, vs, "RFC822.SIZE is an estimate");
+            assert!((ds - vs).abs() * 20 <= ds, "{ds} vs {vs}");
+            assert!(v.modseq.is_none());
+        }
+        let uids: Vec<u32> = dm.iter().filter_map(|m| m.uid).collect();
+        let mut got = Vec::new();
+        via.uid_fetch_bodies(&uids, |f| {
+            got.push(f.body.unwrap());
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.len(), 3);
+        for (rendered, original) in got.iter().zip(&bodies) {
+            assert_ne!(rendered, original, "the body is rendered again");
+            let rest = rendered
+                .strip_prefix(proxy::RENDERED_HEADER)
+                .expect("the added header line on top");
+            assert_ne!(rest, original.as_slice(), "re-folded elsewhere");
+            assert_eq!(proxy::unfold(rest), proxy::unfold(original));
+        }
+        let ds = direct.uid_fetch_subjects(&uids).await.unwrap();
+        let vs = via.uid_fetch_subjects(&uids).await.unwrap();
+        assert_eq!(ds, vs, "header fields keep their values");
+        assert!(ds[0].1.contains("fold it somewhere else"), "{ds:?}");
+
+        // The order Office 365 answers in: RFC822.SIZE before UID.
+        let mut raw = Raw::login(px.port(), email).await;
+        raw.cmd("s1", "EXAMINE INBOX").await;
+        let lines = raw.cmd("f1", "UID FETCH 1:* (UID FLAGS RFC822.SIZE)").await;
+        let fetches: Vec<_> = lines.iter().filter(|l| l.contains(" FETCH (")).collect();
+        assert_eq!(fetches.len(), 3, "{lines:?}");
+        for l in fetches {
+            let items = l.split_once("FETCH (").unwrap().1;
+            assert!(items.starts_with("RFC822.SIZE "), "{l}");
+            assert!(items.split_whitespace().nth(2) == Some("UID"), "{l}");
+        }
+        via.logout().await;
+
+        // Throttling: 2 APPENDs of budget, 1 per second after; a new session that comes
+        // back before the suggested time is over is told to wait longer.
+        let px = Proxy::start_with(
+            tb.dest.plain_port(),
+            Options::forward_all().exchange().throttle(proxy::Bucket {
+                per_second: 1.0,
+                burst: 2.0,
+                backoff_ms: 300,
+                max_backoff_ms: 10_000,
+            }),
+        )
+        .await;
+        let before = inbox_count(&tb, email).await;
+        let mut raw = Raw::login(px.port(), email).await;
+        raw.cmd("s1", "SELECT INBOX").await;
+        let mut batch = Vec::new();
+        for t in ["t1", "t2", "t3", "t4"] {
+            batch.extend(append_cmd(t, &message(&format!("throttle-{t}"))));
+        }
+        raw.send(&batch).await;
+        let mut answers = Vec::new();
+        for t in ["t1", "t2", "t3", "t4"] {
+            answers.push(raw.until(t).await.pop().unwrap());
+        }
+        assert!(
+            answers[0].starts_with("t1 OK") && answers[1].starts_with("t2 OK"),
+            "{answers:?}"
+        );
+        assert!(
+            answers[2].starts_with("t3 NO Request is throttled."),
+            "{answers:?}"
+        );
+        assert!(
+            answers[3].starts_with("t4 NO Request is throttled."),
+            "{answers:?}"
+        );
+        let first = suggested_ms(&answers[2]);
+        assert!((300..=1000).contains(&first), "{first}");
+        let mut early = Raw::login(px.port(), email).await;
+        early.cmd("s1", "SELECT INBOX").await;
+        early.send(&append_cmd("t5", &message("throttle-t5"))).await;
+        let again = early.until("t5").await.pop().unwrap();
+        assert!(
+            suggested_ms(&again) >= 2 * first.min(suggested_ms(&answers[3])),
+            "{again}"
+        );
+        assert_eq!(px.throttles(email), 3);
+        assert_eq!(inbox_count(&tb, email).await, before + 2);
+
+        // The token expires: BYE, then the end of the stream.
+        let px = Proxy::start_with(
+            tb.dest.plain_port(),
+            Options::forward_all()
+                .exchange()
+                .token_lifetime(Duration::from_millis(500)),
+        )
+        .await;
+        let mut raw = Raw::login(px.port(), email).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(
+            raw.line().await,
+            "* BYE Session invalidated - AccessTokenExpired\r\n"
+        );
+        assert_eq!(raw.line().await, "");
+        assert_eq!(px.expired_sessions(), 1);
+
+        // A client that dies right after pipelining ten APPENDs (each held back 30 ms on
+        // its way): the server still saves all ten.
+        let px = Proxy::start_with(
+            tb.dest.plain_port(),
+            Options::forward_all()
+                .exchange()
+                .hold(Duration::from_millis(30)),
+        )
+        .await;
+        let before = inbox_count(&tb, email).await;
+        let mut raw = Raw::login(px.port(), email).await;
+        raw.cmd("s1", "SELECT INBOX").await;
+        let mut batch = Vec::new();
+        for i in 0..10 {
+            batch.extend(append_cmd(&format!("d{i}"), &message(&format!("dead-{i}"))));
+        }
+        raw.send(&batch).await;
+        drop(raw);
+        let mut now = before;
+        for _ in 0..100 {
+            now = inbox_count(&tb, email).await;
+            if now >= before + 10 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(now, before + 10, "the dead client's APPENDs were all saved");
+        for _ in 0..100 {
+            if px.late_appends() == 10 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(px.late_appends(), 10, "saved after the client was gone");
+        direct.logout().await;
+    });
 }
