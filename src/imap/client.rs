@@ -2261,7 +2261,7 @@ mod tests {
             vec![
                 AppendOutcome::Refused {
                     kind: Kind::No,
-                    code: None,
+                    code: Some(RespCode::Other("OVERQUOTA".into())),
                     text: "full".into()
                 },
                 AppendOutcome::Appended {
@@ -2633,7 +2633,7 @@ mod tests {
             refusal,
             vec![AppendOutcome::Refused {
                 kind: Kind::No,
-                code: None,
+                code: Some(RespCode::Other("CANNOT".into())),
                 text: "refused for \"***\"".into()
             }]
         );

@@ -220,10 +220,22 @@ fn code(c: Option<Code<'_>>) -> Option<RespCode> {
         Code::TooBig => RespCode::TooBig,
         Code::Other(o) => match append_uids(o.inner()) {
             Some((uidvalidity, uids)) => RespCode::AppendUids { uidvalidity, uids },
-            None => RespCode::Other(format!("{:?}", Code::Other(o))),
+            None => RespCode::Other(String::from_utf8_lossy(o.inner()).into_owned()),
         },
-        other => RespCode::Other(format!("{other:?}")),
+        other => RespCode::Other(code_name(&other)),
     })
+}
+
+/// The atom a known response code is written as (`OVERQUOTA`, `ALREADYEXISTS`): the name
+/// of its variant, upper-cased, without its arguments. The callers compare it with the
+/// names of RFC 5530 and friends.
+fn code_name(c: &Code<'_>) -> String {
+    let debug = format!("{c:?}");
+    debug
+        .chars()
+        .take_while(|ch| ch.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_uppercase()
 }
 
 /// A mailbox name as the server spelled it (modified UTF-7, not yet decoded).
@@ -677,6 +689,28 @@ mod framed_tests {
                 String::from_utf8_lossy(odd)
             );
         }
+    }
+
+    /// Refusals are classified by their code's atom, whether imap-codec knows the code
+    /// or not.
+    #[test]
+    fn response_codes_keep_their_wire_names() {
+        assert_eq!(
+            code_of(b"A1 NO [OVERQUOTA] full\r\n"),
+            Some(RespCode::Other("OVERQUOTA".into()))
+        );
+        assert_eq!(
+            code_of(b"A1 NO [CANNOT] no\r\n"),
+            Some(RespCode::Other("CANNOT".into()))
+        );
+        assert_eq!(
+            code_of(b"A1 NO [LIMIT] later\r\n"),
+            Some(RespCode::Other("LIMIT".into()))
+        );
+        assert_eq!(
+            code_of(b"A1 NO [X-ODD some words] x\r\n"),
+            Some(RespCode::Other("X-ODD some words".into()))
+        );
     }
 
     #[test]
