@@ -58,6 +58,13 @@ enum Command {
         #[arg(long)]
         mailbox: Vec<String>,
     },
+    /// Send the failed messages again on the next pass, without waiting out their backoff
+    /// (after fixing what they failed on: a quota, a folder).
+    RetryErrors {
+        /// A mailbox (EmailAddress); repeat for several. Default: all.
+        #[arg(long)]
+        mailbox: Vec<String>,
+    },
     /// Start a local source and destination Dovecot with sample mailboxes and migrate them.
     Demo {
         /// Keep the demo servers running until Ctrl-C, to look at them.
@@ -136,6 +143,9 @@ fn main() -> ExitCode {
             }
             Command::Complete { mailbox } => {
                 cutover::daemon::commands::complete(&cli.config, &mailbox).await
+            }
+            Command::RetryErrors { mailbox } => {
+                cutover::daemon::commands::retry_errors(&cli.config, &mailbox).await
             }
             Command::Demo { keep } => cutover::demo::run(keep).await,
         }

@@ -279,6 +279,7 @@ async fn read_folder(
     on_progress: &mut impl FnMut(Progress<'_>),
 ) -> Result<(), SourceError> {
     let info = client.select(&folder.name, true).await?;
+    let errors_before = report.errors.len();
     let previous = spool.folder(mailbox, &folder.name)?;
     let mut state = previous.clone().unwrap_or_default();
     state.name = folder.name.clone();
@@ -653,9 +654,20 @@ async fn read_folder(
             spool.remove_generation(mailbox, &folder.name, uv)?;
         }
     }
-    state.uidvalidity = info.uidvalidity;
-    state.uidnext = info.uidnext;
-    state.highestmodseq = info.highestmodseq;
+    // The watermarks move only past what was read: a message left unread on this pass
+    // (a FETCH response that could not be read, a body that did not come) is neither new
+    // nor changed on the next, and would never be asked for again.
+    let all_read = report.errors.len() == errors_before;
+    if all_read || !same_generation {
+        let (uidnext, modseq) = if all_read {
+            (info.uidnext, info.highestmodseq)
+        } else {
+            (0, 0)
+        };
+        state.uidvalidity = info.uidvalidity;
+        state.uidnext = uidnext;
+        state.highestmodseq = modseq;
+    }
     put_folder_keeping_dest(spool, mailbox, &mut state)?;
     on_progress(Progress::Spooled {
         folder: &folder.name,

@@ -1,4 +1,4 @@
-//! `cutover status`, `cutover report` and `cutover complete`: what an admin runs beside
+//! `cutover status`, `report`, `complete` and `retry-errors`: what an admin runs beside
 //! the daemon. Each works whether the daemon runs (through its snapshot file and request
 //! directory, see [`super::report`] and [`super::requests`]) or not (on the spool).
 
@@ -9,7 +9,7 @@ use anyhow::Context;
 use std::sync::Arc;
 
 use super::report::{self, Snapshot};
-use super::requests::{self, CompleteRequest};
+use super::requests::{self, Request, RequestKind};
 use super::scheduler::{now_ms, Scheduler};
 use super::{is_locked, load};
 use crate::engine::Engine;
@@ -151,7 +151,8 @@ pub async fn complete(config: &Path, mailboxes: &[String]) -> anyhow::Result<boo
         Err(e) if is_locked(&e) => {
             let file = requests::submit(
                 &spool_dir,
-                &CompleteRequest {
+                &Request {
+                    kind: RequestKind::Complete,
                     mailboxes: mailboxes.to_vec(),
                 },
             )?;
@@ -205,4 +206,71 @@ pub async fn complete(config: &Path, mailboxes: &[String]) -> anyhow::Result<boo
     sched.close_all(now_ms());
     engine.spool.flush()?;
     Ok(all_ok)
+}
+
+/// `cutover retry-errors [--mailbox X]...`: the failed messages of the named mailboxes (or
+/// every one) go on the next pass instead of waiting out their backoff, and get their
+/// attempts back. For when the admin has fixed what they failed on (a quota raised, a
+/// folder allowed). With the daemon running, the request is handed to it.
+pub async fn retry_errors(config: &Path, mailboxes: &[String]) -> anyhow::Result<bool> {
+    let (cfg, mut accounts) = load(config)?;
+    let mut wanted = Vec::new();
+    for m in mailboxes {
+        let m = m.trim().to_lowercase();
+        if !accounts.iter().any(|a| a.email == m) {
+            anyhow::bail!("{m} is not a mailbox of {}", cfg.mailboxes.display());
+        }
+        wanted.push(m);
+    }
+    let spool_dir = cfg.spool.path.clone();
+    let spool = match Spool::open(&spool_dir) {
+        Ok(s) => s,
+        Err(e) if is_locked(&e) => {
+            let file = requests::submit(
+                &spool_dir,
+                &Request {
+                    kind: RequestKind::RetryErrors,
+                    mailboxes: mailboxes.to_vec(),
+                },
+            )?;
+            println!(
+                "the daemon is running: asked it to retry the failed messages ({}); follow with \
+                 `cutover status`",
+                file.display()
+            );
+            return Ok(true);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    crate::cli::adopt_spool_ids(&spool, &mut accounts)?;
+    let mut total = 0;
+    let mut boxes = 0;
+    for a in &accounts {
+        if !wanted.is_empty() && !wanted.contains(&a.email.to_lowercase()) {
+            continue;
+        }
+        let n = spool
+            .retry_failed(&a.email)
+            .with_context(|| format!("{}: cannot retry its failed messages", a.email))?;
+        if n > 0 {
+            println!("{}: {n} failed message{} to retry", a.email, plural(n));
+            boxes += 1;
+        }
+        total += n;
+    }
+    spool.flush()?;
+    println!(
+        "{total} failed message{} of {boxes} mailbox{} go on the next pass",
+        plural(total),
+        if boxes == 1 { "" } else { "es" }
+    );
+    Ok(true)
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }

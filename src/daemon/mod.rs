@@ -206,8 +206,17 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
             Some(obs) = mx_rx.recv(), if mx_open => sched.observe_mx(&obs, now_ms()),
             _ = tick.tick() => {
                 for req in requests::take(&spool_dir) {
-                    for m in sched.request_complete(&req.mailboxes, now_ms()) {
-                        tracing::warn!(mailbox = %m, "`cutover complete` names a mailbox that is not in the CSV");
+                    match req.kind {
+                        requests::RequestKind::Complete => {
+                            for m in sched.request_complete(&req.mailboxes, now_ms()) {
+                                tracing::warn!(mailbox = %m, "`cutover complete` names a mailbox that is not in the CSV");
+                            }
+                        }
+                        requests::RequestKind::RetryErrors => {
+                            for m in sched.request_retry(&req.mailboxes, now_ms()) {
+                                tracing::warn!(mailbox = %m, "`cutover retry-errors` names a mailbox that is not in the CSV");
+                            }
+                        }
                     }
                 }
                 if let Some(since) = stopping {

@@ -131,7 +131,8 @@ pub fn problems(spool: &Spool, mailbox: &str, max: usize) -> (Vec<Problem>, u64)
                         ..
                     } => {
                         let next = if attempts >= crate::spool::MAX_ATTEMPTS {
-                            "not retried by itself any more: retry errors to try again".to_string()
+                            "not retried by itself any more: `cutover retry-errors` sends it again"
+                                .to_string()
                         } else {
                             match chrono::DateTime::from_timestamp(retry_after, 0) {
                                 Some(t) if retry_after > 0 => {

@@ -1,4 +1,5 @@
-//! `cutover complete` while the daemon runs: a request file it picks up.
+//! `cutover complete` and `cutover retry-errors` while the daemon runs: a request file
+//! it picks up.
 //!
 //! The running daemon holds the spool's lock, so the command cannot change the spool
 //! itself. It drops a small JSON file into `<spool>/requests/` instead (written under a
@@ -10,9 +11,22 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Complete these mailboxes (every mailbox when empty).
+/// What an admin asks of the running daemon.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// Final pass, then Completed (files without a kind, from older versions, are this).
+    #[default]
+    Complete,
+    /// Make the failed messages due again now, whatever their backoff says.
+    RetryErrors,
+}
+
+/// A request for these mailboxes (every mailbox when empty).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CompleteRequest {
+pub struct Request {
+    #[serde(default)]
+    pub kind: RequestKind,
     pub mailboxes: Vec<String>,
 }
 
@@ -21,11 +35,15 @@ fn dir(spool_dir: &Path) -> PathBuf {
 }
 
 /// Leaves a request for the daemon; returns the file written.
-pub fn submit(spool_dir: &Path, req: &CompleteRequest) -> std::io::Result<PathBuf> {
+pub fn submit(spool_dir: &Path, req: &Request) -> std::io::Result<PathBuf> {
     let d = dir(spool_dir);
     super::files::create_dir_all(&d)?;
     let stamp = format!(
-        "complete-{}-{}",
+        "{}-{}-{}",
+        match req.kind {
+            RequestKind::Complete => "complete",
+            RequestKind::RetryErrors => "retry",
+        },
         chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
         std::process::id()
     );
@@ -41,7 +59,7 @@ pub fn submit(spool_dir: &Path, req: &CompleteRequest) -> std::io::Result<PathBu
 
 /// Reads and removes every pending request, oldest first. Unreadable files are logged
 /// and removed, so one bad file does not block the others forever.
-pub fn take(spool_dir: &Path) -> Vec<CompleteRequest> {
+pub fn take(spool_dir: &Path) -> Vec<Request> {
     let Ok(rd) = std::fs::read_dir(dir(spool_dir)) else {
         return Vec::new();
     };
@@ -54,7 +72,7 @@ pub fn take(spool_dir: &Path) -> Vec<CompleteRequest> {
     for f in files {
         match std::fs::read(&f)
             .map_err(anyhow::Error::from)
-            .and_then(|d| Ok(serde_json::from_slice::<CompleteRequest>(&d)?))
+            .and_then(|d| Ok(serde_json::from_slice::<Request>(&d)?))
         {
             Ok(r) => out.push(r),
             Err(e) => {
@@ -76,15 +94,33 @@ mod tests {
     fn submit_then_take() {
         let d = tempfile::tempdir().unwrap();
         assert!(take(d.path()).is_empty());
-        let a = CompleteRequest {
+        let a = Request {
+            kind: RequestKind::Complete,
             mailboxes: vec!["a@x.test".into()],
         };
-        let all = CompleteRequest { mailboxes: vec![] };
+        let all = Request {
+            kind: RequestKind::RetryErrors,
+            mailboxes: vec![],
+        };
         submit(d.path(), &a).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
         submit(d.path(), &all).unwrap();
         std::fs::write(d.path().join("requests/junk.json"), b"{").unwrap();
-        assert_eq!(take(d.path()), [a, all]);
+        // Written by an older version: no kind.
+        std::fs::write(
+            d.path().join("requests/complete-9.json"),
+            br#"{"mailboxes":["b@x.test"]}"#,
+        )
+        .unwrap();
+        let b = Request {
+            kind: RequestKind::Complete,
+            mailboxes: vec!["b@x.test".into()],
+        };
+        let mut got = take(d.path());
+        got.sort_by_key(|r| r.mailboxes.clone());
+        let mut want = vec![a, all, b];
+        want.sort_by_key(|r| r.mailboxes.clone());
+        assert_eq!(got, want);
         assert!(take(d.path()).is_empty());
     }
 }

@@ -310,6 +310,36 @@ impl Scheduler {
         unknown
     }
 
+    /// `cutover retry-errors`: the failed messages of these mailboxes (every mailbox when
+    /// empty) go on their next pass, which is now; returns the names that are not
+    /// mailboxes. A mailbox whose pass is running picks them up on the following one.
+    pub fn request_retry(&mut self, mailboxes: &[String], now_ms: i64) -> Vec<String> {
+        let mut unknown = Vec::new();
+        let mut wanted = Vec::new();
+        for m in mailboxes {
+            match self.resolve(m) {
+                Some(id) => wanted.push(id),
+                None => unknown.push(m.clone()),
+            }
+        }
+        for e in self.entries.values_mut() {
+            if e.facts.completed || !(mailboxes.is_empty() || wanted.contains(&e.st.id)) {
+                continue;
+            }
+            match self.spool.retry_failed(&e.st.id) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(mailbox = %e.st.id, messages = n, "failed messages retried by hand");
+                    e.next_due_ms = e.next_due_ms.min(now_ms);
+                }
+                Err(err) => {
+                    tracing::warn!(mailbox = %e.st.id, error = %err, "cannot retry failed messages")
+                }
+            }
+        }
+        unknown
+    }
+
     /// The id of the mailbox an admin names (`cutover complete --mailbox`), compared
     /// without regard to case as Office 365 does: ids are lower-cased addresses, or the
     /// spelling an older spool used (see [`crate::accounts::adopt_spool_ids`]).

@@ -68,6 +68,8 @@ pub enum Action {
     NotConnected,
     /// Answer `BAD <text>` (e.g. Exchange's `Command Argument Error. 11`).
     RefuseBad(&'static str),
+    /// Answer `NO <text>` (e.g. `[OVERQUOTA] Mailbox is full`).
+    RefuseNo(&'static str),
     /// Forward the command line and half of the literal, then cut both connections.
     DropMidLiteral,
     /// Hold the APPEND back for `ms` before forwarding it.
@@ -121,6 +123,11 @@ impl Default for Bucket {
     }
 }
 
+/// Rewrites one whole server response (its literals included) into the responses the
+/// client gets instead: none, the same, or several. For servers that answer in ways
+/// Dovecot does not (split FETCH items, an odd INTERNALDATE, a wrong RFC822.SIZE).
+pub type Respond = Arc<dyn Fn(Vec<u8>) -> Vec<Vec<u8>> + Send + Sync>;
+
 /// How the proxy behaves; [`Options::new`] is a plain proxy following `schedule`.
 #[derive(Clone)]
 pub struct Options {
@@ -137,6 +144,8 @@ pub struct Options {
     /// How long a session whose client went away is kept for the server to finish the
     /// commands it already has.
     pub drain_limit: Duration,
+    /// Applied to every server response, after the Exchange view.
+    pub respond: Option<Respond>,
 }
 
 impl Options {
@@ -148,7 +157,13 @@ impl Options {
             token_lifetime: None,
             hold: Duration::ZERO,
             drain_limit: Duration::from_secs(10),
+            respond: None,
         }
+    }
+
+    pub fn respond(mut self, f: Respond) -> Options {
+        self.respond = Some(f);
+        self
     }
 
     /// A proxy that forwards every APPEND (the faults come from the other options).
@@ -614,7 +629,8 @@ async fn client_to_server_inner(
             Action::Throttle { ms: _ }
             | Action::ThrottleBye { ms: _ }
             | Action::NotConnected
-            | Action::RefuseBad(_) => {
+            | Action::RefuseBad(_)
+            | Action::RefuseNo(_) => {
                 let (mut n, _) = literal.expect("APPEND with a literal");
                 // Swallow the literal(s) and the rest of the command (its CRLF).
                 loop {
@@ -636,6 +652,8 @@ async fn client_to_server_inner(
                 };
                 let answer = if let Action::RefuseBad(text) = action {
                     format!("{tag} BAD {text}\r\n")
+                } else if let Action::RefuseNo(text) = action {
+                    format!("{tag} NO {text}\r\n")
                 } else if action == Action::NotConnected {
                     format!("{tag} BAD User is authenticated but not connected.\r\n")
                 } else if bye {
@@ -860,6 +878,10 @@ async fn server_to_client(
             out = exchange_response(out.unwrap());
         }
         let Some(bytes) = out else { continue };
+        let bytes = match &ctx.opts.respond {
+            Some(f) => f(bytes).concat(),
+            None => bytes,
+        };
         if client_ok {
             client_ok = cw.write_all(&bytes).await.is_ok();
             // Flush at the end of what the server has sent so far.
