@@ -217,6 +217,7 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
                                 tracing::warn!(mailbox = %m, "`cutover retry-errors` names a mailbox that is not in the CSV");
                             }
                         }
+                        kind => tracing::warn!(kind = kind.as_str(), "request not handled yet"),
                     }
                 }
                 if let Some(since) = stopping {

@@ -20,6 +20,26 @@ pub enum RequestKind {
     Complete,
     /// Make the failed messages due again now, whatever their backoff says.
     RetryErrors,
+    /// Stop taking passes (a running pass stops at its next batch); kept in the spool, so
+    /// a restart keeps it. With no mailbox named: the whole migration.
+    Pause,
+    /// Undo [`RequestKind::Pause`].
+    Resume,
+    /// Run a pass now instead of at the next interval.
+    SyncNow,
+}
+
+impl RequestKind {
+    /// The word in the file name, and in the CLI's messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Complete => "complete",
+            RequestKind::RetryErrors => "retry",
+            RequestKind::Pause => "pause",
+            RequestKind::Resume => "resume",
+            RequestKind::SyncNow => "sync-now",
+        }
+    }
 }
 
 /// A request for these mailboxes (every mailbox when empty).
@@ -40,10 +60,7 @@ pub fn submit(spool_dir: &Path, req: &Request) -> std::io::Result<PathBuf> {
     super::files::create_dir_all(&d)?;
     let stamp = format!(
         "{}-{}-{}",
-        match req.kind {
-            RequestKind::Complete => "complete",
-            RequestKind::RetryErrors => "retry",
-        },
+        req.kind.as_str(),
         chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
         std::process::id()
     );
