@@ -518,11 +518,22 @@ async fn read_folder(
         let mut carries: Vec<((u32, u32), MessageRecord)> = Vec::new();
         let mut spool_err = None;
         let mut long_lines: Vec<String> = Vec::new();
+        // Bodies over max_message_bytes though announced smaller: UID, size, subject.
+        let mut too_big: Vec<(u32, u64, String)> = Vec::new();
         let fetched = client
             .uid_fetch_bodies(&uids, |f| {
                 let (Some(uid), Some(body)) = (f.uid, f.body) else {
                     return Ok(());
                 };
+                // RFC822.SIZE is only an estimate on some servers: the size that counts
+                // is the body's.
+                if body.len() as u64 > opts.max_message_bytes {
+                    let subject =
+                        crate::imap::response::header_value(header_block(&body), "subject")
+                            .unwrap_or_default();
+                    too_big.push((uid, body.len() as u64, subject));
+                    return Ok(());
+                }
                 // Scanning every byte costs ~4 % of a copy: only when asked.
                 let max = ctx.limits.max_line_length;
                 let longest = if max > 0 { longest_line(&body) } else { 0 };
@@ -589,6 +600,27 @@ async fn read_folder(
             .await?;
         if let Some(e) = spool_err {
             return Err(e.into());
+        }
+        // Over the response limit, the client read the body off the wire and dropped it.
+        for (uid, n) in &fetched.too_large {
+            if !too_big.iter().any(|(u, _, _)| u == uid) {
+                too_big.push((*uid, *n, String::new()));
+            }
+        }
+        for (uid, size, subject) in too_big {
+            let Some(m) = listed.get(&uid) else { continue };
+            let reason = format!(
+                "{size} bytes, over max_message_bytes ({}), though the server announced {} \
+                 bytes; date {}; subject {subject:?}",
+                opts.max_message_bytes,
+                m.size.unwrap_or(0),
+                m.internal_date.as_deref().unwrap_or("?"),
+            );
+            long_lines.push(format!(
+                "folder {:?} UID {uid}: skipped: {reason}",
+                folder.name
+            ));
+            records.push(skipped_record(m, uid, size, reason));
         }
         for line in long_lines {
             tracing::warn!(mailbox, "{line}");

@@ -306,7 +306,22 @@ fn bodies_larger_than_their_rfc822_size_are_copied_whole() {
         }
     }
     let rt = rt();
-    let shrink: proxy::Respond = Arc::new(|resp: Vec<u8>| {
+    let proxy = rt.block_on(Proxy::start_with(
+        tb.source.plain_port(),
+        Options::forward_all().respond(shrinking_sizes()),
+    ));
+    let config = demo_config(&tb, &users, "");
+    source_via(&config, proxy.port());
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s = rt.block_on(snapshot(&tb, &tb.source, "kim"));
+    let d = rt.block_on(snapshot(&tb, &tb.dest, "kim@example.test"));
+    assert_same(&s, &d);
+}
+
+/// A proxy that announces every message at a third of its size.
+fn shrinking_sizes() -> proxy::Respond {
+    Arc::new(|resp: Vec<u8>| {
         let Some((seq, items)) = fetch_items(&resp) else {
             return vec![resp];
         };
@@ -320,18 +335,60 @@ fn bodies_larger_than_their_rfc822_size_are_copied_whole() {
             .map(|i| if i.0 == b"RFC822.SIZE" { &small } else { i })
             .collect();
         vec![fetch_response(seq, &items)]
-    });
+    })
+}
+
+/// A message over max_message_bytes that the server announced as smaller is skipped and
+/// named with its real size when its body comes, whether the client still took it in
+/// (under the response limit) or had to drop it off the wire (over it); the session goes
+/// on, and the folders after it are copied whole.
+#[test]
+fn a_body_over_the_limit_though_announced_smaller_is_skipped_and_named() {
+    let users = [("ole", "ole-pw", "ole@example.test")];
+    let Some(tb) = testbed(&users) else { return };
+    tb.source.add_folder("ole", "INBOX.Big").unwrap();
+    for (i, kb) in [1_500usize, 2_600].iter().enumerate() {
+        let mut body =
+            format!("From: a@example.test\r\nSubject: big {i}\r\nMessage-ID: <big{i}@x>\r\n\r\n")
+                .into_bytes();
+        while body.len() < kb * 1024 {
+            body.extend_from_slice(
+                b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n",
+            );
+        }
+        tb.source
+            .deliver("ole", "INBOX.Big", &body, &[], Some(1_600_000_000))
+            .unwrap();
+    }
+    fill(&tb, "ole", "INBOX.Big", 3, |_| vec![]);
+    fill(&tb, "ole", "INBOX.Later", 4, |_| vec!["\\Seen"]);
+    let rt = rt();
     let proxy = rt.block_on(Proxy::start_with(
         tb.source.plain_port(),
-        Options::forward_all().respond(shrink),
+        Options::forward_all().respond(shrinking_sizes()),
     ));
-    let config = demo_config(&tb, &users, "");
+    let config = demo_config(&tb, &users, "[sync]\nmax_message_bytes = 1000000\n");
     source_via(&config, proxy.port());
     let out = cutover(&config, &["sync", "--once"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let s = rt.block_on(snapshot(&tb, &tb.source, "kim"));
-    let d = rt.block_on(snapshot(&tb, &tb.dest, "kim@example.test"));
-    assert_same(&s, &d);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    for subject in ["big 0", "big 1"] {
+        assert!(
+            err.lines().any(|l| l.contains("over max_message_bytes")
+                && l.contains("announced")
+                && (subject == "big 1" || l.contains(subject))),
+            "{subject} named:\n{err}"
+        );
+    }
+    let s = rt.block_on(snapshot(&tb, &tb.source, "ole"));
+    let d = rt.block_on(snapshot(&tb, &tb.dest, "ole@example.test"));
+    assert_eq!(d["Big"].len(), 3, "the two big ones skipped");
+    assert!(d["Big"].iter().all(|m| s["INBOX.Big"].contains(m)));
+    assert_eq!(d["Later"], s["INBOX.Later"]);
+    assert_eq!(d["INBOX"], s["INBOX"]);
+    let again = cutover(&config, &["sync", "--once"]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert_eq!(copied(&again, "ole@example.test"), 0);
 }
 
 /// A refusal that may pass (`[OVERQUOTA]`) fails only its message, keeps the server's
