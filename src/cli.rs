@@ -51,14 +51,26 @@ pub async fn sync_once(config: &Path) -> anyhow::Result<bool> {
     let _compactor = crate::spool::Compactor::start(engine.spool.clone());
     // A token endpoint that refuses us is one error for the run, not one per mailbox.
     engine.preflight().await?;
-    let rows = engine.sync_once(&accts.accounts).await;
+    // Paused by the admin: left alone here too, and said so.
+    let pauses = engine.spool.pauses()?;
+    let (paused, active): (Vec<_>, Vec<_>) = accts
+        .accounts
+        .into_iter()
+        .partition(|a| pauses.of(&a.email).is_some());
+    for a in &paused {
+        eprintln!(
+            "{}: paused, not synced (`cutover resume --mailbox {}` to go on)",
+            a.email, a.email
+        );
+    }
+    let rows = engine.sync_once(&active).await;
     print!("{}", summary_table(&rows));
     for r in &rows {
         for e in &r.errors {
             eprintln!("{}: {e}", r.mailbox);
         }
     }
-    Ok(accts.errors.is_empty() && rows.iter().all(|r| r.ok()))
+    Ok(accts.errors.is_empty() && paused.is_empty() && rows.iter().all(|r| r.ok()))
 }
 
 /// `cutover check`: logs in to both sides for every mailbox and lists the source folders

@@ -73,6 +73,19 @@ impl MailboxSummary {
     }
 }
 
+/// Aborts a pass's own tasks when the pass is dropped before they end: the daemon stops
+/// a paused mailbox's pass (or gives up on it at shutdown) by aborting it, and spawned
+/// tasks would otherwise run on. Stopping them mid-APPEND is as safe as a crash.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
 /// Connection setup for one side.
 #[derive(Clone)]
 pub struct Side {
@@ -352,6 +365,7 @@ impl Engine {
                 (total, r)
             })
         };
+        let _stop_both = AbortOnDrop(vec![src_task.abort_handle(), up_task.abort_handle()]);
         let (src, up) = tokio::join!(src_task, up_task);
         match src {
             Ok(Ok(r)) => {

@@ -65,6 +65,25 @@ enum Command {
         #[arg(long)]
         mailbox: Vec<String>,
     },
+    /// Pause the named mailboxes, or the whole migration: no pass runs (a running one
+    /// stops) until `resume`. Kept across restarts.
+    Pause {
+        /// A mailbox (EmailAddress); repeat for several. Default: the whole migration.
+        #[arg(long)]
+        mailbox: Vec<String>,
+    },
+    /// Undo `pause` (with no mailbox named: nothing stays paused).
+    Resume {
+        /// A mailbox (EmailAddress); repeat for several. Default: the whole migration.
+        #[arg(long)]
+        mailbox: Vec<String>,
+    },
+    /// Ask the running daemon for a pass now instead of at the next interval.
+    SyncNow {
+        /// A mailbox (EmailAddress); repeat for several. Default: all.
+        #[arg(long)]
+        mailbox: Vec<String>,
+    },
     /// Start a local source and destination Dovecot with sample mailboxes and migrate them.
     Demo {
         /// Keep the demo servers running until Ctrl-C, to look at them.
@@ -146,6 +165,15 @@ fn main() -> ExitCode {
             }
             Command::RetryErrors { mailbox } => {
                 cutover::daemon::commands::retry_errors(&cli.config, &mailbox).await
+            }
+            Command::Pause { mailbox } => {
+                cutover::daemon::commands::pause(&cli.config, &mailbox, true).await
+            }
+            Command::Resume { mailbox } => {
+                cutover::daemon::commands::pause(&cli.config, &mailbox, false).await
+            }
+            Command::SyncNow { mailbox } => {
+                cutover::daemon::commands::sync_now(&cli.config, &mailbox).await
             }
             Command::Demo { keep } => cutover::demo::run(keep).await,
         }

@@ -832,3 +832,98 @@ fn failed_mailbox_shows_its_error_and_is_retried() {
     );
     assert_eq!(d.stop(Duration::from_secs(15)).code(), Some(0));
 }
+
+/// `cutover pause` stops a mailbox's running pass at once and keeps it Stopped, across a
+/// restart too, while the others go on; `resume` lets it finish with every message once;
+/// `sync-now` runs a pass before the interval is up.
+#[test]
+fn pause_resume_and_sync_now_from_the_command_line() {
+    let users = [
+        ("gus", "gus-pw", "gus@example.test"),
+        ("hal", "hal-pw", "hal@example.test"),
+    ];
+    let Some(tb) = testbed(&users) else { return };
+    seed(&tb, "gus", 4);
+    seed_bulk(&tb, "gus", 300);
+    seed(&tb, "hal", 6);
+    // The first line lands in [upstream]: 40 messages a second, so the copy takes a while.
+    let config = write_config(
+        &tb,
+        &work_dir(&tb),
+        &users,
+        TLS,
+        "messages_per_second = 40\n[sync]\ninterval = 3600\nappend_batch = 4\n",
+    )
+    .unwrap();
+    let rt = rt();
+    let gus = "gus@example.test";
+    let mut d = Daemon::start(&config, &[]);
+    wait_until(&d, Duration::from_secs(30), "gus under way", || {
+        dest_count(&tb, gus) > 20
+    });
+    let out = run_cli(&config, &["pause", "--mailbox", gus]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until(&d, Duration::from_secs(10), "gus Stopped", || {
+        statuses(&config).get(gus).map(String::as_str) == Some("Stopped")
+    });
+    // What the server had already received may still land; then nothing moves.
+    std::thread::sleep(Duration::from_secs(2));
+    let held = dest_count(&tb, gus);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(dest_count(&tb, gus), held, "a paused mailbox does not move");
+    assert!(held < 304, "paused before the end ({held})");
+    wait_until(&d, Duration::from_secs(30), "hal Synced", || {
+        statuses(&config)
+            .get("hal@example.test")
+            .map(String::as_str)
+            == Some("Synced")
+    });
+
+    // A restart keeps the pause.
+    assert_eq!(d.stop(Duration::from_secs(15)).code(), Some(0));
+    let mut d = Daemon::start(&config, &[]);
+    wait_until(
+        &d,
+        Duration::from_secs(10),
+        "gus Stopped after the restart",
+        || statuses(&config).get(gus).map(String::as_str) == Some("Stopped"),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(dest_count(&tb, gus), held, "still paused after the restart");
+
+    // sync-now: a delta for hal long before the interval.
+    tb.source
+        .deliver(
+            "hal",
+            "INBOX",
+            &cutover::demo::sample_message("hal", 99, "INBOX"),
+            &[],
+            Some(1_700_000_000),
+        )
+        .unwrap();
+    let out = run_cli(&config, &["sync-now", "--mailbox", "hal@example.test"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until(&d, Duration::from_secs(20), "hal's new message", || {
+        in_sync(&rt, &tb, "hal", "hal@example.test")
+    });
+
+    let out = run_cli(&config, &["resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until(&d, Duration::from_secs(90), "gus Synced", || {
+        all_status(&config, "Synced")
+    });
+    check_same(&rt, &tb, "gus", gus);
+    check_same(&rt, &tb, "hal", "hal@example.test");
+    assert_eq!(d.stop(Duration::from_secs(15)).code(), Some(0));
+
+    // Without the daemon: `sync --once` leaves a paused mailbox alone and says so.
+    let out = run_cli(&config, &["pause", "--mailbox", gus]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("gus@example.test: paused"),
+        "{}",
+        stderr(&out)
+    );
+}

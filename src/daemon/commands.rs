@@ -1,4 +1,5 @@
-//! `cutover status`, `report`, `complete` and `retry-errors`: what an admin runs beside
+//! `cutover status`, `report`, `complete` and the controls (`retry-errors`, `pause`,
+//! `resume`, `sync-now`): what an admin runs beside
 //! the daemon. Each works whether the daemon runs (through its snapshot file and request
 //! directory, see [`super::report`] and [`super::requests`]) or not (on the spool).
 
@@ -208,11 +209,14 @@ pub async fn complete(config: &Path, mailboxes: &[String]) -> anyhow::Result<boo
     Ok(all_ok)
 }
 
-/// `cutover retry-errors [--mailbox X]...`: the failed messages of the named mailboxes (or
-/// every one) go on the next pass instead of waiting out their backoff, and get their
-/// attempts back. For when the admin has fixed what they failed on (a quota raised, a
-/// folder allowed). With the daemon running, the request is handed to it.
-pub async fn retry_errors(config: &Path, mailboxes: &[String]) -> anyhow::Result<bool> {
+/// For a control (`retry-errors`, `pause`, `resume`, `sync-now`): checks the names, then
+/// hands the request to the running daemon (None), or opens the spool for the command to
+/// act on it itself, with the accounts it names (every one when none is named).
+fn control(
+    config: &Path,
+    kind: RequestKind,
+    mailboxes: &[String],
+) -> anyhow::Result<Option<(Spool, Vec<String>)>> {
     let (cfg, mut accounts) = load(config)?;
     let mut wanted = Vec::new();
     for m in mailboxes {
@@ -229,31 +233,43 @@ pub async fn retry_errors(config: &Path, mailboxes: &[String]) -> anyhow::Result
             let file = requests::submit(
                 &spool_dir,
                 &Request {
-                    kind: RequestKind::RetryErrors,
+                    kind,
                     mailboxes: mailboxes.to_vec(),
                 },
             )?;
             println!(
-                "the daemon is running: asked it to retry the failed messages ({}); follow with \
-                 `cutover status`",
+                "the daemon is running: handed it the request ({}); follow with `cutover status`",
                 file.display()
             );
-            return Ok(true);
+            return Ok(None);
         }
         Err(e) => return Err(e.into()),
     };
     crate::cli::adopt_spool_ids(&spool, &mut accounts)?;
+    let ids = accounts
+        .into_iter()
+        .filter(|a| wanted.is_empty() || wanted.contains(&a.email.to_lowercase()))
+        .map(|a| a.email)
+        .collect();
+    Ok(Some((spool, ids)))
+}
+
+/// `cutover retry-errors [--mailbox X]...`: the failed messages of the named mailboxes (or
+/// every one) go on the next pass instead of waiting out their backoff, and get their
+/// attempts back. For when the admin has fixed what they failed on (a quota raised, a
+/// folder allowed). With the daemon running, the request is handed to it.
+pub async fn retry_errors(config: &Path, mailboxes: &[String]) -> anyhow::Result<bool> {
+    let Some((spool, ids)) = control(config, RequestKind::RetryErrors, mailboxes)? else {
+        return Ok(true);
+    };
     let mut total = 0;
     let mut boxes = 0;
-    for a in &accounts {
-        if !wanted.is_empty() && !wanted.contains(&a.email.to_lowercase()) {
-            continue;
-        }
+    for id in &ids {
         let n = spool
-            .retry_failed(&a.email)
-            .with_context(|| format!("{}: cannot retry its failed messages", a.email))?;
+            .retry_failed(id)
+            .with_context(|| format!("{id}: cannot retry its failed messages"))?;
         if n > 0 {
-            println!("{}: {n} failed message{} to retry", a.email, plural(n));
+            println!("{id}: {n} failed message{} to retry", plural(n));
             boxes += 1;
         }
         total += n;
@@ -265,6 +281,45 @@ pub async fn retry_errors(config: &Path, mailboxes: &[String]) -> anyhow::Result
         if boxes == 1 { "" } else { "es" }
     );
     Ok(true)
+}
+
+/// `cutover pause` / `cutover resume [--mailbox X]...`: with no mailbox named, the whole
+/// migration. Kept in the spool: a daemon started later, or restarted, keeps it; `sync
+/// --once` leaves paused mailboxes alone too. A running daemon stops a paused mailbox's
+/// pass at once (recovery makes that as safe as a crash).
+pub async fn pause(config: &Path, mailboxes: &[String], paused: bool) -> anyhow::Result<bool> {
+    let kind = if paused {
+        RequestKind::Pause
+    } else {
+        RequestKind::Resume
+    };
+    let Some((spool, ids)) = control(config, kind, mailboxes)? else {
+        return Ok(true);
+    };
+    if mailboxes.is_empty() {
+        spool.set_paused(None, paused)?;
+        println!(
+            "the whole migration is {}",
+            if paused { "paused" } else { "resumed" }
+        );
+    } else {
+        for id in &ids {
+            spool.set_paused(Some(id), paused)?;
+            println!("{id}: {}", if paused { "paused" } else { "resumed" });
+        }
+    }
+    Ok(true)
+}
+
+/// `cutover sync-now [--mailbox X]...`: asks the daemon for a pass now.
+pub async fn sync_now(config: &Path, mailboxes: &[String]) -> anyhow::Result<bool> {
+    match control(config, RequestKind::SyncNow, mailboxes)? {
+        None => Ok(true),
+        Some(_) => {
+            println!("the daemon is not running: `cutover sync --once` runs a pass now");
+            Ok(false)
+        }
+    }
 }
 
 fn plural(n: u64) -> &'static str {

@@ -132,6 +132,8 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
     let mut user_slots: HashMap<String, Arc<Semaphore>> = HashMap::new();
     let mut passes: JoinSet<PassDone> = JoinSet::new();
     let mut running: HashMap<tokio::task::Id, String> = HashMap::new();
+    // To stop a pass when its mailbox is paused.
+    let mut aborts: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
 
     let notifier = Notifier::from_env();
     write_snapshot(&snapshot_path, &sched);
@@ -173,7 +175,8 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
                 let is_final = sched.start(&id, now_ms());
                 let account = sched.entries[&id].account.clone();
                 let handle = passes.spawn(pass(engine.clone(), account, is_final, slot, user_slot));
-                running.insert(handle.id(), id);
+                running.insert(handle.id(), id.clone());
+                aborts.insert(id, handle);
             }
             if passes.is_empty() && sched.all_completed() {
                 tracing::info!("every mailbox is Completed: the migration is over");
@@ -187,10 +190,12 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
             Some(done) = passes.join_next_with_id(), if !passes.is_empty() => match done {
                 Ok((id, d)) => {
                     running.remove(&id);
+                    aborts.remove(&d.mailbox);
                     sched.finish(&d.mailbox, &d.summary, d.is_final, now_ms());
                 }
                 Err(e) => {
                     let Some(mailbox) = running.remove(&e.id()) else { continue };
+                    aborts.remove(&mailbox);
                     if e.is_cancelled() {
                         sched.abandon(&mailbox, now_ms());
                     } else {
@@ -217,7 +222,28 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
                                 tracing::warn!(mailbox = %m, "`cutover retry-errors` names a mailbox that is not in the CSV");
                             }
                         }
-                        kind => tracing::warn!(kind = kind.as_str(), "request not handled yet"),
+                        kind @ (requests::RequestKind::Pause | requests::RequestKind::Resume) => {
+                            let paused = kind == requests::RequestKind::Pause;
+                            match sched.request_pause(&req.mailboxes, paused, now_ms()) {
+                                Ok((stop, unknown)) => {
+                                    for m in unknown {
+                                        tracing::warn!(mailbox = %m, "`cutover {}` names a mailbox that is not in the CSV", kind.as_str());
+                                    }
+                                    for m in stop {
+                                        if let Some(h) = aborts.get(&m) {
+                                            tracing::info!(mailbox = %m, "stopping its pass: paused");
+                                            h.abort();
+                                        }
+                                    }
+                                }
+                                Err(e) => tracing::error!(error = %e, "cannot record the pause"),
+                            }
+                        }
+                        requests::RequestKind::SyncNow => {
+                            for m in sched.request_sync_now(&req.mailboxes, now_ms()) {
+                                tracing::warn!(mailbox = %m, "`cutover sync-now` names a mailbox that is not in the CSV");
+                            }
+                        }
                     }
                 }
                 if let Some(since) = stopping {

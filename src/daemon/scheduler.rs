@@ -74,13 +74,15 @@ impl Scheduler {
         now_ms: i64,
     ) -> anyhow::Result<Scheduler> {
         let now = secs(now_ms);
+        let pauses = spool.pauses()?;
         let mut entries = BTreeMap::new();
         for a in accounts {
             let mut st = spool.mailbox(&a.email)?.unwrap_or_else(|| MailboxState {
                 id: a.email.clone(),
                 ..Default::default()
             });
-            let facts = Facts::restore(&st);
+            let mut facts = Facts::restore(&st);
+            facts.paused = pauses.of(&a.email).is_some();
             // Time while no daemon ran is not counted in any status.
             st.status_since_unix = now;
             state::enter(&mut st, facts.status(), now);
@@ -130,7 +132,9 @@ impl Scheduler {
         let mut due: Vec<(&i64, &String)> = self
             .entries
             .iter()
-            .filter(|(_, e)| !e.facts.running && !e.facts.completed && e.next_due_ms <= now_ms)
+            .filter(|(_, e)| {
+                !e.facts.running && !e.facts.completed && !e.facts.paused && e.next_due_ms <= now_ms
+            })
             .map(|(id, e)| (&e.next_due_ms, id))
             .collect();
         due.sort();
@@ -307,6 +311,82 @@ impl Scheduler {
             tracing::info!(mailbox = %id, "completion requested by hand: final pass next");
             self.persist(&id);
         }
+        unknown
+    }
+
+    /// The ids of the named mailboxes (every one when `mailboxes` is empty) that are not
+    /// Completed, and the names that are not mailboxes.
+    fn named(&self, mailboxes: &[String]) -> (Vec<String>, Vec<String>) {
+        let mut unknown = Vec::new();
+        let mut wanted = Vec::new();
+        for m in mailboxes {
+            match self.resolve(m) {
+                Some(id) => wanted.push(id),
+                None => unknown.push(m.clone()),
+            }
+        }
+        let ids = self
+            .entries
+            .values()
+            .filter(|e| !e.facts.completed && (mailboxes.is_empty() || wanted.contains(&e.st.id)))
+            .map(|e| e.st.id.clone())
+            .collect();
+        (ids, unknown)
+    }
+
+    /// `cutover pause` / `resume`: pauses (or resumes) the named mailboxes, or with none
+    /// named the whole migration, in the spool first so that a restart keeps it. Returns
+    /// the mailboxes whose pass runs and must be stopped (the caller aborts it: like a
+    /// crash, which recovery makes safe), and the names that are not mailboxes.
+    pub fn request_pause(
+        &mut self,
+        mailboxes: &[String],
+        paused: bool,
+        now_ms: i64,
+    ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let (ids, unknown) = self.named(mailboxes);
+        if mailboxes.is_empty() {
+            self.spool.set_paused(None, paused)?;
+        } else {
+            for id in &ids {
+                self.spool.set_paused(Some(id), paused)?;
+            }
+        }
+        let pauses = self.spool.pauses()?;
+        let mut stop = Vec::new();
+        let mut changed = Vec::new();
+        for e in self.entries.values_mut() {
+            let now_paused = pauses.of(&e.st.id).is_some();
+            if e.facts.paused == now_paused || e.facts.completed {
+                continue;
+            }
+            e.facts.paused = now_paused;
+            if now_paused && e.facts.running {
+                stop.push(e.st.id.clone());
+            }
+            if !now_paused {
+                e.next_due_ms = e.next_due_ms.min(now_ms);
+            }
+            state::enter(&mut e.st, e.facts.status(), secs(now_ms));
+            changed.push(e.st.id.clone());
+        }
+        for id in changed {
+            tracing::info!(mailbox = %id, paused, "{} by hand", if paused { "paused" } else { "resumed" });
+            self.persist(&id);
+        }
+        Ok((stop, unknown))
+    }
+
+    /// `cutover sync-now`: the next pass of the named mailboxes (or every one) is due now
+    /// instead of at the interval. A paused mailbox stays paused.
+    pub fn request_sync_now(&mut self, mailboxes: &[String], now_ms: i64) -> Vec<String> {
+        let (ids, unknown) = self.named(mailboxes);
+        for id in ids {
+            if let Some(e) = self.entries.get_mut(&id) {
+                e.next_due_ms = e.next_due_ms.min(now_ms);
+            }
+        }
+        self.dirty = true;
         unknown
     }
 

@@ -37,10 +37,13 @@ pub enum Status {
     CutoverPending,
     /// The final pass succeeded; the mailbox is no longer synced.
     Completed,
+    /// Paused by the admin (`cutover pause`, the status page): no pass runs until it is
+    /// resumed. Microsoft's name for a stopped migration user.
+    Stopped,
 }
 
 impl Status {
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
         Status::Queued,
         Status::Syncing,
         Status::Synced,
@@ -48,6 +51,7 @@ impl Status {
         Status::Failed,
         Status::CutoverPending,
         Status::Completed,
+        Status::Stopped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +63,7 @@ impl Status {
             Status::Failed => "Failed",
             Status::CutoverPending => "CutoverPending",
             Status::Completed => "Completed",
+            Status::Stopped => "Stopped",
         }
     }
 
@@ -84,6 +89,8 @@ pub struct Facts {
     /// The cutover began (grace running or over).
     pub in_cutover: bool,
     pub completed: bool,
+    /// Paused by the admin; the scheduler sets it from the spool's pauses.
+    pub paused: bool,
 }
 
 impl Facts {
@@ -103,6 +110,7 @@ impl Facts {
             synced_once: st.last_sync_unix.is_some(),
             in_cutover: st.complete_after_unix.is_some(),
             completed,
+            paused: false,
         }
     }
 
@@ -111,6 +119,8 @@ impl Facts {
     pub fn status(&self) -> Status {
         if self.completed {
             Status::Completed
+        } else if self.paused {
+            Status::Stopped
         } else if self.running {
             if self.in_cutover {
                 Status::CutoverPending
@@ -173,6 +183,7 @@ mod tests {
             synced_once: false,
             in_cutover: false,
             completed: false,
+            paused: false,
         }
     }
 

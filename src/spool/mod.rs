@@ -54,6 +54,7 @@ mod body_log;
 mod compact;
 mod messages;
 mod notices;
+mod pauses;
 mod recent;
 mod records;
 
@@ -62,6 +63,7 @@ use body_log::{BodyLog, Stored};
 pub use compact::{CompactReport, Compactor};
 pub use messages::OwnedAtDest;
 pub use notices::MAX_NOTICES;
+pub use pauses::Pauses;
 use recent::Recent;
 pub use records::{
     retry_delay, same_flag_set, BodyHash, Claim, MessageRecord, MessageState, Resolution, Settle,
