@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use common::*;
 use cutover::spool::{Claim, MessageState, Spool};
-use cutover::testbed::{Testbed, MASTER_PASSWORD, MASTER_USER};
+use cutover::testbed::Testbed;
 use proxy::{Action, Proxy};
 
 /// Reads `folders` of `login` into the spool of `tb`'s demo work dir with the library's
@@ -311,21 +311,7 @@ fn a_throttle_leaves_no_append_uncertain() {
     });
     let proxy = rt.block_on(Proxy::start(tb.dest.plain_port(), schedule));
     let config = demo_config(&tb, &users, "[sync]\nappend_batch = 4\n");
-    // The destination through the proxy, in plain text on loopback, one APPEND a message.
-    let text = std::fs::read_to_string(&config).unwrap();
-    let start = text.find("[upstream]").unwrap();
-    let end = start + text[start..].find("\n\n").unwrap();
-    let upstream = format!(
-        "[upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nauth = \"plain\"\n\
-         admin_user = \"{MASTER_USER}\"\nadmin_password = \"{MASTER_PASSWORD}\"\n\
-         admin_login = \"authzid\"\nmax_connections = 4\nmultiappend = false",
-        proxy.port()
-    );
-    std::fs::write(
-        &config,
-        format!("{}{upstream}{}", &text[..start], &text[end..]),
-    )
-    .unwrap();
+    upstream_via(&config, proxy.port());
     let out = cutover(&config, &["sync", "--once"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");

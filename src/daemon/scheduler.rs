@@ -286,19 +286,12 @@ impl Scheduler {
     /// soon as possible. Returns the names that are not mailboxes of the CSV.
     pub fn request_complete(&mut self, mailboxes: &[String], now_ms: i64) -> Vec<String> {
         let now = secs(now_ms);
-        let mut unknown = Vec::new();
-        let mut wanted = Vec::new();
-        for m in mailboxes {
-            match self.resolve(m) {
-                Some(id) => wanted.push(id),
-                None => unknown.push(m.clone()),
-            }
-        }
+        let (ids, unknown) = self.named(mailboxes);
         let mut changed = Vec::new();
-        for e in self.entries.values_mut() {
-            if e.facts.completed || !(mailboxes.is_empty() || wanted.contains(&e.st.id)) {
+        for id in ids {
+            let Some(e) = self.entries.get_mut(&id) else {
                 continue;
-            }
+            };
             e.st.cutover_since_unix.get_or_insert(now);
             e.st.complete_after_unix = Some(now);
             e.st.cutover_manual = true;
@@ -394,18 +387,11 @@ impl Scheduler {
     /// empty) go on their next pass, which is now; returns the names that are not
     /// mailboxes. A mailbox whose pass is running picks them up on the following one.
     pub fn request_retry(&mut self, mailboxes: &[String], now_ms: i64) -> Vec<String> {
-        let mut unknown = Vec::new();
-        let mut wanted = Vec::new();
-        for m in mailboxes {
-            match self.resolve(m) {
-                Some(id) => wanted.push(id),
-                None => unknown.push(m.clone()),
-            }
-        }
-        for e in self.entries.values_mut() {
-            if e.facts.completed || !(mailboxes.is_empty() || wanted.contains(&e.st.id)) {
+        let (ids, unknown) = self.named(mailboxes);
+        for id in ids {
+            let Some(e) = self.entries.get_mut(&id) else {
                 continue;
-            }
+            };
             match self.spool.retry_failed(&e.st.id) {
                 Ok(0) => {}
                 Ok(n) => {

@@ -344,3 +344,40 @@ pub fn capability_becomes(
         false
     })
 }
+
+/// Replaces the `[name]` section of the config file with `body`.
+pub fn replace_section(config: &std::path::Path, name: &str, body: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let start = text.find(&format!("[{name}]\n")).unwrap();
+    let end = start + text[start..].find("\n\n").unwrap();
+    std::fs::write(
+        config,
+        format!("{}[{name}]\n{body}{}", &text[..start], &text[end..]),
+    )
+    .unwrap();
+}
+
+/// The source through a proxy on `port`, in plain text on loopback.
+pub fn source_via(config: &std::path::Path, port: u16) {
+    replace_section(
+        config,
+        "source",
+        &format!(
+            "host = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nauth = \"login\"\n\
+             max_connections = 4"
+        ),
+    );
+}
+
+/// The destination through a proxy on `port`, one APPEND a message.
+pub fn upstream_via(config: &std::path::Path, port: u16) {
+    replace_section(
+        config,
+        "upstream",
+        &format!(
+            "host = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nauth = \"plain\"\n\
+             admin_user = \"{MASTER_USER}\"\nadmin_password = \"{MASTER_PASSWORD}\"\n\
+             admin_login = \"authzid\"\nmax_connections = 4\nmultiappend = false"
+        ),
+    );
+}
