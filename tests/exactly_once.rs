@@ -422,3 +422,74 @@ fn recovery_is_not_stopped_by_a_huge_destination_message() {
     let d = rt.block_on(snapshot(&tb, &tb.dest, "olaf@example.test"));
     assert_eq!(d["INBOX"].len(), 4);
 }
+
+/// Recovery recognises a message by the fingerprint of its headers: every message of the
+/// corpus has something to recognise it by, and the fingerprint of the bytes cutover
+/// spooled matches the one of the header fields an Exchange-like destination gives back
+/// (re-folded, fields reordered), so an interrupted APPEND of any of them is found, never
+/// sent twice.
+#[test]
+fn every_corpus_message_is_recognised_after_exchange_rendering() {
+    use cutover::imap::client::{Endpoint, Security};
+    use cutover::upstream::fingerprint::{Fingerprint, FIELDS};
+    let users = [("ria", "ria-pw", "ria@example.test")];
+    let Some(tb) = testbed(&users) else { return };
+    let Some(corpus) = corpus() else { return };
+    let rt = rt();
+    let proxy = rt.block_on(Proxy::start_with(
+        tb.dest.plain_port(),
+        proxy::Options::forward_all().exchange(),
+    ));
+    let mismatched = rt.block_on(async {
+        let mut direct = session(&tb, &tb.dest, "ria@example.test").await;
+        let mut sent = Vec::new();
+        for (name, body) in &corpus {
+            if body.contains(&0) {
+                continue;
+            }
+            let items = [cutover::imap::client::AppendItem {
+                flags: &[],
+                internal_date: Some("13-Sep-2020 09:46:40 +0000"),
+                body,
+            }];
+            direct.append_batch("INBOX", &items).await.unwrap();
+            sent.push((name.clone(), Fingerprint::of_message(body)));
+        }
+        direct.logout().await;
+        let ep = Endpoint {
+            host: "127.0.0.1".into(),
+            port: proxy.port(),
+            security: Security::None,
+            tls: None,
+            timeout: std::time::Duration::from_secs(30),
+            max_response_bytes: 64 << 20,
+        };
+        let mut c = cutover::imap::client::Client::connect(&ep).await.unwrap();
+        c.login(&cutover::imap::Credentials::Plain {
+            authzid: Some("ria@example.test".into()),
+            authcid: cutover::testbed::MASTER_USER.into(),
+            password: cutover::secret::Secret::new(cutover::testbed::MASTER_PASSWORD),
+        })
+        .await
+        .unwrap();
+        c.select("INBOX", true).await.unwrap();
+        let mut got = c.uid_fetch_header_fields("1:*", &FIELDS).await.unwrap();
+        got.sort_by_key(|f| f.uid);
+        assert_eq!(got.len(), sent.len());
+        sent.iter()
+            .zip(got)
+            .filter_map(|((name, want), f)| {
+                let seen = Fingerprint::of_headers(f.section.as_deref().unwrap_or_default());
+                let why = if want.is_blank() {
+                    "nothing to recognise it by"
+                } else if !want.matches(&seen) {
+                    "no match"
+                } else {
+                    return None;
+                };
+                Some(format!("{name}: {why}: spooled {want:?}, read back {seen:?}"))
+            })
+            .collect::<Vec<_>>()
+    });
+    assert!(mismatched.is_empty(), "{}", mismatched.join("\n"));
+}

@@ -14,20 +14,37 @@
 //!   still gives the same value;
 //! - the INTERNALDATE, to the second, when the message was sent with one.
 //!
-//! Two different messages with equal fingerprints are possible (the same message in two
-//! source folders mapped to one destination folder, copies without any of these headers
-//! sent at the same second); recovery pairs them one to one in UID order, which is the
-//! order they were appended in, so that identical messages pair up with identical copies.
+//! A message with none of those four (a delivery report, a bare note) is told by its
+//! `To`, `Cc` and the type of its `Content-Type` instead, normalised the same way.
+//!
+//! A copy [`Fingerprint::matches`] the original when every field the original has is equal
+//! in the copy: a server may add a field the original lacked (Exchange gives a message
+//! without `Message-ID` or `Date` one of its own), never change one it had.
+//!
+//! Two different messages with matching fingerprints are possible (the same message in
+//! two source folders mapped to one destination folder); recovery pairs them one to one in
+//! UID order, which is the order they were appended in, so that identical messages pair
+//! up with identical copies.
 
 /// The header fields a fingerprint is made of, as asked for with
 /// `BODY.PEEK[HEADER.FIELDS (...)]`.
-pub const FIELDS: [&str; 4] = ["MESSAGE-ID", "DATE", "FROM", "SUBJECT"];
+pub const FIELDS: [&str; 7] = [
+    "MESSAGE-ID",
+    "DATE",
+    "FROM",
+    "SUBJECT",
+    "TO",
+    "CC",
+    "CONTENT-TYPE",
+];
 
 /// A message as recovery recognises it (see the module doc).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Fingerprint {
-    /// The normalised values of [`FIELDS`], in that order.
+    /// The normalised values of Message-ID, Date, From and Subject.
     pub fields: [String; 4],
+    /// To, Cc and the type of Content-Type, for a message without any of `fields`.
+    pub fallback: [String; 3],
 }
 
 impl Fingerprint {
@@ -44,6 +61,13 @@ impl Fingerprint {
                 value("from").map(|v| alnum(&v)).unwrap_or_default(),
                 value("subject").map(|v| alnum(&v)).unwrap_or_default(),
             ],
+            fallback: [
+                value("to").map(|v| alnum(&v)).unwrap_or_default(),
+                value("cc").map(|v| alnum(&v)).unwrap_or_default(),
+                value("content-type")
+                    .map(|v| alnum(v.split(';').next().unwrap_or_default()))
+                    .unwrap_or_default(),
+            ],
         }
     }
 
@@ -52,10 +76,28 @@ impl Fingerprint {
         Fingerprint::of_headers(header_block(body))
     }
 
-    /// True when the message has none of the fields: then only its INTERNALDATE tells
-    /// it from another, which is too little to call a copy found.
+    /// True when the message has none of the fields, fallback included: then only its
+    /// INTERNALDATE tells it from another, which is too little to call a copy found.
     pub fn is_blank(&self) -> bool {
-        self.fields.iter().all(String::is_empty)
+        self.fields
+            .iter()
+            .chain(&self.fallback)
+            .all(String::is_empty)
+    }
+
+    /// Whether `copy` (read back from a destination) can be a copy of the message this is
+    /// the fingerprint of: every field this one has is equal in `copy`; the fallback
+    /// fields count only for a message without any of the main ones. Never true for a
+    /// blank fingerprint.
+    pub fn matches(&self, copy: &Fingerprint) -> bool {
+        let same = |mine: &[String], theirs: &[String]| {
+            mine.iter().zip(theirs).all(|(a, b)| a.is_empty() || a == b)
+        };
+        if self.fields.iter().any(|f| !f.is_empty()) {
+            same(&self.fields, &copy.fields)
+        } else {
+            !self.is_blank() && same(&self.fallback, &copy.fallback)
+        }
     }
 }
 
@@ -135,5 +177,35 @@ mod tests {
         );
         assert!(Fingerprint::of_message(b"\r\njust a body").is_blank());
         assert!(Fingerprint::of_message(b"").is_blank());
+    }
+
+    #[test]
+    fn a_field_the_server_adds_does_not_hide_the_copy() {
+        let original = Fingerprint::of_message(b"Subject: hi\r\nFrom: a@x.test\r\n\r\nbody");
+        let copy = Fingerprint::of_headers(
+            b"Message-ID: <added@server>\r\nDate: Mon, 3 Dec 2001 10:00:00 +0000\r\n\
+              Subject: hi\r\nFrom: a@x.test\r\n\r\n",
+        );
+        assert!(original.matches(&copy));
+        // Not the other way round: a field the original had may not go missing or change.
+        assert!(!copy.matches(&original));
+        let other = Fingerprint::of_headers(b"Subject: ho\r\nFrom: a@x.test\r\n\r\n");
+        assert!(!original.matches(&other));
+    }
+
+    #[test]
+    fn a_message_without_the_main_fields_is_told_by_the_fallback() {
+        let report = b"Content-Type: message/delivery-status\r\nMIME-Version: 1.0\r\n\r\nx";
+        let f = Fingerprint::of_message(report);
+        assert!(!f.is_blank());
+        let copy = Fingerprint::of_headers(
+            b"Content-Type: message/delivery-status;\r\n charset=us-ascii\r\n\
+              Message-ID: <added@server>\r\n\r\n",
+        );
+        assert!(f.matches(&copy));
+        let other = Fingerprint::of_headers(b"Content-Type: text/plain\r\n\r\n");
+        assert!(!f.matches(&other));
+        let blank = Fingerprint::of_message(b"X-Only: this\r\n\r\nx");
+        assert!(blank.is_blank() && !blank.matches(&blank));
     }
 }

@@ -16,15 +16,17 @@
 //! 3. **Match one to one.** A destination UID that any message of the mailbox already owns
 //!    in that folder (any source folder, any generation) is never a candidate; nor is one
 //!    whose copy is claimed, by content, by a message recorded without a UID. The
-//!    uncertain messages and the candidates are then paired in UID order among equal
-//!    fingerprints and equal INTERNALDATEs (for a message sent with one), so identical
-//!    messages pair up with identical copies.
+//!    uncertain messages and the candidates are then paired in UID order: a candidate
+//!    whose fingerprint [matches](Fingerprint::matches) (every field the original has is
+//!    equal; the server may add fields) and whose INTERNALDATE is equal (for a message sent
+//!    with one), so identical messages pair up with identical copies.
 //! 4. **When the evidence cannot decide, lose nothing.** A message with none of the
-//!    fingerprint's fields, or whose spooled copy cannot be read, is never taken as found:
+//!    fingerprint's fields (fallback included), or whose spooled copy cannot be read, is
+//!    never taken as found:
 //!    it is sent again, and the possible duplicate is reported with its folder and UID.
 //!    Everything not found goes back to be sent.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::fingerprint::{Fingerprint, FIELDS};
@@ -210,19 +212,16 @@ fn pair(
     owned: &crate::spool::OwnedAtDest,
     report: &mut PushReport,
 ) -> Vec<(u32, Resolution)> {
-    let mut free: HashMap<Fingerprint, VecDeque<Candidate>> = HashMap::new();
-    for c in candidates {
-        if !owned.uids.contains(&c.uid) {
-            free.entry(c.print.clone()).or_default().push_back(c);
-        }
-    }
+    // In UID order; a candidate is taken once.
+    let mut free: Vec<Option<Candidate>> = candidates
+        .into_iter()
+        .filter(|c| !owned.uids.contains(&c.uid))
+        .map(Some)
+        .collect();
     // A message recorded there without a UID owns one copy with its content.
     for (_, _, rec) in &owned.without_uid {
-        let Some(print) = spooled_print(spool, rec) else {
-            continue;
-        };
-        if let Some(list) = free.get_mut(&print) {
-            take(list, rec);
+        if let Some(print) = spooled_print(spool, rec) {
+            take(&mut free, &print, rec);
         }
     }
     let mut uncertain = group.uncertain.clone();
@@ -231,7 +230,7 @@ fn pair(
     for r in uncertain {
         let print = spooled_print(spool, r);
         let found = match &print {
-            Some(p) if !p.is_blank() => free.get_mut(p).and_then(|l| take(l, r)),
+            Some(p) if !p.is_blank() => take(&mut free, p, r),
             _ => None,
         };
         match found {
@@ -246,7 +245,7 @@ fn pair(
                 let at_risk = match &print {
                     None => Some("its spooled copy cannot be read"),
                     Some(p) if p.is_blank() => {
-                        Some("it has no Message-ID, Date, From or Subject to recognise it by")
+                        Some("it has no Message-ID, Date, From, Subject, To, Cc or Content-Type to recognise it by")
                     }
                     Some(_) => None,
                 };
@@ -269,14 +268,22 @@ fn pair(
     out
 }
 
-/// The first candidate of `list` (in UID order) with `rec`'s INTERNALDATE, if it was
-/// sent with one, removed from the list.
-fn take(list: &mut VecDeque<Candidate>, rec: &MessageRecord) -> Option<Candidate> {
+/// The first free candidate (in UID order) that can be a copy of `rec` (fingerprint
+/// `print`): its fingerprint matches, and it has `rec`'s INTERNALDATE if `rec` was sent
+/// with one. Taken out of `free`.
+fn take(
+    free: &mut [Option<Candidate>],
+    print: &Fingerprint,
+    rec: &MessageRecord,
+) -> Option<Candidate> {
     let dated = !rec.internal_date.is_empty();
-    let i = list
-        .iter()
-        .position(|c| !dated || c.internal_ts == Some(rec.internal_ts))?;
-    list.remove(i)
+    free.iter_mut()
+        .find(|c| {
+            c.as_ref().is_some_and(|c| {
+                print.matches(&c.print) && (!dated || c.internal_ts == Some(rec.internal_ts))
+            })
+        })?
+        .take()
 }
 
 /// The fingerprint of a spooled message, from its body; `None` if it cannot be read.
