@@ -13,7 +13,10 @@
 //! flight, and in the recovery of the run before. So the destination takes mail at a
 //! bounded rate (a fixed rate in (a), the proxy's throttling in (b)) so that the copy spans
 //! dozens of runs; new mail keeps arriving at the source while the runs go on; and the kill
-//! delay is spread from 0.05 s (still starting up, recovering) to 1.5 s.
+//! delay is spread from 0.05 s (still starting up, recovering) to 1.5 s for three runs in
+//! four, and from 1.5 s to 6 s for the fourth: a run that finds uncertain APPENDs first
+//! waits for the destination to stand still (`upstream/recover.rs`, 3 s), so only the
+//! longer runs get past recovery to new APPENDs and are killed with those in flight.
 //!
 //! `CUTOVER_CRASH_KILLS` (default 50) sets the kills per set-up, `CUTOVER_CRASH_SEED`
 //! replays a seed (data, kill delays and faults; timing is the machine's),
@@ -351,7 +354,7 @@ struct Runs {
 }
 
 /// Starts `sync --once` again and again, each killed with SIGKILL after a random delay
-/// (0.05-1.5 s) and the next started at once; stops after `kills` kills, or 3x as many
+/// (0.05-1.5 s, or 1.5-6 s one time in four) and the next started at once; stops after `kills` kills, or 3x as many
 /// runs, or [`LOOP_LIMIT`]. Every run's output goes to `log`.
 fn kill_loop(cfg: &Path, env: &[(&str, &str)], rng: &mut StdRng, kills: u64, log: &Path) -> Runs {
     let mut runs = Runs::default();
@@ -359,7 +362,11 @@ fn kill_loop(cfg: &Path, env: &[(&str, &str)], rng: &mut StdRng, kills: u64, log
     let mut n = 0;
     while runs.kills < kills && n < kills * 3 && started.elapsed() < LOOP_LIMIT {
         n += 1;
-        let delay = Duration::from_millis(rng.gen_range(50..=1500));
+        let delay = Duration::from_millis(if rng.gen_bool(0.25) {
+            rng.gen_range(1500..=6000)
+        } else {
+            rng.gen_range(50..=1500)
+        });
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

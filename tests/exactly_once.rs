@@ -487,7 +487,9 @@ fn every_corpus_message_is_recognised_after_exchange_rendering() {
                 } else {
                     return None;
                 };
-                Some(format!("{name}: {why}: spooled {want:?}, read back {seen:?}"))
+                Some(format!(
+                    "{name}: {why}: spooled {want:?}, read back {seen:?}"
+                ))
             })
             .collect::<Vec<_>>()
     });
