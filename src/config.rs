@@ -36,7 +36,7 @@ pub const ENV_PREFIX: &str = "CUTOVER_";
 /// or `CUTOVER_CONFIG` (used by the command line) share the prefix but are not
 /// configuration keys; without this filter `deny_unknown_fields` would reject them.
 /// A new section must be added here to be overridable from the environment.
-const ENV_SECTIONS: [&str; 5] = ["spool", "source", "upstream", "sync", "cutover"];
+const ENV_SECTIONS: [&str; 6] = ["spool", "source", "upstream", "sync", "cutover", "web"];
 const ENV_TOP_KEYS: [&str; 1] = ["mailboxes"];
 
 /// Why the configuration could not be loaded, or credentials could not be built.
@@ -156,6 +156,9 @@ pub struct Config {
     /// `[cutover]`: the MX watch that ends the migration (see [`crate::cutover`]).
     #[serde(default)]
     pub cutover: crate::cutover::CutoverConfig,
+    /// `[web]`: the status page of `cutover run` (see [`crate::web`]).
+    #[serde(default)]
+    pub web: crate::web::WebConfig,
     /// The file this was loaded from (absolute if it was given as such); not a key.
     #[serde(skip)]
     pub file: PathBuf,
@@ -768,6 +771,13 @@ impl Config {
             .map_err(|(key, message)| ConfigError::Invalid {
                 origin: origin(figment, &format!("cutover.{key}"), &self.file),
                 key: format!("cutover.{key}"),
+                message,
+            })?;
+        self.web
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                origin: origin(figment, &format!("web.{key}"), &self.file),
+                key: format!("web.{key}"),
                 message,
             })?;
         Ok(())
