@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use cutover::testbed::{MASTER_PASSWORD, MASTER_USER};
+use cutover::testbed::MASTER_PASSWORD;
 use proxy::{Action, Proxy};
 use web_support::*;
 
@@ -20,53 +20,6 @@ const ALICE_PW: &str = "alice-S3cret-pw";
 const BOB_WRONG_PW: &str = "bob-Wr0ng-S3cret";
 const CAROL_PW: &str = "carol-S3cret-pw";
 const DAN_PW: &str = "dan-S3cret-pw";
-
-/// The config `write_config` makes, with the destination through the proxy on
-/// `proxy_port` and the page on `web_port`.
-pub fn config_through_proxy(
-    tb: &cutover::testbed::Testbed,
-    users: &[(&str, &str, &str)],
-    proxy_port: u16,
-    web_port: u16,
-    upstream_extra: &str,
-) -> std::path::PathBuf {
-    let config = demo_config(
-        tb,
-        users,
-        &format!(
-            "[sync]\ninterval = \"1h\"\nmax_message_bytes = 100000\n\n[web]\nlisten = \"127.0.0.1:{web_port}\"\n"
-        ),
-    );
-    let text = std::fs::read_to_string(&config).unwrap();
-    let start = text.find("[upstream]\n").unwrap();
-    let end = start + text[start..].find("\n\n").unwrap();
-    let upstream = format!(
-        "[upstream]\nhost = \"127.0.0.1\"\nport = {proxy_port}\ntls = \"none\"\nauth = \"plain\"\n\
-         admin_user = \"{MASTER_USER}\"\nadmin_password = \"{MASTER_PASSWORD}\"\n\
-         admin_login = \"authzid\"\nmax_connections = 4\nmultiappend = false\n{upstream_extra}"
-    );
-    std::fs::write(
-        &config,
-        format!("{}{upstream}{}", &text[..start], &text[end..]),
-    )
-    .unwrap();
-    config
-}
-
-/// A message of about `size` bytes with a known subject and sender.
-pub fn big_message(subject: &str, size: usize) -> Vec<u8> {
-    let mut m = format!(
-        "From: Big Sender <big@example.test>\r\nTo: carol@example.test\r\nSubject: {subject}\r\n\
-         Date: Mon, 1 Jan 2024 10:00:00 +0000\r\nMessage-ID: <{subject}@x.test>\r\n\r\n"
-    )
-    .into_bytes();
-    while m.len() < size {
-        m.extend_from_slice(
-            b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n",
-        );
-    }
-    m
-}
 
 #[test]
 fn api_events_controls_and_metrics_of_a_running_migration() {
@@ -213,6 +166,10 @@ fn api_events_controls_and_metrics_of_a_running_migration() {
         .map(|r| r["mailbox"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["bob@example.test", "dan@example.test"]);
+    assert_eq!(
+        failed[1]["waiting_on"],
+        "destination quota (retry errors once fixed)"
+    );
     let bob = &failed[0];
     assert_eq!(bob["waiting_on"], "login failing", "{bob}");
     assert!(

@@ -47,16 +47,24 @@ fn ratio(part: u64, whole: u64, empty: f64) -> f64 {
     }
 }
 
-/// A word for what a failed pass's error says the mailbox waits on.
+/// A few words for what a failed pass's error says the mailbox waits on (the texts are
+/// those of [`crate::imap::ImapError`] and of the engine).
 fn error_kind(e: &str) -> &'static str {
     let l = e.to_lowercase();
-    if l.contains("authenticat") || l.contains("login") || l.contains("credential") {
+    if l.contains("refused the login") || l.contains("authenticat") || l.contains("oauth") {
         "login failing"
-    } else if l.contains("create") || l.contains("folder") || l.contains("mailbox name") {
+    } else if e.contains("CREATE refused") {
         "destination folder refused"
     } else if l.contains("quota") {
-        "destination quota"
-    } else if l.contains("connect") || l.contains("timed out") || l.contains("connection") {
+        "destination quota (retry errors once fixed)"
+    } else if l.contains("throttled") {
+        "throttled"
+    } else if l.contains("cannot connect")
+        || l.contains("did not answer")
+        || l.contains("closed the connection")
+        || l.contains("connection to")
+        || l.contains("connection lost")
+    {
         "server unreachable"
     } else {
         "error (see last error)"
@@ -325,6 +333,15 @@ mod tests {
         backoff.insert("user0000@x.test".to_string(), 3600);
         let r = row(&s.mailboxes[0], c, &backoff);
         assert_eq!(r.waiting_on, "throttled until 01:00:00Z");
+        for (e, want) in [
+            ("source: 127.0.0.1 refused the login for bob: Authentication failed.", "login failing"),
+            ("CREATE refused by outlook.office365.com: No [CANNOT] bad name", "destination folder refused"),
+            ("folder \"INBOX\" UID 1: destination refused APPEND to \"INBOX\": No [OVERQUOTA] Mailbox is full", "destination quota (retry errors once fixed)"),
+            ("source: cannot connect to 127.0.0.1:993: refused", "server unreachable"),
+            ("internal error: boom", "error (see last error)"),
+        ] {
+            assert_eq!(error_kind(e), want, "{e}");
+        }
         // Nothing found yet at the source: a Synced mailbox is done, a Syncing one not.
         let r = row(&s.mailboxes[0], Counts::default(), &HashMap::new());
         assert_eq!(r.progress_messages, 1.0);

@@ -10,6 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::demo_config;
+use cutover::testbed::{MASTER_PASSWORD, MASTER_USER};
+
 /// A `cutover run` process; killed by PID when dropped.
 pub struct Daemon {
     pub child: Child,
@@ -257,4 +260,51 @@ pub fn status_of(c: &Client, mailbox: &str) -> Option<String> {
         .into_iter()
         .find(|r| r["mailbox"] == mailbox)
         .map(|r| r["status"].as_str().unwrap().to_string())
+}
+
+/// The config `write_config` makes, with the destination through the proxy on
+/// `proxy_port` and the page on `web_port`.
+pub fn config_through_proxy(
+    tb: &cutover::testbed::Testbed,
+    users: &[(&str, &str, &str)],
+    proxy_port: u16,
+    web_port: u16,
+    upstream_extra: &str,
+) -> std::path::PathBuf {
+    let config = demo_config(
+        tb,
+        users,
+        &format!(
+            "[sync]\ninterval = \"1h\"\nmax_message_bytes = 100000\n\n[web]\nlisten = \"127.0.0.1:{web_port}\"\n"
+        ),
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    let start = text.find("[upstream]\n").unwrap();
+    let end = start + text[start..].find("\n\n").unwrap();
+    let upstream = format!(
+        "[upstream]\nhost = \"127.0.0.1\"\nport = {proxy_port}\ntls = \"none\"\nauth = \"plain\"\n\
+         admin_user = \"{MASTER_USER}\"\nadmin_password = \"{MASTER_PASSWORD}\"\n\
+         admin_login = \"authzid\"\nmax_connections = 4\nmultiappend = false\n{upstream_extra}"
+    );
+    std::fs::write(
+        &config,
+        format!("{}{upstream}{}", &text[..start], &text[end..]),
+    )
+    .unwrap();
+    config
+}
+
+/// A message of about `size` bytes with a known subject and sender.
+pub fn big_message(subject: &str, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: Big Sender <big@example.test>\r\nTo: carol@example.test\r\nSubject: {subject}\r\n\
+         Date: Mon, 1 Jan 2024 10:00:00 +0000\r\nMessage-ID: <{subject}@x.test>\r\n\r\n"
+    )
+    .into_bytes();
+    while m.len() < size {
+        m.extend_from_slice(
+            b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n",
+        );
+    }
+    m
 }

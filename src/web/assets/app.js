@@ -37,7 +37,9 @@ function dur(s) {
   if (m) return m + "m " + (s % 60) + "s";
   return s + "s";
 }
-const rate = (msgs, b) => msgs.toFixed(1) + " msg/s · " + (b / 1e6).toFixed(2) + " MB/s";
+const rate = (msgs, b) => msgs.toFixed(1) + " msg/s, " + bytes(b) + "/s";
+const STATUSES = ["Queued", "Syncing", "Synced", "IncrementalSyncing", "Failed", "CutoverPending", "Completed"];
+let lastChart = 0;
 function set(id, text) { const e = document.getElementById(id); if (e) e.textContent = text; }
 
 function renderStatus(o) {
@@ -46,7 +48,8 @@ function renderStatus(o) {
   set("updated", "state of " + when(o.snapshot_unix));
   set("mailbox-total", num(o.mailboxes));
   const ul = $("#by-status"); ul.replaceChildren();
-  for (const [st, n] of Object.entries(o.by_status)) {
+  for (const st of STATUSES) {
+    const n = o.by_status[st] || 0;
     if (n > 0) ul.append(el("li", {}, el("span", { class: "st " + st, text: st }), " " + num(n)));
   }
   const t = o.totals;
@@ -202,14 +205,17 @@ async function poll() {
 function live() {
   if (!window.EventSource) { startPolling(); return; }
   const es = new EventSource("/api/events");
-  es.addEventListener("status", (e) => { renderStatus(JSON.parse(e.data)); refreshSoon(); });
+  es.addEventListener("status", (e) => {
+    renderStatus(JSON.parse(e.data)); refreshSoon();
+    if (Date.now() - lastChart > 10000) chart();
+  });
   es.onopen = () => { set("live", "live"); $("#live").className = "live on"; stopPolling(); };
   es.onerror = () => { set("live", "reconnecting (polling)"); $("#live").className = "live off"; startPolling(); };
 }
 function startPolling() { if (!pollTimer) pollTimer = setInterval(poll, 5000); }
 function stopPolling() { if (pollTimer) { clearInterval(pollTimer); pollTimer = null; } }
 
-async function chart() { try { renderChart((await getJSON("/api/history")).points); } catch (e) { /* next time */ } }
+async function chart() { lastChart = Date.now(); try { renderChart((await getJSON("/api/history")).points); } catch (e) { /* next time */ } }
 
 function init() {
   $("#status-filter").addEventListener("change", (e) => { view.status = e.target.value; view.page = 1; loadTable(); });
