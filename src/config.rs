@@ -595,6 +595,16 @@ impl Config {
         };
         resolve(&mut self.mailboxes);
         resolve(&mut self.spool.path);
+        for p in [
+            &mut self.web.password_file,
+            &mut self.web.tls_cert,
+            &mut self.web.tls_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(p);
+        }
         for server in [&mut self.source, &mut self.upstream] {
             for p in [
                 &mut server.tls_ca_file,
@@ -1198,6 +1208,8 @@ host = "outlook.office365.com"
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
         let c = Config::load_with_env(&p, no_env()).unwrap();
         assert_eq!(c.upstream.host, "outlook.office365.com");
+        assert!(c.web.enabled);
+        assert_eq!(c.web.listen, "127.0.0.1:8080");
         let text = fs::read_to_string(&p).unwrap();
         for key in [
             "mailboxes",
@@ -1228,6 +1240,11 @@ host = "outlook.office365.com"
             "max_delete_percent",
             "max_connections_per_user",
             "domains",
+            "listen",
+            "enabled",
+            "password_file",
+            "tls_cert",
+            "tls_key",
             "mx_suffix",
             "resolver",
             "check_interval",

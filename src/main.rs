@@ -65,6 +65,9 @@ enum Command {
         #[arg(long)]
         mailbox: Vec<String>,
     },
+    /// Set the status page's password: its argon2 hash goes to `[web] password_file`
+    /// (the password is read from standard input).
+    WebPassword,
     /// Start a local source and destination Dovecot with sample mailboxes and migrate them.
     Demo {
         /// Keep the demo servers running until Ctrl-C, to look at them.
@@ -147,6 +150,7 @@ fn main() -> ExitCode {
             Command::RetryErrors { mailbox } => {
                 cutover::daemon::commands::retry_errors(&cli.config, &mailbox).await
             }
+            Command::WebPassword => cutover::web::password::run(&cli.config),
             Command::Demo { keep } => cutover::demo::run(keep).await,
         }
     });

@@ -118,6 +118,93 @@ fn number(s: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A headless chromium session through `driver`.
+async fn browser(driver: &Driver) -> Browser {
+    let caps = json!({
+        // The self-signed certificate of a page with a password.
+        "acceptInsecureCerts": true,
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,800", "--no-first-run", "--disable-extensions",
+                     "--disable-background-networking", "--disable-sync", "--lang=en-US"]
+        }
+    });
+    let caps = caps.as_object().unwrap().clone();
+    let b = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a chromium session");
+    b.set_window_size(1280, 800).await.unwrap();
+    b
+}
+
+/// With a password (and so HTTPS with a self-signed certificate): the page sends to the
+/// login form, a wrong password is told, the right one opens the page, and the API
+/// refuses a request without the session.
+#[test]
+fn logging_in_to_the_page_in_headless_chromium() {
+    if !require_chromium() {
+        return;
+    }
+    let users = [("erin", "erin-pw-1", "erin@example.test")];
+    let Some(tb) = testbed(&users) else { return };
+    fill(&tb, "erin", "INBOX", 5, |_| vec![]);
+    let port = cutover::testbed::free_port();
+    let pw_file = work_dir(&tb).join("web-password");
+    cutover::web::password::write(&pw_file, "browser-S3cret-pw").unwrap();
+    let config = demo_config(
+        &tb,
+        &users,
+        &format!(
+            "[web]\nlisten = \"127.0.0.1:{port}\"\npassword_file = \"{}\"\n",
+            pw_file.display()
+        ),
+    );
+    let mut daemon = Daemon::start(&config);
+    wait_until(&daemon, Duration::from_secs(20), "the page answers", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let driver = Driver::start(config.parent().unwrap());
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    rt().block_on(async {
+        let b = browser(&driver).await;
+        b.goto(&format!("https://127.0.0.1:{port}/")).await.unwrap();
+        assert!(b.current_url().await.unwrap().as_str().ends_with("/login"));
+        // Without the session the API answers 401, even from the page's origin.
+        let status = b
+            .execute_async(
+                "const done = arguments[0]; fetch('/api/status').then(r => done(r.status));",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, json!(401));
+        b.find(Locator::Css("#password")).await.unwrap().send_keys("not it").await.unwrap();
+        b.find(Locator::Css("#login")).await.unwrap().click().await.unwrap();
+        until(&b, Duration::from_secs(15), "wrong password told", "return document.getElementById('login-message') && document.getElementById('login-message').textContent.includes('Wrong password')").await;
+        shot(&b, "login-wrong-1280x800").await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        b.find(Locator::Css("#password")).await.unwrap().send_keys("browser-S3cret-pw").await.unwrap();
+        b.find(Locator::Css("#login")).await.unwrap().click().await.unwrap();
+        until(&b, Duration::from_secs(20), "the page, live", "return !!document.getElementById('live') && document.getElementById('live').textContent === 'live'").await;
+        until(&b, Duration::from_secs(30), "erin Synced", "return !!document.querySelector(\"#mailboxes tbody tr[data-status='Synced']\")").await;
+        let cookie_visible = b.execute("return document.cookie.includes('cutover_session')", vec![]).await.unwrap();
+        assert_eq!(cookie_visible, json!(false), "HttpOnly: scripts cannot read the session");
+        assert_eq!(
+            b.execute("return document.getElementById('logout').hidden", vec![]).await.unwrap(),
+            json!(false)
+        );
+        shot(&b, "logged-in-1280x800").await;
+        b.find(Locator::Css("#logout")).await.unwrap().click().await.unwrap();
+        until(&b, Duration::from_secs(10), "back at the login", "return location.pathname === '/login'").await;
+        b.close().await.unwrap();
+    });
+    daemon.stop();
+}
+
 #[test]
 fn the_page_in_headless_chromium() {
     if !require_chromium() {
@@ -175,22 +262,7 @@ fn the_page_in_headless_chromium() {
     // The WebDriver client's TLS (unused on this plain loopback link) needs a provider.
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     rt.block_on(async {
-        let caps = json!({
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1280,800", "--no-first-run", "--disable-extensions",
-                         "--disable-background-networking", "--disable-sync", "--lang=en-US"]
-            }
-        });
-        let caps = caps.as_object().unwrap().clone();
-        let b = ClientBuilder::rustls()
-            .unwrap()
-            .capabilities(caps)
-            .connect(&format!("http://127.0.0.1:{}", driver.port))
-            .await
-            .expect("a chromium session");
-        b.set_window_size(1280, 800).await.unwrap();
+        let b = browser(&driver).await;
         b.goto(&url).await.unwrap();
         until(&b, Duration::from_secs(15), "live stream", "return document.getElementById('live').textContent === 'live'").await;
 

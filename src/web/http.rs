@@ -51,7 +51,9 @@ pub fn harden(r: &mut Resp) {
         HeaderValue::from_static("nosniff"),
     );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    // `same-origin`, not `no-referrer`: under the latter browsers send `Origin: null`
+    // with the page's own form POSTs, which the CSRF check must then refuse.
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.insert("content-security-policy", HeaderValue::from_static(CSP));
 }
 

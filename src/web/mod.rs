@@ -10,9 +10,11 @@
 //! - [`router`]: which handler answers a path;
 //! - [`overview`], [`rows`], [`problems`], [`inventory`]: what the JSON says;
 //! - [`events`]: the live stream; [`controls`]: the POST endpoints;
-//! - [`downloads`]: the CSV files; [`prom`]: `/metrics`; [`assets`]: the page itself.
+//! - [`downloads`]: the CSV files; [`prom`]: `/metrics`; [`assets`]: the page itself;
+//! - [`auth`] and [`tls`]: the password, the sessions and HTTPS, with `password_file`.
 
 pub mod assets;
+pub mod auth;
 pub mod config;
 pub mod controls;
 pub mod disk;
@@ -22,11 +24,13 @@ pub mod history;
 pub mod http;
 pub mod inventory;
 pub mod overview;
+pub mod password;
 pub mod problems;
 pub mod prom;
 pub mod router;
 pub mod rows;
 pub mod server;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -56,6 +60,10 @@ pub struct Shared {
     pub disk: Mutex<(u64, Option<u64>)>,
     /// Bumped after every sample, so that the event streams look again.
     pub ticks: watch::Sender<u64>,
+    /// With `[web] password_file`: the password and the sessions.
+    pub auth: Option<auth::Auth>,
+    /// Why the password file could not be used (then the page is not served at all).
+    pub auth_error: Option<String>,
 }
 
 impl Shared {
@@ -64,7 +72,16 @@ impl Shared {
         spool: Spool,
         config: Arc<Config>,
     ) -> Arc<Shared> {
+        let (auth, auth_error) = match &config.web.password_file {
+            Some(f) => match auth::Auth::load(f) {
+                Ok(a) => (Some(a), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            },
+            None => (None, None),
+        };
         Arc::new(Shared {
+            auth,
+            auth_error,
             snapshot,
             spool_dir: spool.path().to_path_buf(),
             spool,
@@ -133,6 +150,24 @@ pub async fn start(cfg: &WebConfig, shared: Arc<Shared>) -> Option<tokio::task::
             return None;
         }
     };
+    if let Some(e) = &shared.auth_error {
+        tracing::error!("[web] password_file: {e}; no status page");
+        return None;
+    }
+    let tls = if cfg.https() {
+        match tls::acceptor(cfg, &shared.spool_dir) {
+            Ok((acceptor, fingerprint)) => {
+                tracing::info!(%fingerprint, "status page certificate (SHA-256)");
+                Some(acceptor)
+            }
+            Err(e) => {
+                tracing::error!("[web] HTTPS: {e:#}; no status page");
+                return None;
+            }
+        }
+    } else {
+        None
+    };
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -140,7 +175,11 @@ pub async fn start(cfg: &WebConfig, shared: Arc<Shared>) -> Option<tokio::task::
             return None;
         }
     };
-    tracing::info!("status page on http://{addr}/");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        login = shared.auth.is_some(),
+        "status page on {scheme}://{addr}/"
+    );
     let sampler = shared.clone();
     tokio::spawn(async move {
         loop {
@@ -149,5 +188,5 @@ pub async fn start(cfg: &WebConfig, shared: Arc<Shared>) -> Option<tokio::task::
             tokio::time::sleep(SAMPLE_EVERY.max(t.elapsed() * 10)).await;
         }
     });
-    Some(tokio::spawn(server::serve(listener, shared)))
+    Some(tokio::spawn(server::serve(listener, tls, shared)))
 }

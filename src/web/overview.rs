@@ -94,6 +94,8 @@ pub struct Overview {
     pub snapshot_unix: i64,
     pub counted_unix: i64,
     pub now_unix: i64,
+    /// The page asks for a password (it then offers to log out).
+    pub login: bool,
 }
 
 /// The overview, from what the server holds now.
@@ -156,6 +158,7 @@ pub fn build(shared: &Shared) -> Overview {
         snapshot_unix: snap.written_unix,
         counted_unix: inv.at_unix,
         now_unix: now,
+        login: shared.auth.is_some(),
     }
 }
 

@@ -97,11 +97,34 @@ impl Response {
 /// Every response the tests received, to search them all for secrets at the end.
 pub type Seen = Arc<Mutex<Vec<u8>>>;
 
-/// A client of the page at `port`.
+/// A client of the page at `port`, over HTTPS when `tls` is set.
 #[derive(Clone)]
 pub struct Client {
     pub port: u16,
     pub seen: Seen,
+    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+}
+
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// A TLS client configuration that trusts only the CA in `ca_pem`.
+pub fn tls_trusting(ca_pem: &Path) -> Arc<tokio_rustls::rustls::ClientConfig> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(ca_pem).unwrap(),
+    )) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
@@ -127,14 +150,28 @@ impl Client {
         Client {
             port,
             seen: Arc::new(Mutex::new(Vec::new())),
+            tls: None,
+        }
+    }
+
+    fn connect(&self) -> Box<dyn Stream> {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the page");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        match &self.tls {
+            None => Box::new(s),
+            Some(cfg) => {
+                let name =
+                    tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+                let conn = tokio_rustls::rustls::ClientConnection::new(cfg.clone(), name).unwrap();
+                Box::new(tokio_rustls::rustls::StreamOwned::new(conn, s))
+            }
         }
     }
 
     /// Sends a raw request (the header block without the final empty line) and reads the
     /// whole response (the server closes: `Connection: close`).
     pub fn raw(&self, head: &str, body: &[u8]) -> Response {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the page");
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut s = self.connect();
         let mut req = format!(
             "{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
             body.len()
@@ -143,7 +180,17 @@ impl Client {
         req.extend_from_slice(body);
         s.write_all(&req).unwrap();
         let mut buf = Vec::new();
-        s.read_to_end(&mut buf).expect("read the response");
+        // A TLS peer that closes without close_notify is an error to rustls; what was
+        // read until then is the response.
+        let mut chunk = [0u8; 16384];
+        loop {
+            match s.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if buf.is_empty() => panic!("read the response: {e}"),
+                Err(_) => break,
+            }
+        }
         self.seen.lock().unwrap().extend_from_slice(&buf);
         let end = buf
             .windows(4)

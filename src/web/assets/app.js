@@ -46,6 +46,7 @@ function renderStatus(o) {
   const ph = $("#phase");
   ph.textContent = o.phase; ph.className = "phase " + o.phase;
   set("updated", "state of " + when(o.snapshot_unix));
+  $("#logout").hidden = !o.login;
   set("mailbox-total", num(o.mailboxes));
   const ul = $("#by-status"); ul.replaceChildren();
   for (const st of STATUSES) {
@@ -98,6 +99,7 @@ function bar(frac, cls) {
 
 async function getJSON(url) {
   const r = await fetch(url, { cache: "no-store" });
+  if (r.status === 401) { location.href = "/login"; throw new Error("logged out"); }
   if (!r.ok) throw new Error(url + ": " + r.status);
   return r.json();
 }
@@ -240,6 +242,11 @@ function init() {
   for (const b of document.querySelectorAll("#detail-controls button")) {
     b.addEventListener("click", () => control(b.dataset.action, [view.detail], $("#detail-result")));
   }
+  $("#logout").addEventListener("click", async () => {
+    try {
+      await fetch("/logout", { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" });
+    } finally { location.href = "/login"; }
+  });
   $("#detail-close").addEventListener("click", () => { view.detail = null; $("#detail").hidden = true; history.replaceState(null, "", "#"); });
   poll();
   loadTable();
