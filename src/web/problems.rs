@@ -11,8 +11,11 @@ use crate::spool::{MessageState, Spool};
 
 /// Items listed per mailbox; the rest are counted.
 pub const MAX_ITEMS: usize = 1000;
-/// Headers read from spooled copies per request, at most (each is a body read).
-const MAX_HEADER_READS: usize = 200;
+/// Headers read from spooled copies per request, at most (each is a body read), and only
+/// of copies up to [`MAX_HEADER_READ_BYTES`]: the page asks again every few seconds while
+/// a detail is open, and a mailbox's failures may be big messages.
+const MAX_HEADER_READS: usize = 100;
+const MAX_HEADER_READ_BYTES: u64 = 256 * 1024;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Item {
@@ -58,7 +61,10 @@ pub fn items(spool: &Spool, mailbox: &str) -> Items {
                     continue;
                 }
                 let (mut subject, mut sender) = (String::new(), String::new());
-                if rec.hash != [0; 32] && reads < MAX_HEADER_READS {
+                if rec.hash != [0; 32]
+                    && rec.size <= MAX_HEADER_READ_BYTES
+                    && reads < MAX_HEADER_READS
+                {
                     reads += 1;
                     if let Ok(body) = spool.get_body(&rec.hash) {
                         subject = header(&body, "subject").unwrap_or_default();

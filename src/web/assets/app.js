@@ -7,6 +7,7 @@ const $ = (s, root) => (root || document).querySelector(s);
 const view = { status: "", q: "", sort: "mailbox", order: "asc", page: 1, per_page: 100, detail: null };
 let pollTimer = null;
 let tableTimer = null;
+let lastDetail = 0;
 
 function el(tag, attrs, ...kids) {
   const e = document.createElement(tag);
@@ -142,6 +143,7 @@ async function loadTable() {
 
 async function openDetail(id) {
   view.detail = id;
+  lastDetail = Date.now();
   if (location.hash !== "#" + encodeURIComponent(id)) history.replaceState(null, "", "#" + encodeURIComponent(id));
   const base = "/api/mailboxes/" + encodeURIComponent(id);
   let d, folders, probs;
@@ -197,7 +199,11 @@ async function control(action, mailboxes, out) {
 
 function refreshSoon() {
   if (tableTimer) return;
-  tableTimer = setTimeout(() => { tableTimer = null; loadTable(); if (view.detail) openDetail(view.detail); }, 1000);
+  tableTimer = setTimeout(() => {
+    tableTimer = null; loadTable();
+    // The detail reads the spool's records (and some headers): not more than every 3 s.
+    if (view.detail && Date.now() - lastDetail > 3000) openDetail(view.detail);
+  }, 1000);
 }
 
 async function poll() {
