@@ -36,7 +36,7 @@ pub const ENV_PREFIX: &str = "CUTOVER_";
 /// or `CUTOVER_CONFIG` (used by the command line) share the prefix but are not
 /// configuration keys; without this filter `deny_unknown_fields` would reject them.
 /// A new section must be added here to be overridable from the environment.
-const ENV_SECTIONS: [&str; 5] = ["spool", "source", "upstream", "sync", "cutover"];
+const ENV_SECTIONS: [&str; 6] = ["spool", "source", "upstream", "sync", "cutover", "web"];
 const ENV_TOP_KEYS: [&str; 1] = ["mailboxes"];
 
 /// Why the configuration could not be loaded, or credentials could not be built.
@@ -156,6 +156,9 @@ pub struct Config {
     /// `[cutover]`: the MX watch that ends the migration (see [`crate::cutover`]).
     #[serde(default)]
     pub cutover: crate::cutover::CutoverConfig,
+    /// `[web]`: the status page of `cutover run` (see [`crate::web`]).
+    #[serde(default)]
+    pub web: crate::web::WebConfig,
     /// The file this was loaded from (absolute if it was given as such); not a key.
     #[serde(skip)]
     pub file: PathBuf,
@@ -592,6 +595,16 @@ impl Config {
         };
         resolve(&mut self.mailboxes);
         resolve(&mut self.spool.path);
+        for p in [
+            &mut self.web.password_file,
+            &mut self.web.tls_cert,
+            &mut self.web.tls_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(p);
+        }
         for server in [&mut self.source, &mut self.upstream] {
             for p in [
                 &mut server.tls_ca_file,
@@ -768,6 +781,13 @@ impl Config {
             .map_err(|(key, message)| ConfigError::Invalid {
                 origin: origin(figment, &format!("cutover.{key}"), &self.file),
                 key: format!("cutover.{key}"),
+                message,
+            })?;
+        self.web
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                origin: origin(figment, &format!("web.{key}"), &self.file),
+                key: format!("web.{key}"),
                 message,
             })?;
         Ok(())
@@ -1188,6 +1208,8 @@ host = "outlook.office365.com"
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
         let c = Config::load_with_env(&p, no_env()).unwrap();
         assert_eq!(c.upstream.host, "outlook.office365.com");
+        assert!(c.web.enabled);
+        assert_eq!(c.web.listen, "127.0.0.1:8080");
         let text = fs::read_to_string(&p).unwrap();
         for key in [
             "mailboxes",
@@ -1218,6 +1240,11 @@ host = "outlook.office365.com"
             "max_delete_percent",
             "max_connections_per_user",
             "domains",
+            "listen",
+            "enabled",
+            "password_file",
+            "tls_cert",
+            "tls_key",
             "mx_suffix",
             "resolver",
             "check_interval",

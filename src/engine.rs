@@ -603,6 +603,12 @@ impl Engine {
                         )));
                     }
                     let rate = limiter.on_throttle(pause);
+                    crate::metrics::get().throttle(
+                        mailbox,
+                        chrono::Utc::now().timestamp(),
+                        pause.as_millis() as u64,
+                        &text,
+                    );
                     tracing::warn!(
                         mailbox,
                         backoff_ms = pause.as_millis() as u64,

@@ -372,6 +372,10 @@ impl TokenProvider {
                     expires_in = t.expires_in.as_secs(),
                     "obtained an OAuth token for the destination"
                 );
+                crate::metrics::get().oauth_token_expiry.set(
+                    chrono::Utc::now().timestamp()
+                        + i64::try_from(t.expires_in.as_secs()).unwrap_or(i64::MAX / 2),
+                );
                 st.token = Some((t.access_token.clone(), refresh_at));
                 st.error = None;
                 st.fetched += 1;

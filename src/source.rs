@@ -414,6 +414,7 @@ async fn read_folder(
                  (by INTERNALDATE across folders) are copied; this one is from {date}",
                 ctx.limits.max_items
             );
+            crate::metrics::get().skip(crate::metrics::SkipReason::ItemLimit, 1);
             skipped.push(skipped_record(&m, uid, size, reason));
             continue;
         }
@@ -458,6 +459,7 @@ async fn read_folder(
                 m.internal_date.as_deref().unwrap_or("?"),
                 subjects.get(&uid).map(String::as_str).unwrap_or("")
             );
+            crate::metrics::get().skip(crate::metrics::SkipReason::TooBig, 1);
             skipped.push(skipped_record(&m, uid, size, reason));
         }
     }
@@ -601,6 +603,7 @@ async fn read_folder(
         if let Some(e) = spool_err {
             return Err(e.into());
         }
+<<<<<<< HEAD
         // Over the response limit, the client read the body off the wire and dropped it.
         for (uid, n) in &fetched.too_large {
             if !too_big.iter().any(|(u, _, _)| u == uid) {
@@ -622,6 +625,12 @@ async fn read_folder(
             ));
             records.push(skipped_record(m, uid, size, reason));
         }
+=======
+        crate::metrics::get().skip(
+            crate::metrics::SkipReason::LineTooLong,
+            long_lines.len() as u64,
+        );
+>>>>>>> h6-web
         for line in long_lines {
             tracing::warn!(mailbox, "{line}");
             report.skipped += 1;
@@ -665,6 +674,10 @@ async fn read_folder(
             .map(|r| r.size)
             .sum::<u64>();
         spool.record_new(mailbox, &folder.name, info.uidvalidity, &records)?;
+        let m = crate::metrics::get();
+        m.source_fetched.inc_by(records.len() as u64);
+        m.source_fetched_bytes
+            .inc_by(records.iter().map(|r| r.size).sum::<u64>());
         for ((old_uv, old_uid), rec) in &carries {
             spool.carry(
                 mailbox,

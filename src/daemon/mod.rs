@@ -104,6 +104,7 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
     let cutover = cfg.cutover.clone();
     let per_user = cfg.source.max_connections_per_user;
     let max_passes = cfg.source.max_connections.max(1);
+    let web = cfg.web.clone();
     let engine = Arc::new(open_engine(cfg).await?);
     crate::cli::adopt_spool_ids(&engine.spool, &mut accounts)?;
     // Compresses the bodies spooled raw while the daemon waits between passes.
@@ -119,6 +120,14 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
         &cutover,
         now_ms(),
     )?;
+
+    // The status page reads what the loop publishes here, where it writes status.json.
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(sched.snapshot(now_ms())));
+    let _page = crate::web::start(
+        &web,
+        crate::web::Shared::new(snap_rx, engine.spool.clone(), engine.config.clone()),
+    )
+    .await;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (mx_tx, mut mx_rx) = mpsc::channel(64);
@@ -136,7 +145,7 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
     let mut aborts: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
 
     let notifier = Notifier::from_env();
-    write_snapshot(&snapshot_path, &sched);
+    write_snapshot(&snapshot_path, &sched, &snap_tx);
     tracing::info!(
         mailboxes = accounts.len(),
         interval = %crate::duration::format(interval),
@@ -269,7 +278,7 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
         if (sched.dirty && last_snapshot.elapsed() >= TICK)
             || last_snapshot.elapsed() >= SNAPSHOT_EVERY
         {
-            write_snapshot(&snapshot_path, &sched);
+            write_snapshot(&snapshot_path, &sched, &snap_tx);
             sched.dirty = false;
             last_snapshot = Instant::now();
             let line = sched.status_line();
@@ -287,7 +296,7 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
         sched.abandon(&mailbox, now_ms());
     }
     sched.close_all(now_ms());
-    write_snapshot(&snapshot_path, &sched);
+    write_snapshot(&snapshot_path, &sched, &snap_tx);
     engine.spool.flush()?;
     tracing::info!("{}; stopped", sched.status_line());
     Ok(true)
@@ -334,8 +343,11 @@ async fn pass(
     }
 }
 
-fn write_snapshot(path: &Path, sched: &Scheduler) {
-    if let Err(e) = report::write_snapshot(path, &sched.snapshot(now_ms())) {
+fn write_snapshot(path: &Path, sched: &Scheduler, page: &watch::Sender<Arc<report::Snapshot>>) {
+    let snap = sched.snapshot(now_ms());
+    let write = report::write_snapshot(path, &snap);
+    page.send_replace(Arc::new(snap));
+    if let Err(e) = write {
         tracing::warn!(file = %path.display(), error = %e, "cannot write the status snapshot");
     }
 }

@@ -393,6 +393,7 @@ impl BatchContext<'_> {
                     tracing::error!(mailbox = self.mailbox, folder = self.folder, uid = r.uid,
                         %reason, "message not sent");
                     report.failed += 1;
+                    crate::metrics::get().failed.inc();
                     report
                         .errors
                         .push(format!("folder {:?} UID {}: {reason}", self.folder, r.uid));
@@ -520,6 +521,8 @@ impl BatchContext<'_> {
                 AppendOutcome::Appended { uidvalidity, uid } => {
                     report.appended += 1;
                     report.bytes += r.size;
+                    crate::metrics::get().appended.inc();
+                    crate::metrics::get().appended_bytes.inc_by(r.size);
                     Settle::Appended {
                         dest_uidvalidity: uidvalidity,
                         dest_uid: uid,
@@ -529,6 +532,8 @@ impl BatchContext<'_> {
                 AppendOutcome::AppendedNoUid => {
                     report.appended += 1;
                     report.bytes += r.size;
+                    crate::metrics::get().appended.inc();
+                    crate::metrics::get().appended_bytes.inc_by(r.size);
                     Settle::Appended {
                         dest_uidvalidity: claim.dest_uidvalidity,
                         dest_uid: 0,
@@ -566,6 +571,7 @@ impl BatchContext<'_> {
                     let refusal = Refusal::of(kind, code.as_ref(), &text, body);
                     let reason = refusal.reason(dest, r, body, kind, &text);
                     if refusal.permanent {
+                        crate::metrics::get().skip(crate::metrics::SkipReason::Refused, 1);
                         tracing::warn!(mailbox, folder, uid = r.uid, %reason, "message skipped");
                         report.skipped_details.push(format!(
                             "folder {folder:?} UID {}: skipped: {reason}",
@@ -573,6 +579,7 @@ impl BatchContext<'_> {
                         ));
                     } else {
                         report.failed += 1;
+                        crate::metrics::get().failed.inc();
                         tracing::warn!(mailbox, folder, uid = r.uid, %reason, "message not appended");
                         report
                             .errors
