@@ -65,7 +65,6 @@ enum Command {
         #[arg(long)]
         mailbox: Vec<String>,
     },
-<<<<<<< HEAD
     /// Pause the named mailboxes, or the whole migration: no pass runs (a running one
     /// stops) until `resume`. Kept across restarts.
     Pause {
@@ -85,11 +84,9 @@ enum Command {
         #[arg(long)]
         mailbox: Vec<String>,
     },
-=======
     /// Set the status page's password: its argon2 hash goes to `[web] password_file`
     /// (the password is read from standard input).
     WebPassword,
->>>>>>> h6-web
     /// Start a local source and destination Dovecot with sample mailboxes and migrate them.
     Demo {
         /// Keep the demo servers running until Ctrl-C, to look at them.
@@ -172,7 +169,6 @@ fn main() -> ExitCode {
             Command::RetryErrors { mailbox } => {
                 cutover::daemon::commands::retry_errors(&cli.config, &mailbox).await
             }
-<<<<<<< HEAD
             Command::Pause { mailbox } => {
                 cutover::daemon::commands::pause(&cli.config, &mailbox, true).await
             }
@@ -182,9 +178,7 @@ fn main() -> ExitCode {
             Command::SyncNow { mailbox } => {
                 cutover::daemon::commands::sync_now(&cli.config, &mailbox).await
             }
-=======
             Command::WebPassword => cutover::web::password::run(&cli.config),
->>>>>>> h6-web
             Command::Demo { keep } => cutover::demo::run(keep).await,
         }
     });

@@ -603,13 +603,17 @@ async fn read_folder(
         if let Some(e) = spool_err {
             return Err(e.into());
         }
-<<<<<<< HEAD
+        crate::metrics::get().skip(
+            crate::metrics::SkipReason::LineTooLong,
+            long_lines.len() as u64,
+        );
         // Over the response limit, the client read the body off the wire and dropped it.
         for (uid, n) in &fetched.too_large {
             if !too_big.iter().any(|(u, _, _)| u == uid) {
                 too_big.push((*uid, *n, String::new()));
             }
         }
+        crate::metrics::get().skip(crate::metrics::SkipReason::TooBig, too_big.len() as u64);
         for (uid, size, subject) in too_big {
             let Some(m) = listed.get(&uid) else { continue };
             let reason = format!(
@@ -625,12 +629,6 @@ async fn read_folder(
             ));
             records.push(skipped_record(m, uid, size, reason));
         }
-=======
-        crate::metrics::get().skip(
-            crate::metrics::SkipReason::LineTooLong,
-            long_lines.len() as u64,
-        );
->>>>>>> h6-web
         for line in long_lines {
             tracing::warn!(mailbox, "{line}");
             report.skipped += 1;

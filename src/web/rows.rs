@@ -91,6 +91,7 @@ pub fn waiting_on(r: &MailboxRow, c: &Counts, throttled_until: Option<i64>) -> S
             None => "cutover".into(),
         },
         Some(Status::Completed) => "nothing to do (completed)".into(),
+        Some(Status::Stopped) => "paused by the admin (resume to go on)".into(),
         Some(Status::Synced) if c.failed > 0 || r.items_failed > 0 => {
             "failed items (retry errors)".into()
         }
