@@ -417,6 +417,65 @@ impl Spool {
         Ok(out)
     }
 
+    /// Returns the records of one folder generation with UIDs `lo..=hi`, in ascending UID
+    /// order.
+    pub fn messages_between(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+        lo: u32,
+        hi: u32,
+    ) -> Result<Vec<MessageRecord>> {
+        let prefix = generation_prefix(mailbox, folder, uidvalidity)?;
+        let start = chunk_key(&prefix, chunk_of(lo));
+        let end = chunk_key(&prefix, chunk_of(hi));
+        let mut out = Vec::new();
+        for item in self.messages.range(start.as_slice()..=end.as_slice()) {
+            let (key, value) = item?;
+            out.extend(
+                decode_chunk(&key, &value)?
+                    .into_iter()
+                    .filter(|r| r.uid >= lo && r.uid <= hi),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Returns the records of these UIDs (those the spool has) of one folder generation,
+    /// in ascending UID order, reading each chunk once.
+    pub fn messages_of(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+        uids: &[u32],
+    ) -> Result<Vec<MessageRecord>> {
+        let prefix = generation_prefix(mailbox, folder, uidvalidity)?;
+        let mut wanted: Vec<u32> = uids.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < wanted.len() {
+            let chunk = chunk_of(wanted[i]);
+            let key = chunk_key(&prefix, chunk);
+            let recs = match self.messages.get(&key)? {
+                Some(value) => decode_chunk(&key, &value)?,
+                None => Vec::new(),
+            };
+            let mut recs = recs.into_iter().peekable();
+            while i < wanted.len() && chunk_of(wanted[i]) == chunk {
+                while recs.next_if(|r| r.uid < wanted[i]).is_some() {}
+                if let Some(r) = recs.next_if(|r| r.uid == wanted[i]) {
+                    out.push(r);
+                }
+                i += 1;
+            }
+        }
+        Ok(out)
+    }
+
     /// Calls `f` on every record of the mailbox (all folders and generations; folder
     /// name and UIDVALIDITY with it), a chunk at a time, until `f` says stop (`false`).
     fn for_each_record(

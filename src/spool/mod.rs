@@ -55,6 +55,7 @@
 //! segment file, so it can be cut out and inspected with the `zstd` tool if ever needed;
 //! a body not compressed yet is its bytes and their CRC-32.
 
+mod blocking;
 mod body_index;
 mod body_log;
 mod chunks;
