@@ -210,6 +210,40 @@ async fn push_generation(
     opts: &UpstreamOptions,
     report: &mut PushReport,
 ) -> Result<(), UpstreamError> {
+    // Every uncertain APPEND of the generation is settled before anything is sent:
+    // recovery pairs what it finds at the destination with what nobody owns yet, which
+    // new APPENDs must not change under it. Only those records are held.
+    let mut uncertain = Vec::new();
+    let mut from = 0u32;
+    loop {
+        let records = records_from(spool, mailbox, folder, uv, from, RANGE_RECORDS).await?;
+        let Some(last) = records.last().map(|r| r.uid) else {
+            break;
+        };
+        uncertain.extend(
+            records
+                .into_iter()
+                .filter(|r| matches!(r.state, crate::spool::MessageState::Appending { .. })),
+        );
+        match last.checked_add(1) {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    if !uncertain.is_empty() {
+        report.recovered += recover::recover(
+            client,
+            spool,
+            mailbox,
+            folder,
+            uv,
+            &uncertain,
+            opts.session_timeout,
+            report,
+        )
+        .await?;
+    }
+    drop(uncertain);
     let mut from = 0u32;
     loop {
         let records = records_from(spool, mailbox, folder, uv, from, RANGE_RECORDS).await?;
@@ -243,27 +277,9 @@ async fn push_range(
     opts: &UpstreamOptions,
     report: &mut PushReport,
     from: u32,
-    mut records: Vec<MessageRecord>,
+    records: Vec<MessageRecord>,
 ) -> Result<(), UpstreamError> {
     let count = records.len();
-    if records
-        .iter()
-        .any(|r| matches!(r.state, crate::spool::MessageState::Appending { .. }))
-    {
-        report.recovered += recover::recover(
-            client,
-            spool,
-            mailbox,
-            folder,
-            uv,
-            &records,
-            opts.session_timeout,
-            report,
-        )
-        .await?;
-        // Reload: recovery changed states.
-        records = records_from(spool, mailbox, folder, uv, from, count).await?;
-    }
     let ctx = BatchContext {
         spool,
         mailbox,
