@@ -121,6 +121,11 @@ struct Settings {
     throttle: Option<ThrottleSettings>,
     /// Where the tools' own state goes (cutover's spool, mbsync's SyncState).
     state: StateDir,
+    /// `BENCH_SIZE=small`: every message 0.5-3 KiB of text, none large (the scale runs:
+    /// many messages, little data).
+    small: bool,
+    /// `BENCH_FOLDERS=inbox`: every message in INBOX (one big folder).
+    inbox_only: bool,
 }
 
 /// A new directory for the tools' own state, under `BENCH_STATE_DIR` (default
@@ -326,6 +331,8 @@ impl Settings {
         Ok(Settings {
             users,
             messages,
+            small: env_str("BENCH_SIZE").as_deref() == Some("small"),
+            inbox_only: env_str("BENCH_FOLDERS").as_deref() == Some("inbox"),
             seed: env_num("BENCH_SEED", 20_250_301)?,
             repeat: (env_num("BENCH_REPEAT", 3)? as usize).max(1),
             tools,
@@ -749,7 +756,7 @@ fn make_message(
 fn user_messages(s: &Settings, u: usize, user: &User) -> Vec<Message> {
     let mut rng = StdRng::seed_from_u64(s.seed ^ ((u as u64 + 1) << 32));
     let n = s.messages;
-    let large_count = (n * 2 + 50) / 100;
+    let large_count = if s.small { 0 } else { (n * 2 + 50) / 100 };
     let mut large = vec![false; n];
     for i in rand::seq::index::sample(&mut rng, n, large_count) {
         large[i] = true;
@@ -760,19 +767,25 @@ fn user_messages(s: &Settings, u: usize, user: &User) -> Vec<Message> {
     (0..n)
         .map(|i| {
             let mut r = rng.gen_range(0..total_weight);
-            let folder = FOLDERS
-                .iter()
-                .position(|(_, w)| {
-                    if r < *w {
-                        true
-                    } else {
-                        r -= w;
-                        false
-                    }
-                })
-                .unwrap_or(0);
+            let folder = if s.inbox_only {
+                0
+            } else {
+                FOLDERS
+                    .iter()
+                    .position(|(_, w)| {
+                        if r < *w {
+                            true
+                        } else {
+                            r -= w;
+                            false
+                        }
+                    })
+                    .unwrap_or(0)
+            };
             let size = if large[i] {
                 rng.gen_range(MIB / 5..=2 * MIB)
+            } else if s.small {
+                rng.gen_range(KIB / 2..=3 * KIB)
             } else {
                 rng.gen_range(2 * KIB..=50 * KIB)
             };
@@ -1022,7 +1035,18 @@ fn run_jobs(jobs: &[Job], timeout: Duration) -> Result<Measure> {
         }
     }
     let mut last_exit = start;
+    let mut samples: Vec<u64> = Vec::new();
+    let mut next_sample = start;
     loop {
+        if Instant::now() >= next_sample {
+            let pids: Vec<u32> = children
+                .iter()
+                .filter(|(_, st)| st.is_none())
+                .map(|(c, _)| c.id())
+                .collect();
+            samples.push(pids.iter().map(|p| tool_rss_kib(*p)).sum());
+            next_sample += Duration::from_secs(1);
+        }
         let mut running = 0;
         for (c, status) in &mut children {
             if status.is_none() {
@@ -1056,6 +1080,21 @@ fn run_jobs(jobs: &[Job], timeout: Duration) -> Result<Measure> {
         std::thread::sleep(Duration::from_millis(2));
     }
     let wall = last_exit - start;
+    if samples.len() >= 3 {
+        // RSS of the tool's processes (summed) once a second, to show whether it grows
+        // with the run or stays flat.
+        let step = samples.len().div_ceil(40);
+        let series: Vec<String> = samples
+            .iter()
+            .step_by(step)
+            .map(|k| format!("{:.0}", mib(*k)))
+            .collect();
+        println!(
+            "  {}: RSS MiB every {step} s: {}",
+            jobs.first().map_or("", |j| j.label.as_str()),
+            series.join(" ")
+        );
+    }
     let machine_cpu_secs = match (busy_before, cpu_jiffies()) {
         (Some((b0, _)), Some((b1, _))) => b1.saturating_sub(b0) as f64 / clock_ticks(),
         _ => 0.0,
@@ -1836,6 +1875,26 @@ fn measure_tool(
             .with_context(|| format!("{} {} failed", tool.name(), phase.name()))?;
         let first = round == 0 && phase == Phase::Initial;
         verify(tool, phase, &tb.dest, users, s, source_vsize, first)?;
+        if tool == Tool::Cutover {
+            let spool = s
+                .state
+                .join(&format!("bench-cutover-{round}"))
+                .join("spool");
+            let bytes = du_bytes(&spool);
+            let (n, src) = (
+                (s.users * s.messages) as f64,
+                source_vsize.iter().sum::<u64>() as f64,
+            );
+            println!(
+                "  round {}: cutover spool after the {}: {:.1} MB on disk, {:.3} x the \
+                 messages' bytes, or 1.1 x them + {:.0} bytes per message",
+                round + 1,
+                phase.name(),
+                bytes as f64 / 1e6,
+                bytes as f64 / src.max(1.0),
+                (bytes as f64 - 1.1 * src) / n.max(1.0),
+            );
+        }
         println!(
             "  round {}: {:<7} {:<16} {:>7.2} s, CPU {:.2} s (machine {:.2} s), peak RSS {:.1} \
              MiB; all {} messages of every user at the destination",
@@ -1856,6 +1915,37 @@ fn measure_tool(
         });
     }
     Ok(())
+}
+
+/// VmRSS (KiB) of the children of process `pid` (the tool under /usr/bin/time).
+fn tool_rss_kib(pid: u32) -> u64 {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    children
+        .split_whitespace()
+        .filter_map(|c| {
+            let status = std::fs::read_to_string(format!("/proc/{c}/status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Bytes of the files under `path`.
+fn du_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += du_bytes(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 /// Clock ticks per second, the unit of /proc/stat.

@@ -44,7 +44,11 @@ else
     copies=$(( 2 * (1 + $(num "${BENCH_REPEAT:-}" 3)) ))
     throttle=$(num "${BENCH_THROTTLE_MESSAGES:-}" 1000)
     [ "$throttle" -le "$per_user" ] || throttle=$per_user
-    need_kb=$(( (users * per_user * copies + 2 * throttle) * 50 * 5 / 4 ))
+    # About 50 KB per seeded message, 8 KB with BENCH_SIZE=small (a file of 0.5-3 KiB
+    # takes whole pages, plus the servers' indexes).
+    per_msg_kb=50
+    [ "${BENCH_SIZE:-}" != small ] || per_msg_kb=8
+    need_kb=$(( (users * per_user * copies + 2 * throttle) * per_msg_kb * 5 / 4 ))
     shm_fs=$(fstype /dev/shm)
     shm_avail_kb=$(df -k --output=avail /dev/shm 2>/dev/null | tail -n 1 | tr -d ' ' || true)
     if [ "$shm_fs" != tmpfs ]; then

@@ -334,33 +334,333 @@ async fn read_folder(
         tracing::warn!(mailbox, folder = %folder.name, was = state.highestmodseq,
             now = info.highestmodseq, "HIGHESTMODSEQ went backwards; reading the whole folder");
     }
-    let mut meta = if info.exists == 0 {
-        Vec::new()
+    // Which UIDs the source still has, when deletes are propagated. A FETCH with
+    // CHANGEDSINCE shows only the changed messages (expunges do not show at all), and even
+    // a FETCH of 1:* is no proof of absence: a response that cannot be parsed is skipped.
+    // UID SEARCH ALL answers with nothing but the UIDs.
+    let present: Option<HashSet<u32>> = if deletes.propagate && same_generation {
+        Some(client.uid_search_all().await?.into_iter().collect())
     } else {
-        client.uid_fetch_meta("1:*", changed_since).await?
+        None
     };
-    // New mail must never hang on CHANGEDSINCE alone: what arrived since the last read
-    // (UIDs from the old UIDNEXT) is asked for by UID as well.
-    if changed_since.is_some() && info.uidnext > state.uidnext && state.uidnext > 0 {
-        let set = format!("{}:*", state.uidnext);
-        meta.extend(
-            client
-                .uid_fetch_meta(&set, None)
-                .await?
-                .into_iter()
-                .filter(|m| m.uid.is_some_and(|u| u >= state.uidnext)),
-        );
+    // The folder is listed, compared with the spool and fetched one window of UIDs at a
+    // time (see [`Windows`]): what is held is bounded by the window, not the folder.
+    let mut windows = Windows::open(client, &info, state.uidnext, changed_since).await?;
+    let mut listed: Vec<u32> = Vec::new();
+    let mut announced = false;
+    let mut ramp = 0u32;
+    let beyond = ctx.beyond.get(&folder.name);
+    while let Some(meta) = windows.next(client).await? {
+        let uids: Vec<u32> = meta.iter().filter_map(|m| m.uid).collect();
+        if changed_since.is_none() {
+            listed.extend(&uids);
+        }
+        let mut have: HashMap<u32, MessageRecord> = spool
+            .messages_of(mailbox, &folder.name, info.uidvalidity, &uids)?
+            .into_iter()
+            .map(|r| (r.uid, r))
+            .collect();
+        let mut wanted: Vec<FetchData> = Vec::new();
+        let mut oversized: Vec<FetchData> = Vec::new();
+        let mut skipped: Vec<MessageRecord> = Vec::new();
+        let mut updates = Vec::new();
+        for m in meta {
+            let Some(uid) = m.uid else { continue };
+            if let Some(rec) = have.remove(&uid) {
+                if m.flags.is_none() {
+                    continue;
+                }
+                let flags = m.flags.clone().unwrap_or_default();
+                if flags != rec.flags {
+                    report.flag_changes += 1;
+                    updates.push((uid, flags));
+                }
+                continue;
+            }
+            let size = m.size.unwrap_or(0) as u64;
+            if beyond.is_some_and(|b| b.contains(&uid)) {
+                let date = m.internal_date.clone().unwrap_or_default();
+                let reason = format!(
+                    "over max_items_per_mailbox ({}): only the newest messages of the mailbox \
+                     (by INTERNALDATE across folders) are copied; this one is from {date}",
+                    ctx.limits.max_items
+                );
+                crate::metrics::get().skip(crate::metrics::SkipReason::ItemLimit, 1);
+                skipped.push(skipped_record(&m, uid, size, reason));
+                continue;
+            }
+            if size > opts.max_message_bytes {
+                crate::metrics::get().skip(crate::metrics::SkipReason::TooBig, 1);
+                oversized.push(m);
+                continue;
+            }
+            wanted.push(m);
+        }
+        if !oversized.is_empty() {
+            // Name them for the admin: the Subject header only, not the body.
+            let uids: Vec<u32> = oversized.iter().filter_map(|m| m.uid).collect();
+            let subjects: HashMap<u32, String> = match client.uid_fetch_subjects(&uids).await {
+                Ok(v) => v.into_iter().collect(),
+                Err(e) if e.is_transient() => return Err(e.into()),
+                Err(_) => HashMap::new(),
+            };
+            for m in oversized {
+                let uid = m.uid.unwrap_or(0);
+                let size = m.size.unwrap_or(0) as u64;
+                let reason = format!(
+                    "{size} bytes, over max_message_bytes ({}); date {}; subject {:?}",
+                    opts.max_message_bytes,
+                    m.internal_date.as_deref().unwrap_or("?"),
+                    subjects.get(&uid).map(String::as_str).unwrap_or("")
+                );
+                skipped.push(skipped_record(&m, uid, size, reason));
+            }
+        }
+        for rec in &skipped {
+            if let MessageState::Skipped { reason } = &rec.state {
+                tracing::warn!(mailbox, folder = %folder.name, uid = rec.uid, %reason, "message skipped");
+                report.skipped_details.push(format!(
+                    "folder {:?} UID {}: skipped: {reason}",
+                    folder.name, rec.uid
+                ));
+            }
+        }
+        report.skipped += skipped.len() as u64;
+        spool.record_new(mailbox, &folder.name, info.uidvalidity, &skipped)?;
+        spool.set_source_flags(mailbox, &folder.name, info.uidvalidity, &updates)?;
+
+        // Fetch the bodies in batches bounded by bytes and count. The first batches of a
+        // folder are small and double in size, so that the upstream can start on the first
+        // messages while the rest are fetched, rather than wait for a whole batch.
+        if !wanted.is_empty() && !announced {
+            announced = true;
+            // Make the folder known to the upstream now, not when all of it is read, so that
+            // it can push the first batches while the source fetches the rest. Until the read
+            // completes, a new generation records no UIDNEXT or HIGHESTMODSEQ: a run that
+            // stops half-way reads the folder in full next time.
+            let mut early = state.clone();
+            if !same_generation {
+                early.uidvalidity = info.uidvalidity;
+                early.uidnext = 0;
+                early.highestmodseq = 0;
+            }
+            put_folder_keeping_dest(spool, mailbox, &mut early)?;
+            on_progress(Progress::Fetching);
+        }
+        let mut start = 0;
+        while start < wanted.len() {
+            let max_bytes = opts.fetch_batch_bytes.min(FIRST_BATCH_BYTES << ramp);
+            let max_count = opts.fetch_batch_count.min(FIRST_BATCH_COUNT << ramp);
+            ramp = (ramp + 1).min(16);
+            let mut end = start;
+            let mut bytes = 0u64;
+            while end < wanted.len()
+                && (end == start
+                    || (bytes + wanted[end].size.unwrap_or(0) as u64 <= max_bytes
+                        && end - start < max_count))
+            {
+                bytes += wanted[end].size.unwrap_or(0) as u64;
+                end += 1;
+            }
+            let uids: Vec<u32> = wanted[start..end].iter().filter_map(|m| m.uid).collect();
+            // What the listing said of them: a server may send INTERNALDATE and FLAGS in
+            // another response than the body, or not again with it.
+            let listed: HashMap<u32, &FetchData> = wanted[start..end]
+                .iter()
+                .filter_map(|m| m.uid.map(|u| (u, m)))
+                .collect();
+            let mut records = Vec::with_capacity(uids.len());
+            let mut carries: Vec<((u32, u32), MessageRecord)> = Vec::new();
+            let mut spool_err = None;
+            let mut long_lines: Vec<String> = Vec::new();
+            // Bodies over max_message_bytes though announced smaller: UID, size, subject.
+            let mut too_big: Vec<(u32, u64, String)> = Vec::new();
+            let fetched = client
+                .uid_fetch_bodies(&uids, |f| {
+                    let (Some(uid), Some(body)) = (f.uid, f.body) else {
+                        return Ok(());
+                    };
+                    // RFC822.SIZE is only an estimate on some servers: the size that counts
+                    // is the body's.
+                    if body.len() as u64 > opts.max_message_bytes {
+                        let subject =
+                            crate::imap::response::header_value(header_block(&body), "subject")
+                                .unwrap_or_default();
+                        too_big.push((uid, body.len() as u64, subject));
+                        return Ok(());
+                    }
+                    // Scanning every byte costs ~4 % of a copy: only when asked.
+                    let max = ctx.limits.max_line_length;
+                    let longest = if max > 0 { longest_line(&body) } else { 0 };
+                    let too_long = (max > 0 && longest > max).then(|| {
+                        let subject =
+                            crate::imap::response::header_value(header_block(&body), "subject")
+                                .unwrap_or_default();
+                        format!(
+                            "has a line of {longest} characters, over max_line_length ({max}; \
+                             Exchange Online refuses longer lines); date {}; subject {subject:?}; \
+                             {} bytes",
+                            f.internal_date.as_deref().unwrap_or("?"),
+                            body.len()
+                        )
+                    });
+                    let size = body.len() as u64;
+                    // A body the upstream will send is also handed to it in memory.
+                    let spooled = match too_long {
+                        Some(_) => spool.put_body(&body),
+                        None => spool.put_body_kept(body),
+                    };
+                    let listed = listed.get(&uid);
+                    let (internal_date, internal_ts) = match (f.internal_date, f.internal_ts) {
+                        (Some(d), ts) => (d, ts.unwrap_or(0)),
+                        (None, _) => (
+                            listed
+                                .and_then(|m| m.internal_date.clone())
+                                .unwrap_or_default(),
+                            listed.and_then(|m| m.internal_ts).unwrap_or(0),
+                        ),
+                    };
+                    let flags = f
+                        .flags
+                        .or_else(|| listed.and_then(|m| m.flags.clone()))
+                        .unwrap_or_default();
+                    match spooled {
+                        Ok(hash) => {
+                            let mut rec = MessageRecord {
+                                uid,
+                                hash,
+                                size,
+                                internal_date,
+                                internal_ts,
+                                flags,
+                                state: MessageState::Spooled,
+                            };
+                            if let Some(old) = carried.take(&hash, internal_ts) {
+                                carries.push((old, rec));
+                                return Ok(());
+                            }
+                            if let Some(reason) = too_long {
+                                long_lines.push(format!(
+                                    "folder {:?} UID {uid}: skipped: {reason}",
+                                    folder.name
+                                ));
+                                rec.state = MessageState::Skipped { reason };
+                            }
+                            records.push(rec);
+                        }
+                        Err(e) => spool_err = Some(e),
+                    }
+                    Ok(())
+                })
+                .await?;
+            if let Some(e) = spool_err {
+                return Err(e.into());
+            }
+            crate::metrics::get().skip(
+                crate::metrics::SkipReason::LineTooLong,
+                long_lines.len() as u64,
+            );
+            // Over the response limit, the client read the body off the wire and dropped it.
+            for (uid, n) in &fetched.too_large {
+                if !too_big.iter().any(|(u, _, _)| u == uid) {
+                    too_big.push((*uid, *n, String::new()));
+                }
+            }
+            crate::metrics::get().skip(crate::metrics::SkipReason::TooBig, too_big.len() as u64);
+            for (uid, size, subject) in too_big {
+                let Some(m) = listed.get(&uid) else { continue };
+                let reason = format!(
+                    "{size} bytes, over max_message_bytes ({}), though the server announced {} \
+                     bytes; date {}; subject {subject:?}",
+                    opts.max_message_bytes,
+                    m.size.unwrap_or(0),
+                    m.internal_date.as_deref().unwrap_or("?"),
+                );
+                long_lines.push(format!(
+                    "folder {:?} UID {uid}: skipped: {reason}",
+                    folder.name
+                ));
+                records.push(skipped_record(m, uid, size, reason));
+            }
+            for line in long_lines {
+                tracing::warn!(mailbox, "{line}");
+                report.skipped += 1;
+                report.skipped_details.push(line);
+            }
+            if records.len() + carries.len() < uids.len() {
+                let got: HashSet<u32> = records
+                    .iter()
+                    .map(|r| r.uid)
+                    .chain(carries.iter().map(|(_, r)| r.uid))
+                    .collect();
+                for uid in uids.iter().filter(|u| !got.contains(u)) {
+                    // Why, where the client could tell: a response it could not read, or a
+                    // body over the response limit. Otherwise the message went away meanwhile.
+                    let why = fetched
+                        .unreadable
+                        .iter()
+                        .find(|(u, _)| *u == Some(*uid))
+                        .map(|(_, why)| format!("its FETCH response could not be read ({why})"))
+                        .or_else(|| {
+                            fetched
+                                .too_large
+                                .iter()
+                                .find(|(u, _)| u == uid)
+                                .map(|(_, n)| {
+                                    format!("its body of {n} bytes is over the response limit")
+                                })
+                        })
+                        .unwrap_or_else(|| {
+                            "the source returned no body (expunged meanwhile?)".into()
+                        });
+                    tracing::warn!(mailbox, folder = %folder.name, uid, "{why}; tried again on the next pass");
+                    report.errors.push(format!(
+                        "folder {:?} UID {uid}: {why}; not copied yet, tried again on the next pass",
+                        folder.name
+                    ));
+                }
+            }
+            report.new_messages += (records.len() + carries.len()) as u64;
+            report.new_bytes += records
+                .iter()
+                .chain(carries.iter().map(|(_, r)| r))
+                .map(|r| r.size)
+                .sum::<u64>();
+            let counters = crate::metrics::get();
+            counters.source_fetched.inc_by(records.len() as u64);
+            counters
+                .source_fetched_bytes
+                .inc_by(records.iter().map(|r| r.size).sum::<u64>());
+            // Its fsync waits for the disk: off the runtime's thread.
+            let (m, f, uv) = (mailbox.to_string(), folder.name.clone(), info.uidvalidity);
+            spool
+                .run_blocking(move |s| s.record_new(&m, &f, uv, &records))
+                .await?;
+            for ((old_uv, old_uid), rec) in &carries {
+                spool.carry(
+                    mailbox,
+                    &folder.name,
+                    *old_uv,
+                    *old_uid,
+                    info.uidvalidity,
+                    rec,
+                )?;
+            }
+            on_progress(Progress::Spooled {
+                folder: &folder.name,
+            });
+            start = end;
+        }
     }
-    let meta = merge_by_uid(meta);
     // Every message the folder holds must be accounted for: one whose FETCH response could
     // not be read is named, never silently left behind.
-    if changed_since.is_none() && meta.len() < info.exists as usize {
-        let listed: HashSet<u32> = meta.iter().filter_map(|m| m.uid).collect();
+    if changed_since.is_none() && listed.len() < info.exists as usize {
+        listed.sort_unstable();
         let missing: Vec<u32> = client
             .uid_search_all()
             .await?
             .into_iter()
-            .filter(|u| !listed.contains(u))
+            .filter(|u| listed.binary_search(u).is_err())
             .collect();
         for uid in &missing {
             let msg = format!(
@@ -372,65 +672,29 @@ async fn read_folder(
             report.errors.push(msg);
         }
     }
-    // Which UIDs the source still has, when deletes are propagated. A FETCH with
-    // CHANGEDSINCE shows only the changed messages (expunges do not show at all), and even
-    // a FETCH of 1:* is no proof of absence: a response that cannot be parsed is skipped.
-    // UID SEARCH ALL answers with nothing but the UIDs.
-    let present: Option<HashSet<u32>> = if deletes.propagate && same_generation {
-        Some(client.uid_search_all().await?.into_iter().collect())
-    } else {
-        None
-    };
-    let mut have: HashMap<u32, MessageRecord> = spool
-        .messages(mailbox, &folder.name, info.uidvalidity)?
-        .into_iter()
-        .map(|r| (r.uid, r))
-        .collect();
-    let live_known = have.values().filter(|r| r.state.is_live()).count();
-
-    let mut wanted: Vec<FetchData> = Vec::new();
-    let mut oversized: Vec<FetchData> = Vec::new();
-    let mut skipped: Vec<MessageRecord> = Vec::new();
-    let beyond = ctx.beyond.get(&folder.name);
-    let mut updates = Vec::new();
-    for m in meta {
-        let Some(uid) = m.uid else { continue };
-        if let Some(rec) = have.remove(&uid) {
-            if m.flags.is_none() {
-                continue;
-            }
-            let flags = m.flags.clone().unwrap_or_default();
-            if flags != rec.flags {
-                report.flag_changes += 1;
-                updates.push((uid, flags));
-            }
-            continue;
-        }
-        let size = m.size.unwrap_or(0) as u64;
-        if beyond.is_some_and(|b| b.contains(&uid)) {
-            let date = m.internal_date.clone().unwrap_or_default();
-            let reason = format!(
-                "over max_items_per_mailbox ({}): only the newest messages of the mailbox \
-                 (by INTERNALDATE across folders) are copied; this one is from {date}",
-                ctx.limits.max_items
-            );
-            crate::metrics::get().skip(crate::metrics::SkipReason::ItemLimit, 1);
-            skipped.push(skipped_record(&m, uid, size, reason));
-            continue;
-        }
-        if size > opts.max_message_bytes {
-            oversized.push(m);
-            continue;
-        }
-        wanted.push(m);
-    }
+    drop(listed);
     if let Some(present) = &present {
-        // Gone: known, not in the FETCH (what is left of `have`) and not in the SEARCH.
-        let mut gone: Vec<MessageRecord> = have
-            .into_values()
-            .filter(|r| r.state.is_live() && !present.contains(&r.uid))
-            .collect();
-        gone.sort_by_key(|r| r.uid);
+        // Gone: known as live, and not in the SEARCH. The records are read a range at a
+        // time; only the UIDs gone are kept.
+        let mut live_known = 0usize;
+        let mut gone: Vec<u32> = Vec::new();
+        let mut from = 0u32;
+        loop {
+            let recs = spool.messages_from(mailbox, &folder.name, info.uidvalidity, from, 4096)?;
+            let Some(last) = recs.last().map(|r| r.uid) else {
+                break;
+            };
+            for r in recs.iter().filter(|r| r.state.is_live()) {
+                live_known += 1;
+                if !present.contains(&r.uid) {
+                    gone.push(r.uid);
+                }
+            }
+            match last.checked_add(1) {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
         record_expunges(
             spool,
             mailbox,
@@ -441,255 +705,6 @@ async fn read_folder(
             deletes,
             report,
         )?;
-    }
-    if !oversized.is_empty() {
-        // Name them for the admin: the Subject header only, not the body.
-        let uids: Vec<u32> = oversized.iter().filter_map(|m| m.uid).collect();
-        let subjects: HashMap<u32, String> = match client.uid_fetch_subjects(&uids).await {
-            Ok(v) => v.into_iter().collect(),
-            Err(e) if e.is_transient() => return Err(e.into()),
-            Err(_) => HashMap::new(),
-        };
-        for m in oversized {
-            let uid = m.uid.unwrap_or(0);
-            let size = m.size.unwrap_or(0) as u64;
-            let reason = format!(
-                "{size} bytes, over max_message_bytes ({}); date {}; subject {:?}",
-                opts.max_message_bytes,
-                m.internal_date.as_deref().unwrap_or("?"),
-                subjects.get(&uid).map(String::as_str).unwrap_or("")
-            );
-            crate::metrics::get().skip(crate::metrics::SkipReason::TooBig, 1);
-            skipped.push(skipped_record(&m, uid, size, reason));
-        }
-    }
-    for rec in &skipped {
-        if let MessageState::Skipped { reason } = &rec.state {
-            tracing::warn!(mailbox, folder = %folder.name, uid = rec.uid, %reason, "message skipped");
-            report.skipped_details.push(format!(
-                "folder {:?} UID {}: skipped: {reason}",
-                folder.name, rec.uid
-            ));
-        }
-    }
-    report.skipped += skipped.len() as u64;
-    spool.record_new(mailbox, &folder.name, info.uidvalidity, &skipped)?;
-    spool.set_source_flags(mailbox, &folder.name, info.uidvalidity, &updates)?;
-
-    // Fetch the bodies in batches bounded by bytes and count. The first batches of a
-    // folder are small and double in size, so that the upstream can start on the first
-    // messages while the rest are fetched, rather than wait for a whole batch.
-    if !wanted.is_empty() {
-        // Make the folder known to the upstream now, not when all of it is read, so that
-        // it can push the first batches while the source fetches the rest. Until the read
-        // completes, a new generation records no UIDNEXT or HIGHESTMODSEQ: a run that
-        // stops half-way reads the folder in full next time.
-        let mut early = state.clone();
-        if !same_generation {
-            early.uidvalidity = info.uidvalidity;
-            early.uidnext = 0;
-            early.highestmodseq = 0;
-        }
-        put_folder_keeping_dest(spool, mailbox, &mut early)?;
-        on_progress(Progress::Fetching);
-    }
-    let mut start = 0;
-    let mut ramp = 0u32;
-    while start < wanted.len() {
-        let max_bytes = opts.fetch_batch_bytes.min(FIRST_BATCH_BYTES << ramp);
-        let max_count = opts.fetch_batch_count.min(FIRST_BATCH_COUNT << ramp);
-        ramp = (ramp + 1).min(16);
-        let mut end = start;
-        let mut bytes = 0u64;
-        while end < wanted.len()
-            && (end == start
-                || (bytes + wanted[end].size.unwrap_or(0) as u64 <= max_bytes
-                    && end - start < max_count))
-        {
-            bytes += wanted[end].size.unwrap_or(0) as u64;
-            end += 1;
-        }
-        let uids: Vec<u32> = wanted[start..end].iter().filter_map(|m| m.uid).collect();
-        // What the listing said of them: a server may send INTERNALDATE and FLAGS in
-        // another response than the body, or not again with it.
-        let listed: HashMap<u32, &FetchData> = wanted[start..end]
-            .iter()
-            .filter_map(|m| m.uid.map(|u| (u, m)))
-            .collect();
-        let mut records = Vec::with_capacity(uids.len());
-        let mut carries: Vec<((u32, u32), MessageRecord)> = Vec::new();
-        let mut spool_err = None;
-        let mut long_lines: Vec<String> = Vec::new();
-        // Bodies over max_message_bytes though announced smaller: UID, size, subject.
-        let mut too_big: Vec<(u32, u64, String)> = Vec::new();
-        let fetched = client
-            .uid_fetch_bodies(&uids, |f| {
-                let (Some(uid), Some(body)) = (f.uid, f.body) else {
-                    return Ok(());
-                };
-                // RFC822.SIZE is only an estimate on some servers: the size that counts
-                // is the body's.
-                if body.len() as u64 > opts.max_message_bytes {
-                    let subject =
-                        crate::imap::response::header_value(header_block(&body), "subject")
-                            .unwrap_or_default();
-                    too_big.push((uid, body.len() as u64, subject));
-                    return Ok(());
-                }
-                // Scanning every byte costs ~4 % of a copy: only when asked.
-                let max = ctx.limits.max_line_length;
-                let longest = if max > 0 { longest_line(&body) } else { 0 };
-                let too_long = (max > 0 && longest > max).then(|| {
-                    let subject =
-                        crate::imap::response::header_value(header_block(&body), "subject")
-                            .unwrap_or_default();
-                    format!(
-                        "has a line of {longest} characters, over max_line_length ({max}; \
-                         Exchange Online refuses longer lines); date {}; subject {subject:?}; \
-                         {} bytes",
-                        f.internal_date.as_deref().unwrap_or("?"),
-                        body.len()
-                    )
-                });
-                let size = body.len() as u64;
-                // A body the upstream will send is also handed to it in memory.
-                let spooled = match too_long {
-                    Some(_) => spool.put_body(&body),
-                    None => spool.put_body_kept(body),
-                };
-                let listed = listed.get(&uid);
-                let (internal_date, internal_ts) = match (f.internal_date, f.internal_ts) {
-                    (Some(d), ts) => (d, ts.unwrap_or(0)),
-                    (None, _) => (
-                        listed
-                            .and_then(|m| m.internal_date.clone())
-                            .unwrap_or_default(),
-                        listed.and_then(|m| m.internal_ts).unwrap_or(0),
-                    ),
-                };
-                let flags = f
-                    .flags
-                    .or_else(|| listed.and_then(|m| m.flags.clone()))
-                    .unwrap_or_default();
-                match spooled {
-                    Ok(hash) => {
-                        let mut rec = MessageRecord {
-                            uid,
-                            hash,
-                            size,
-                            internal_date,
-                            internal_ts,
-                            flags,
-                            state: MessageState::Spooled,
-                        };
-                        if let Some(old) = carried.take(&hash, internal_ts) {
-                            carries.push((old, rec));
-                            return Ok(());
-                        }
-                        if let Some(reason) = too_long {
-                            long_lines.push(format!(
-                                "folder {:?} UID {uid}: skipped: {reason}",
-                                folder.name
-                            ));
-                            rec.state = MessageState::Skipped { reason };
-                        }
-                        records.push(rec);
-                    }
-                    Err(e) => spool_err = Some(e),
-                }
-                Ok(())
-            })
-            .await?;
-        if let Some(e) = spool_err {
-            return Err(e.into());
-        }
-        crate::metrics::get().skip(
-            crate::metrics::SkipReason::LineTooLong,
-            long_lines.len() as u64,
-        );
-        // Over the response limit, the client read the body off the wire and dropped it.
-        for (uid, n) in &fetched.too_large {
-            if !too_big.iter().any(|(u, _, _)| u == uid) {
-                too_big.push((*uid, *n, String::new()));
-            }
-        }
-        crate::metrics::get().skip(crate::metrics::SkipReason::TooBig, too_big.len() as u64);
-        for (uid, size, subject) in too_big {
-            let Some(m) = listed.get(&uid) else { continue };
-            let reason = format!(
-                "{size} bytes, over max_message_bytes ({}), though the server announced {} \
-                 bytes; date {}; subject {subject:?}",
-                opts.max_message_bytes,
-                m.size.unwrap_or(0),
-                m.internal_date.as_deref().unwrap_or("?"),
-            );
-            long_lines.push(format!(
-                "folder {:?} UID {uid}: skipped: {reason}",
-                folder.name
-            ));
-            records.push(skipped_record(m, uid, size, reason));
-        }
-        for line in long_lines {
-            tracing::warn!(mailbox, "{line}");
-            report.skipped += 1;
-            report.skipped_details.push(line);
-        }
-        if records.len() + carries.len() < uids.len() {
-            let got: HashSet<u32> = records
-                .iter()
-                .map(|r| r.uid)
-                .chain(carries.iter().map(|(_, r)| r.uid))
-                .collect();
-            for uid in uids.iter().filter(|u| !got.contains(u)) {
-                // Why, where the client could tell: a response it could not read, or a
-                // body over the response limit. Otherwise the message went away meanwhile.
-                let why = fetched
-                    .unreadable
-                    .iter()
-                    .find(|(u, _)| *u == Some(*uid))
-                    .map(|(_, why)| format!("its FETCH response could not be read ({why})"))
-                    .or_else(|| {
-                        fetched
-                            .too_large
-                            .iter()
-                            .find(|(u, _)| u == uid)
-                            .map(|(_, n)| {
-                                format!("its body of {n} bytes is over the response limit")
-                            })
-                    })
-                    .unwrap_or_else(|| "the source returned no body (expunged meanwhile?)".into());
-                tracing::warn!(mailbox, folder = %folder.name, uid, "{why}; tried again on the next pass");
-                report.errors.push(format!(
-                    "folder {:?} UID {uid}: {why}; not copied yet, tried again on the next pass",
-                    folder.name
-                ));
-            }
-        }
-        report.new_messages += (records.len() + carries.len()) as u64;
-        report.new_bytes += records
-            .iter()
-            .chain(carries.iter().map(|(_, r)| r))
-            .map(|r| r.size)
-            .sum::<u64>();
-        spool.record_new(mailbox, &folder.name, info.uidvalidity, &records)?;
-        let m = crate::metrics::get();
-        m.source_fetched.inc_by(records.len() as u64);
-        m.source_fetched_bytes
-            .inc_by(records.iter().map(|r| r.size).sum::<u64>());
-        for ((old_uv, old_uid), rec) in &carries {
-            spool.carry(
-                mailbox,
-                &folder.name,
-                *old_uv,
-                *old_uid,
-                info.uidvalidity,
-                rec,
-            )?;
-        }
-        on_progress(Progress::Spooled {
-            folder: &folder.name,
-        });
-        start = end;
     }
 
     for uv in spool.generations(mailbox, &folder.name)? {
@@ -743,7 +758,7 @@ fn record_expunges(
     folder: &str,
     uidvalidity: u32,
     known: usize,
-    gone: &[MessageRecord],
+    gone: &[u32],
     policy: DeletePolicy,
     report: &mut SourceReport,
 ) -> Result<(), SourceError> {
@@ -765,8 +780,7 @@ fn record_expunges(
         report.errors.push(msg);
         return Ok(());
     }
-    let uids: Vec<u32> = gone.iter().map(|r| r.uid).collect();
-    let recorded = spool.expunged_at_source(mailbox, folder, uidvalidity, &uids)? as u64;
+    let recorded = spool.expunged_at_source(mailbox, folder, uidvalidity, gone)? as u64;
     if recorded > 0 {
         tracing::info!(
             mailbox,
@@ -799,6 +813,106 @@ fn live_count(
         .iter()
         .filter(|r| r.state.is_live())
         .count())
+}
+
+/// Messages listed per window: what the source holds of a folder at once, besides the
+/// bodies of one fetch batch (a listed message costs a few hundred bytes).
+const WINDOW: usize = 4096;
+
+/// The listing of a folder (UID, FLAGS, INTERNALDATE, RFC822.SIZE), one window at a time.
+///
+/// A full listing asks `UID FETCH lo:hi` for consecutive ranges of UIDs up to the
+/// folder's UIDNEXT, the last one `lo:*` (so that mail arriving meanwhile is not missed).
+/// The width of the ranges follows the density of the UIDs seen so far, aiming at
+/// [`WINDOW`] messages: a folder whose UIDs are sparse (many expunged) is not listed in
+/// thousands of near-empty commands. A listing of changes (CHANGEDSINCE) is asked at
+/// once (it holds the changed messages only) and handed out in windows of [`WINDOW`].
+enum Windows {
+    Full {
+        lo: u32,
+        width: u32,
+        uidnext: u32,
+        done: bool,
+    },
+    Changed(std::vec::IntoIter<FetchData>),
+}
+
+impl Windows {
+    async fn open(
+        client: &mut Client,
+        info: &crate::imap::SelectInfo,
+        known_uidnext: u32,
+        changed_since: Option<u64>,
+    ) -> Result<Windows, SourceError> {
+        if info.exists == 0 {
+            return Ok(Windows::Changed(Vec::new().into_iter()));
+        }
+        let Some(since) = changed_since else {
+            return Ok(Windows::Full {
+                lo: 1,
+                width: WINDOW as u32,
+                uidnext: info.uidnext,
+                done: false,
+            });
+        };
+        let mut meta = client.uid_fetch_meta("1:*", Some(since)).await?;
+        // New mail must never hang on CHANGEDSINCE alone: what arrived since the last read
+        // (UIDs from the old UIDNEXT) is asked for by UID as well.
+        if info.uidnext > known_uidnext && known_uidnext > 0 {
+            let set = format!("{known_uidnext}:*");
+            meta.extend(
+                client
+                    .uid_fetch_meta(&set, None)
+                    .await?
+                    .into_iter()
+                    .filter(|m| m.uid.is_some_and(|u| u >= known_uidnext)),
+            );
+        }
+        let mut meta = merge_by_uid(meta);
+        meta.sort_by_key(|m| m.uid);
+        Ok(Windows::Changed(meta.into_iter()))
+    }
+
+    /// The next window of the listing, `None` at the end.
+    async fn next(&mut self, client: &mut Client) -> Result<Option<Vec<FetchData>>, SourceError> {
+        match self {
+            Windows::Changed(rest) => {
+                let window: Vec<FetchData> = rest.by_ref().take(WINDOW).collect();
+                Ok((!window.is_empty()).then_some(window))
+            }
+            Windows::Full {
+                lo,
+                width,
+                uidnext,
+                done,
+            } => {
+                if *done {
+                    return Ok(None);
+                }
+                let hi = lo.saturating_add(*width - 1);
+                let last = hi.saturating_add(1) >= *uidnext || hi == u32::MAX;
+                let set = if last {
+                    format!("{lo}:*")
+                } else {
+                    format!("{lo}:{hi}")
+                };
+                let (from, to) = (*lo, if last { u32::MAX } else { hi });
+                let window: Vec<FetchData> = merge_by_uid(client.uid_fetch_meta(&set, None).await?)
+                    .into_iter()
+                    .filter(|m| m.uid.is_some_and(|u| u >= from && u <= to))
+                    .collect();
+                if last {
+                    *done = true;
+                } else {
+                    let seen = window.len().max(1) as u64;
+                    *width = (u64::from(*width) * WINDOW as u64 / seen)
+                        .clamp(WINDOW as u64, 1 << 24) as u32;
+                    *lo = hi + 1;
+                }
+                Ok(Some(window))
+            }
+        }
+    }
 }
 
 /// A skipped message's record: no body in the spool, the reason kept for the reports.

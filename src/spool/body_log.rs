@@ -76,6 +76,7 @@
 //! pending body lives in it; a new entry is entered in `pending` before the writer
 //! lock that wrote it is released, so no write is ever between the two.
 
+use super::body_index::BodyIndex;
 use super::{hex, BodyHash, Result, SpoolError};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -280,7 +281,7 @@ impl BodyLog {
     }
 
     /// Where the body with this hash is, if it has been appended (synced or not).
-    pub(super) fn locate(&self, index: &sled::Tree, hash: &BodyHash) -> Result<Option<Location>> {
+    pub(super) fn locate(&self, index: &BodyIndex, hash: &BodyHash) -> Result<Option<Location>> {
         if let Some(loc) = lock(&self.pending).get(hash) {
             return Ok(Some(*loc));
         }
@@ -429,7 +430,7 @@ impl BodyLog {
     /// Fails while an earlier failed fsync is not repaired (see "A failed fsync" in the
     /// module docs), whoever made the call that saw it: a caller must not write records
     /// unless this succeeded.
-    pub(super) fn sync(&self, index: &sled::Tree) -> Result<()> {
+    pub(super) fn sync(&self, index: &BodyIndex) -> Result<()> {
         let _sync = lock(&self.sync_lock);
         lock(&self.failure).repair_allowed()?;
         self.rewrite_failed()?;
@@ -459,11 +460,11 @@ impl BodyLog {
                 return Err(e.into());
             }
         }
-        let mut batch = sled::Batch::default();
-        for (hash, loc) in &synced {
-            batch.insert(&hash[..], super::encode(loc)?);
-        }
-        index.apply_batch(batch)?;
+        let entries = synced
+            .iter()
+            .map(|(hash, loc)| Ok((*hash, super::encode(loc)?)))
+            .collect::<Result<Vec<_>>>()?;
+        index.insert_all(&entries)?;
         // Entries appended since the snapshot stay pending for the next sync.
         {
             let mut pending = lock(&self.pending);
@@ -616,7 +617,7 @@ impl BodyLog {
     /// times the copy itself (the host backs it on first touch; a ballooned VM hands free
     /// pages back), which made the spool's writes the largest cost of a copy once the
     /// page cache had grown. Dropped pages are reused, already backed, by the next writes.
-    pub(super) fn release(&self, index: &sled::Tree, hash: &BodyHash) -> Result<()> {
+    pub(super) fn release(&self, index: &BodyIndex, hash: &BodyHash) -> Result<()> {
         if let Some(loc) = lock(&self.pending).get(hash) {
             lock(&self.released).push(*loc);
             return Ok(());
@@ -819,7 +820,7 @@ impl BodyLog {
 
     /// Number of bodies known, synced or not (for tests).
     #[cfg(test)]
-    pub(super) fn count(&self, index: &sled::Tree) -> usize {
+    pub(super) fn count(&self, index: &BodyIndex) -> usize {
         let pending = lock(&self.pending);
         index.len()
             + pending
@@ -975,12 +976,12 @@ mod tests {
     use super::*;
 
     /// A body log in a temporary directory, with a sled tree as its index.
-    fn open() -> (tempfile::TempDir, BodyLog, sled::Tree) {
+    fn open() -> (tempfile::TempDir, BodyLog, BodyIndex) {
         let dir = tempfile::tempdir().unwrap();
         let log = BodyLog::open(dir.path().join("bodies")).unwrap();
         log.set_repair_backoff(std::time::Duration::ZERO);
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let index = db.open_tree("bodies").unwrap();
+        let index = BodyIndex::on_tree(db.open_tree("bodies").unwrap());
         (dir, log, index)
     }
 
@@ -995,15 +996,15 @@ mod tests {
         log.append(&hash(n), Stored::Raw, &[&body, &crc], body.len() as u64)
     }
 
-    fn indexed(index: &sled::Tree, n: u8) -> Option<Location> {
+    fn indexed(index: &BodyIndex, n: u8) -> Option<Location> {
         index
-            .get(hash(n))
+            .get(&hash(n))
             .unwrap()
             .map(|v| super::super::decode(&v, || "test".into()).unwrap())
     }
 
     /// Reads body `n` back through the index and checks it.
-    fn read_back(log: &BodyLog, index: &sled::Tree, n: u8) {
+    fn read_back(log: &BodyLog, index: &BodyIndex, n: u8) {
         let loc = indexed(index, n).unwrap_or_else(|| panic!("body {n} is not indexed"));
         let (stored, frame) = log.read_frame(&hash(n), &loc, false).unwrap().unwrap();
         let body = super::super::decode_body(&hash(n), stored, frame, loc.body_len).unwrap();

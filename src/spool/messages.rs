@@ -10,14 +10,17 @@
 //! flight survives the batch's outcome, and an outcome for a record that recovery (or a
 //! new UIDVALIDITY) moved on is not applied at all.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
+use super::chunks::{
+    chunk_key, chunk_of, decode_chunk, describe_chunk_key, encode_chunk, insert_sorted,
+};
 use super::records::{Claim, MessageRecord, MessageState, Resolution, Settle};
 use super::{
-    decode_message, describe_message_key, encode, folder_prefix, generation_prefix, mailbox_prefix,
-    message_key, MessageCounts, Result, Spool, SpoolError, REMOVE_CHUNK,
+    folder_prefix, generation_prefix, mailbox_prefix, MessageCounts, Result, Spool, SpoolError,
+    REMOVE_CHUNK,
 };
 
 /// Records per sled transaction when a call touches many (a transaction holds what it
@@ -49,9 +52,9 @@ impl Spool {
     }
 
     /// Applies `step` to the record of each of `items` (UID and argument) of one folder
-    /// generation, in transactions of up to [`TX_CHUNK`] records. `step` returns the
+    /// generation, in transactions of up to [`TX_CHUNK`] items. `step` returns the
     /// record's new value, or `None` to leave it. Returns, in order, the records written
-    /// (`None` for one left alone or missing).
+    /// (`None` for one left alone or missing). A UID given twice sees its first change.
     fn step<X>(
         &self,
         mailbox: &str,
@@ -62,26 +65,24 @@ impl Spool {
     ) -> Result<Vec<Option<MessageRecord>>> {
         let prefix = generation_prefix(mailbox, folder, uidvalidity)?;
         let mut out = Vec::with_capacity(items.len());
-        for chunk in items.chunks(TX_CHUNK) {
-            let keys: Vec<Vec<u8>> = chunk.iter().map(|(uid, _)| key_of(&prefix, *uid)).collect();
+        for group in items.chunks(TX_CHUNK) {
             out.extend(self.transact(|tx| {
-                let mut written = Vec::with_capacity(chunk.len());
-                for (key, (_, x)) in keys.iter().zip(chunk) {
-                    let Some(old) = tx.get(key)? else {
+                let mut chunks = Chunks::new(tx, &prefix);
+                let mut written = Vec::with_capacity(group.len());
+                for (uid, x) in group {
+                    let recs = chunks.load(chunk_of(*uid))?;
+                    let Ok(i) = recs.binary_search_by_key(uid, |r| r.uid) else {
                         written.push(None);
                         continue;
                     };
-                    let rec =
-                        decode_message(key, &old).map_err(ConflictableTransactionError::Abort)?;
-                    let new = step(&rec, x);
+                    let new = step(&recs[i], x);
                     if let Some(new) = &new {
-                        tx.insert(
-                            key.as_slice(),
-                            encode(new).map_err(ConflictableTransactionError::Abort)?,
-                        )?;
+                        recs[i] = new.clone();
+                        chunks.touch(chunk_of(*uid));
                     }
                     written.push(new);
                 }
+                chunks.store()?;
                 Ok(written)
             })?);
         }
@@ -136,19 +137,17 @@ impl Spool {
         self.body_log.sync(&self.bodies)?;
         let prefix = generation_prefix(mailbox, folder, uidvalidity)?;
         let mut new = 0;
-        for chunk in recs.chunks(TX_CHUNK) {
-            let encoded = chunk
-                .iter()
-                .map(|r| Ok((key_of(&prefix, r.uid), encode(r)?)))
-                .collect::<Result<Vec<_>>>()?;
+        for group in recs.chunks(TX_CHUNK) {
             new += self.transact(|tx| {
+                let mut chunks = Chunks::new(tx, &prefix);
                 let mut n = 0;
-                for (key, value) in &encoded {
-                    if tx.get(key)?.is_none() {
-                        tx.insert(key.as_slice(), value.as_slice())?;
+                for r in group {
+                    if insert_sorted(chunks.load(chunk_of(r.uid))?, r.clone(), false) {
+                        chunks.touch(chunk_of(r.uid));
                         n += 1;
                     }
                 }
+                chunks.store()?;
                 Ok(n)
             })?;
         }
@@ -173,25 +172,32 @@ impl Spool {
         new: &MessageRecord,
     ) -> Result<bool> {
         self.body_log.sync(&self.bodies)?;
-        let old_key = message_key(mailbox, folder, old_uv, old_uid)?;
-        let new_key = message_key(mailbox, folder, new_uv, new.uid)?;
+        let old_prefix = generation_prefix(mailbox, folder, old_uv)?;
+        let new_prefix = generation_prefix(mailbox, folder, new_uv)?;
         self.transact(|tx| {
-            if tx.get(&new_key)?.is_some() {
+            let mut new_chunk = Chunks::new(tx, &new_prefix);
+            let c = chunk_of(new.uid);
+            if new_chunk
+                .load(c)?
+                .binary_search_by_key(&new.uid, |r| r.uid)
+                .is_ok()
+            {
                 return Ok(false);
             }
             let mut rec = new.clone();
-            if let Some(old) = tx.get(&old_key)? {
-                let old =
-                    decode_message(&old_key, &old).map_err(ConflictableTransactionError::Abort)?;
-                if let Some(state) = old.state.carried() {
+            let mut old_chunk = Chunks::new(tx, &old_prefix);
+            let recs = old_chunk.load(chunk_of(old_uid))?;
+            if let Ok(i) = recs.binary_search_by_key(&old_uid, |r| r.uid) {
+                if let Some(state) = recs[i].state.carried() {
                     rec.state = state;
                 }
-                tx.remove(old_key.as_slice())?;
+                recs.remove(i);
+                old_chunk.touch(chunk_of(old_uid));
             }
-            tx.insert(
-                new_key.as_slice(),
-                encode(&rec).map_err(ConflictableTransactionError::Abort)?,
-            )?;
+            old_chunk.store()?;
+            insert_sorted(new_chunk.load(c)?, rec, false);
+            new_chunk.touch(c);
+            new_chunk.store()?;
             Ok(true)
         })
     }
@@ -349,11 +355,18 @@ impl Spool {
         uidvalidity: u32,
         uid: u32,
     ) -> Result<Option<MessageRecord>> {
-        let key = message_key(mailbox, folder, uidvalidity, uid)?;
-        match self.messages.get(&key)? {
-            Some(value) => decode_message(&key, &value).map(Some),
-            None => Ok(None),
-        }
+        let key = chunk_key(
+            &generation_prefix(mailbox, folder, uidvalidity)?,
+            chunk_of(uid),
+        );
+        let Some(value) = self.messages.get(&key)? else {
+            return Ok(None);
+        };
+        let mut recs = decode_chunk(&key, &value)?;
+        Ok(recs
+            .binary_search_by_key(&uid, |r| r.uid)
+            .ok()
+            .map(|i| recs.swap_remove(i)))
     }
 
     /// Returns every record of one folder generation, in ascending UID order.
@@ -366,13 +379,126 @@ impl Spool {
         folder: &str,
         uidvalidity: u32,
     ) -> Result<Vec<MessageRecord>> {
+        self.messages_from(mailbox, folder, uidvalidity, 0, usize::MAX)
+    }
+
+    /// Returns the records of one folder generation from UID `from` on, in ascending UID
+    /// order, about `max` of them: whole chunks, so up to
+    /// [`CHUNK_UIDS`](super::chunks::CHUNK_UIDS) - 1 more. The next call starts after the
+    /// last one returned; an empty answer means there are no more.
+    ///
+    /// This is how a folder of millions of messages is walked with memory bounded by
+    /// `max`, not by the folder.
+    pub fn messages_from(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+        from: u32,
+        max: usize,
+    ) -> Result<Vec<MessageRecord>> {
         let prefix = generation_prefix(mailbox, folder, uidvalidity)?;
+        let start = chunk_key(&prefix, chunk_of(from));
         let mut out = Vec::new();
-        for item in self.messages.scan_prefix(&prefix) {
+        for item in self.messages.range(start.as_slice()..) {
             let (key, value) = item?;
-            out.push(decode_message(&key, &value)?);
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            out.extend(
+                decode_chunk(&key, &value)?
+                    .into_iter()
+                    .filter(|r| r.uid >= from),
+            );
+            if out.len() >= max {
+                break;
+            }
         }
         Ok(out)
+    }
+
+    /// Returns the records of one folder generation with UIDs `lo..=hi`, in ascending UID
+    /// order.
+    pub fn messages_between(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+        lo: u32,
+        hi: u32,
+    ) -> Result<Vec<MessageRecord>> {
+        let prefix = generation_prefix(mailbox, folder, uidvalidity)?;
+        let start = chunk_key(&prefix, chunk_of(lo));
+        let end = chunk_key(&prefix, chunk_of(hi));
+        let mut out = Vec::new();
+        for item in self.messages.range(start.as_slice()..=end.as_slice()) {
+            let (key, value) = item?;
+            out.extend(
+                decode_chunk(&key, &value)?
+                    .into_iter()
+                    .filter(|r| r.uid >= lo && r.uid <= hi),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Returns the records of these UIDs (those the spool has) of one folder generation,
+    /// in ascending UID order, reading each chunk once.
+    pub fn messages_of(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+        uids: &[u32],
+    ) -> Result<Vec<MessageRecord>> {
+        let prefix = generation_prefix(mailbox, folder, uidvalidity)?;
+        let mut wanted: Vec<u32> = uids.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < wanted.len() {
+            let chunk = chunk_of(wanted[i]);
+            let key = chunk_key(&prefix, chunk);
+            let recs = match self.messages.get(&key)? {
+                Some(value) => decode_chunk(&key, &value)?,
+                None => Vec::new(),
+            };
+            let mut recs = recs.into_iter().peekable();
+            while i < wanted.len() && chunk_of(wanted[i]) == chunk {
+                while recs.next_if(|r| r.uid < wanted[i]).is_some() {}
+                if let Some(r) = recs.next_if(|r| r.uid == wanted[i]) {
+                    out.push(r);
+                }
+                i += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` on every record of the mailbox (all folders and generations; folder
+    /// name and UIDVALIDITY with it), a chunk at a time, until `f` says stop (`false`).
+    fn for_each_record(
+        &self,
+        mailbox: &str,
+        mut f: impl FnMut(&[u8], u32, MessageRecord) -> Result<bool>,
+    ) -> Result<()> {
+        let prefix = mailbox_prefix(mailbox)?;
+        for item in self.messages.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let Some((_, folder, uv, _)) = super::split_message_key(&key) else {
+                return Err(SpoolError::Corrupt {
+                    what: describe_chunk_key(&key),
+                    detail: "malformed message chunk key".into(),
+                });
+            };
+            for rec in decode_chunk(&key, &value)? {
+                if !f(folder, uv, rec)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// What the mailbox's messages own in destination folder `dest` (UIDVALIDITY
@@ -385,11 +511,8 @@ impl Spool {
         dest_uv: u32,
         from: u32,
     ) -> Result<OwnedAtDest> {
-        let prefix = mailbox_prefix(mailbox)?;
         let mut owned = OwnedAtDest::default();
-        for item in self.messages.scan_prefix(&prefix) {
-            let (key, value) = item?;
-            let rec = decode_message(&key, &value)?;
+        self.for_each_record(mailbox, |folder, uv, rec| {
             match &rec.state {
                 MessageState::Appended {
                     dest_folder,
@@ -397,11 +520,6 @@ impl Spool {
                     dest_uid: 0,
                     ..
                 } if dest_folder == dest && *dest_uidvalidity == dest_uv => {
-                    let (_, folder, uv, _) =
-                        super::split_message_key(&key).ok_or_else(|| SpoolError::Corrupt {
-                            what: describe_message_key(&key),
-                            detail: "malformed message key".into(),
-                        })?;
                     owned
                         .without_uid
                         .push((String::from_utf8_lossy(folder).into_owned(), uv, rec));
@@ -421,7 +539,8 @@ impl Spool {
                 }
                 _ => {}
             }
-        }
+            Ok(true)
+        })?;
         Ok(owned)
     }
 
@@ -479,8 +598,8 @@ impl Spool {
                 Some(bytes) if key.len() == prefix.len() + 8 => super::be_u32(bytes),
                 _ => {
                     return Err(SpoolError::Corrupt {
-                        what: describe_message_key(&key),
-                        detail: "malformed message key".into(),
+                        what: describe_chunk_key(&key),
+                        detail: "malformed message chunk key".into(),
                     })
                 }
             };
@@ -502,11 +621,8 @@ impl Spool {
     /// mailbox on one key. A scan of a mailbox's records is fast enough for a status page
     /// (it touches small records only, never bodies).
     pub fn counts(&self, mailbox: &str) -> Result<MessageCounts> {
-        let prefix = mailbox_prefix(mailbox)?;
         let mut counts = MessageCounts::default();
-        for item in self.messages.scan_prefix(&prefix) {
-            let (key, value) = item?;
-            let rec = decode_message(&key, &value)?;
+        self.for_each_record(mailbox, |_, _, rec| {
             match rec.state {
                 MessageState::Spooled => counts.spooled += 1,
                 MessageState::Appending { .. } => counts.appending += 1,
@@ -519,7 +635,8 @@ impl Spool {
                 MessageState::Expunging { .. } => counts.expunging += 1,
                 MessageState::Expunged => counts.expunged += 1,
             }
-        }
+            Ok(true)
+        })?;
         Ok(counts)
     }
 
@@ -537,11 +654,9 @@ impl Spool {
         {
             return Ok(true);
         }
-        let prefix = mailbox_prefix(mailbox)?;
-        for item in self.messages.scan_prefix(&prefix) {
-            let (key, value) = item?;
-            let rec = decode_message(&key, &value)?;
-            let pending = match &rec.state {
+        let mut pending = false;
+        self.for_each_record(mailbox, |_, _, rec| {
+            pending = match &rec.state {
                 MessageState::Appending { .. } | MessageState::Expunging { .. } => true,
                 // Without a destination UID the flags cannot be written (see upstream).
                 MessageState::Appended {
@@ -549,11 +664,9 @@ impl Spool {
                 } => *dest_uid != 0 && !super::same_flag_set(flags, &rec.flags),
                 other => other.claimable(now),
             };
-            if pending {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+            Ok(!pending)
+        })?;
+        Ok(pending)
     }
 
     // ===== For the spool's own tests =====
@@ -569,13 +682,15 @@ impl Spool {
         recs: &[MessageRecord],
     ) -> Result<()> {
         let prefix = generation_prefix(mailbox, folder, uidvalidity)?;
-        let mut batch = sled::Batch::default();
-        for rec in recs {
-            batch.insert(key_of(&prefix, rec.uid), encode(rec)?);
-        }
         self.body_log.sync(&self.bodies)?;
-        self.messages.apply_batch(batch)?;
-        Ok(())
+        self.transact(|tx| {
+            let mut chunks = Chunks::new(tx, &prefix);
+            for rec in recs {
+                insert_sorted(chunks.load(chunk_of(rec.uid))?, rec.clone(), true);
+                chunks.touch(chunk_of(rec.uid));
+            }
+            chunks.store()
+        })
     }
 
     /// [`Spool::put_messages`] of one record.
@@ -591,12 +706,61 @@ impl Spool {
     }
 }
 
-/// The key of `uid` under a generation's prefix.
-fn key_of(prefix: &[u8], uid: u32) -> Vec<u8> {
-    let mut key = Vec::with_capacity(prefix.len() + 4);
-    key.extend_from_slice(prefix);
-    key.extend_from_slice(&uid.to_be_bytes());
-    key
+/// The chunks of one generation a transaction has read, changed or not, to be written
+/// back at its end.
+struct Chunks<'t> {
+    tx: &'t TransactionalTree,
+    prefix: &'t [u8],
+    loaded: BTreeMap<u32, (Vec<MessageRecord>, bool)>,
+}
+
+impl<'t> Chunks<'t> {
+    fn new(tx: &'t TransactionalTree, prefix: &'t [u8]) -> Chunks<'t> {
+        Chunks {
+            tx,
+            prefix,
+            loaded: BTreeMap::new(),
+        }
+    }
+
+    /// The records of chunk `chunk` (empty if it has none), read once per transaction.
+    fn load(&mut self, chunk: u32) -> TxResult<&mut Vec<MessageRecord>> {
+        if !self.loaded.contains_key(&chunk) {
+            let key = chunk_key(self.prefix, chunk);
+            let recs = match self.tx.get(&key)? {
+                Some(value) => {
+                    decode_chunk(&key, &value).map_err(ConflictableTransactionError::Abort)?
+                }
+                None => Vec::new(),
+            };
+            self.loaded.insert(chunk, (recs, false));
+        }
+        Ok(&mut self.loaded.entry(chunk).or_default().0)
+    }
+
+    /// Chunk `chunk` was changed and is to be written back.
+    fn touch(&mut self, chunk: u32) {
+        if let Some((_, dirty)) = self.loaded.get_mut(&chunk) {
+            *dirty = true;
+        }
+    }
+
+    /// Writes back the chunks changed; a chunk left empty is removed.
+    fn store(self) -> TxResult<()> {
+        for (chunk, (recs, dirty)) in &self.loaded {
+            if !dirty {
+                continue;
+            }
+            let key = chunk_key(self.prefix, *chunk);
+            if recs.is_empty() {
+                self.tx.remove(key)?;
+            } else {
+                let value = encode_chunk(recs).map_err(ConflictableTransactionError::Abort)?;
+                self.tx.insert(key, value)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn invalid(detail: String) -> SpoolError {

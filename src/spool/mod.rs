@@ -1,8 +1,9 @@
 //! The spool: an embedded sled store on the appliance, the only place state lives.
 //!
 //! Layout (one sled `Db`, several trees):
-//! - `bodies`:   hash(body) -> where the body is (BLAKE3, or sha256 in a spool made
-//!   before BLAKE3; see [`BodyHasher`]). Each body is stored once, whatever
+//! - `body_buckets`: hash(body) -> where the body is (BLAKE3, or sha256 in a spool made
+//!   before BLAKE3; see [`BodyHasher`]), packed into buckets of hashes that share their
+//!   first two bytes (`body_index.rs`; older spools had one value per hash in `bodies`). Each body is stored once, whatever
 //!   the number of mailboxes or folders that hold it. It is spooled as fetched and
 //!   compressed (zstd) later, when the machine is idle (`compact.rs`; `[spool] compress =
 //!   "inline"` compresses at once). The bytes themselves live in append-only segment
@@ -11,7 +12,11 @@
 //!   appliance's memory budget (see `body_log.rs` for the details and the crash rules).
 //! - `mailboxes`: mailbox id (the destination address) -> [`MailboxState`].
 //! - `folders`:  mailbox \0 source folder -> [`FolderState`].
-//! - `messages`: mailbox \0 source folder \0 uidvalidity(u32 BE) uid(u32 BE) -> [`MessageRecord`].
+//! - `message_chunks`: mailbox \0 source folder \0 uidvalidity(u32 BE) chunk(u32 BE) ->
+//!   the [`MessageRecord`]s of 64 consecutive UIDs (`chunk` = uid / 64), packed into one
+//!   value (see `chunks.rs` for why and how). Spools of older versions kept one record
+//!   per value in the `messages` tree; they are packed when the spool is opened
+//!   (`legacy.rs`).
 //! - the default tree holds `body_hash`, the name of the spool's [`BodyHasher`].
 //!   The big-endian integers make a prefix scan return a folder's messages in UID order.
 //!
@@ -50,8 +55,12 @@
 //! segment file, so it can be cut out and inspected with the `zstd` tool if ever needed;
 //! a body not compressed yet is its bytes and their CRC-32.
 
+mod blocking;
+mod body_index;
 mod body_log;
+mod chunks;
 mod compact;
+mod legacy;
 mod messages;
 mod notices;
 mod pauses;
@@ -126,7 +135,7 @@ impl BodyHasher {
     /// The hasher recorded in `db`; a spool without that record is given one: sha256
     /// if it already holds bodies or records (made before the record existed), BLAKE3
     /// if it is new.
-    fn of(db: &sled::Db, bodies: &sled::Tree, messages: &sled::Tree) -> Result<BodyHasher> {
+    fn of(db: &sled::Db, had_bodies: bool, messages: &[&sled::Tree]) -> Result<BodyHasher> {
         if let Some(v) = db.get(HASHER_KEY)? {
             return [BodyHasher::Blake3, BodyHasher::Sha256]
                 .into_iter()
@@ -139,7 +148,7 @@ impl BodyHasher {
                     ),
                 });
         }
-        let hasher = if bodies.is_empty() && messages.is_empty() {
+        let hasher = if !had_bodies && messages.iter().all(|t| t.is_empty()) {
             BodyHasher::Blake3
         } else {
             BodyHasher::Sha256
@@ -250,9 +259,11 @@ pub struct MessageCounts {
 #[derive(Clone)]
 pub struct Spool {
     db: sled::Db,
-    bodies: sled::Tree,
+    /// Where each body is (`body_index.rs`).
+    bodies: body_index::BodyIndex,
     mailboxes: sled::Tree,
     folders: sled::Tree,
+    /// The packed message records (`chunks.rs`).
     messages: sled::Tree,
     /// The segment files that hold the bodies; `bodies` is their index.
     body_log: Arc<BodyLog>,
@@ -357,11 +368,13 @@ impl Spool {
             .path(path)
             .cache_capacity(CACHE_CAPACITY)
             .open()?;
-        let bodies = db.open_tree("bodies")?;
-        let messages = db.open_tree("messages")?;
-        let hasher = BodyHasher::of(&db, &bodies, &messages)?;
+        let (bodies, had_bodies) = body_index::BodyIndex::open(&db)?;
+        let messages = db.open_tree("message_chunks")?;
+        let legacy = db.open_tree(legacy::TREE)?;
+        let hasher = BodyHasher::of(&db, had_bodies, &[&messages, &legacy])?;
         let body_log = Arc::new(BodyLog::open(path.join("bodies"))?);
         body_log::make_private(path, true);
+        legacy::pack(&db, &legacy, &messages)?;
         Ok(Spool {
             bodies,
             mailboxes: db.open_tree("mailboxes")?,
@@ -626,7 +639,8 @@ fn generation_prefix(mailbox: &str, folder: &str, uidvalidity: u32) -> Result<Ve
     Ok(key)
 }
 
-/// Key of one message record.
+/// Key of one message record in a spool of an older version (`legacy.rs`).
+#[cfg(test)]
 fn message_key(mailbox: &str, folder: &str, uidvalidity: u32, uid: u32) -> Result<Vec<u8>> {
     let mut key = generation_prefix(mailbox, folder, uidvalidity)?;
     key.extend_from_slice(&uid.to_be_bytes());
@@ -709,32 +723,6 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: impl FnOnce() -> String) -> R
             what: what(),
             detail: e.to_string(),
         })
-}
-
-/// Decodes a message record, and checks that it is the one its key says it is.
-///
-/// A record of the layout before claims recorded their time ([`records::MessageRecordV1`])
-/// ends too early for the current one and is decoded by the old layout (see
-/// [`MessageState`]).
-fn decode_message(key: &[u8], value: &[u8]) -> Result<MessageRecord> {
-    let rec: MessageRecord = match decode(value, || describe_message_key(key)) {
-        Ok(rec) => rec,
-        Err(e) => match decode::<records::MessageRecordV1>(value, || describe_message_key(key)) {
-            Ok(v1) => v1.into(),
-            Err(_) => return Err(e),
-        },
-    };
-    match split_message_key(key) {
-        Some((_, _, _, uid)) if uid == rec.uid => Ok(rec),
-        Some(_) => Err(SpoolError::Corrupt {
-            what: describe_message_key(key),
-            detail: format!("record holds uid {}", rec.uid),
-        }),
-        None => Err(SpoolError::Corrupt {
-            what: describe_message_key(key),
-            detail: "malformed message key".into(),
-        }),
-    }
 }
 
 /// Decodes a folder state, and checks that it is the one its key says it is.
@@ -1585,8 +1573,15 @@ mod tests {
             ) {
                 assert_eq!(bytes, encode(&want).unwrap());
             }
+            // Such records were only ever written one per value, by older versions, and
+            // are packed when their spool is opened.
             let key = message_key("m", "INBOX", 1, uid).unwrap();
-            spool.messages.insert(key, bytes).unwrap();
+            let old_tree = spool.db.open_tree(legacy::TREE).unwrap();
+            old_tree.insert(key, bytes).unwrap();
+            assert_eq!(
+                legacy::pack(&spool.db, &old_tree, &spool.messages).unwrap(),
+                1
+            );
             assert_eq!(spool.get_message("m", "INBOX", 1, uid).unwrap(), Some(want));
         }
     }
@@ -1728,21 +1723,44 @@ mod tests {
     #[test]
     fn corrupt_records_name_their_key() {
         let (_dir, spool) = open_temp();
-        let key = message_key("m", "INBOX", 7, 300).unwrap();
+        let key = chunks::chunk_key(
+            &generation_prefix("m", "INBOX", 7).unwrap(),
+            chunks::chunk_of(300),
+        );
         spool
             .messages
             .insert(&key, &[0xff, 0xff, 0xff][..])
             .unwrap();
         let err = spool.messages("m", "INBOX", 7).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("m/INBOX uidvalidity 7 uid 300"), "{text}");
+        assert!(
+            text.contains("m/INBOX uidvalidity 7 uids 256-319"),
+            "{text}"
+        );
         assert!(matches!(spool.counts("m"), Err(SpoolError::Corrupt { .. })));
+        for bad in [&[1u8, 0xff, 0xff][..], &[2, 1, 2, 3], &[9, 0], &[]] {
+            spool.messages.insert(&key, bad).unwrap();
+            assert!(matches!(
+                spool.get_message("m", "INBOX", 7, 300),
+                Err(SpoolError::Corrupt { .. })
+            ));
+        }
 
-        // A record stored under another UID than its own.
-        let wrong = encode(&record(301, MessageState::Spooled)).unwrap();
+        // A record stored in another chunk than its own, or out of order.
+        let wrong = chunks::encode_chunk(&[record(400, MessageState::Spooled)]).unwrap();
         spool.messages.insert(&key, wrong).unwrap();
         assert!(matches!(
             spool.get_message("m", "INBOX", 7, 300),
+            Err(SpoolError::Corrupt { .. })
+        ));
+        let unordered = chunks::encode_chunk(&[
+            record(301, MessageState::Spooled),
+            record(300, MessageState::Spooled),
+        ])
+        .unwrap();
+        spool.messages.insert(&key, unordered).unwrap();
+        assert!(matches!(
+            spool.messages("m", "INBOX", 7),
             Err(SpoolError::Corrupt { .. })
         ));
 

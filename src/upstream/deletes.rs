@@ -33,18 +33,30 @@ pub async fn delete_expunged(
     report: &mut PushReport,
 ) -> Result<(), UpstreamError> {
     // (destination folder, its UIDVALIDITY) -> (source UID, destination UID).
+    // Only these are held; the folder's records are read a range at a time.
     let mut groups: BTreeMap<(String, u32), Vec<UidPair>> = BTreeMap::new();
-    for r in spool.messages(mailbox, folder, uv)? {
-        if let MessageState::Expunging {
-            dest_folder,
-            dest_uidvalidity,
-            dest_uid,
-        } = r.state
-        {
-            groups
-                .entry((dest_folder, dest_uidvalidity))
-                .or_default()
-                .push((r.uid, dest_uid));
+    let mut from = 0u32;
+    loop {
+        let records = super::records_from(spool, mailbox, folder, uv, from, 4096).await?;
+        let Some(last) = records.last().map(|r| r.uid) else {
+            break;
+        };
+        for r in records {
+            if let MessageState::Expunging {
+                dest_folder,
+                dest_uidvalidity,
+                dest_uid,
+            } = r.state
+            {
+                groups
+                    .entry((dest_folder, dest_uidvalidity))
+                    .or_default()
+                    .push((r.uid, dest_uid));
+            }
+        }
+        match last.checked_add(1) {
+            Some(next) => from = next,
+            None => break,
         }
     }
     if groups.is_empty() {

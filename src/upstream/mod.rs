@@ -176,6 +176,29 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// Records of a folder generation handled at once by [`push_generation`]: what the
+/// upstream holds of a folder, whatever its size (about 150 bytes each in memory).
+const RANGE_RECORDS: usize = 4096;
+
+/// The records of a generation from UID `from` on, about `max` of them
+/// ([`Spool::messages_from`]), read on a blocking thread: decoding thousands of records
+/// must not hold up the other mailboxes' sessions on the runtime's thread.
+pub(crate) async fn records_from(
+    spool: &Spool,
+    mailbox: &str,
+    folder: &str,
+    uv: u32,
+    from: u32,
+    max: usize,
+) -> Result<Vec<MessageRecord>, UpstreamError> {
+    let (mailbox, folder) = (mailbox.to_string(), folder.to_string());
+    Ok(spool
+        .run_blocking(move |s| s.messages_from(&mailbox, &folder, uv, from, max))
+        .await?)
+}
+
+/// Pushes one folder generation, a range of [`RANGE_RECORDS`] records at a time in UID
+/// order (oldest first), so that memory is bounded by the range, not by the folder.
 #[allow(clippy::too_many_arguments)]
 async fn push_generation(
     client: &mut Client,
@@ -187,25 +210,76 @@ async fn push_generation(
     opts: &UpstreamOptions,
     report: &mut PushReport,
 ) -> Result<(), UpstreamError> {
-    let mut records = spool.messages(mailbox, folder, uv)?;
-    if records
-        .iter()
-        .any(|r| matches!(r.state, crate::spool::MessageState::Appending { .. }))
-    {
+    // Every uncertain APPEND of the generation is settled before anything is sent:
+    // recovery pairs what it finds at the destination with what nobody owns yet, which
+    // new APPENDs must not change under it. Only those records are held.
+    let mut uncertain = Vec::new();
+    let mut from = 0u32;
+    loop {
+        let records = records_from(spool, mailbox, folder, uv, from, RANGE_RECORDS).await?;
+        let Some(last) = records.last().map(|r| r.uid) else {
+            break;
+        };
+        uncertain.extend(
+            records
+                .into_iter()
+                .filter(|r| matches!(r.state, crate::spool::MessageState::Appending { .. })),
+        );
+        match last.checked_add(1) {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    if !uncertain.is_empty() {
         report.recovered += recover::recover(
             client,
             spool,
             mailbox,
             folder,
             uv,
-            &records,
+            &uncertain,
             opts.session_timeout,
             report,
         )
         .await?;
-        // Reload: recovery changed states.
-        records = spool.messages(mailbox, folder, uv)?;
     }
+    drop(uncertain);
+    let mut from = 0u32;
+    loop {
+        let records = records_from(spool, mailbox, folder, uv, from, RANGE_RECORDS).await?;
+        let Some(last) = records.last().map(|r| r.uid) else {
+            break;
+        };
+        push_range(
+            client, spool, mailbox, folder, uv, dest, opts, report, from, records,
+        )
+        .await?;
+        match last.checked_add(1) {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    if opts.propagate_deletes {
+        deletes::delete_expunged(client, spool, mailbox, folder, uv, report).await?;
+    }
+    Ok(())
+}
+
+/// [`push_generation`] of the `records` read from UID `from` on.
+#[allow(clippy::too_many_arguments)]
+async fn push_range(
+    client: &mut Client,
+    spool: &Spool,
+    mailbox: &str,
+    folder: &str,
+    uv: u32,
+    dest: &str,
+    opts: &UpstreamOptions,
+    report: &mut PushReport,
+    from: u32,
+    records: Vec<MessageRecord>,
+) -> Result<(), UpstreamError> {
+    let count = records.len();
     let ctx = BatchContext {
         spool,
         mailbox,
@@ -217,7 +291,7 @@ async fn push_generation(
     };
     append_pending(client, &ctx, &records, opts, report).await?;
     if ctx.refused_together.load(Relaxed) && client.uses_multiappend() {
-        let again = spool.messages(mailbox, folder, uv)?;
+        let again = records_from(spool, mailbox, folder, uv, from, count).await?;
         client.set_multiappend(false);
         let r = append_pending(client, &ctx, &again, opts, report).await;
         client.set_multiappend(true);
@@ -225,11 +299,7 @@ async fn push_generation(
     }
     // The records as read before the APPENDs: the messages appended since carried their
     // flags, and a change the source makes meanwhile is seen by the next pass.
-    flags::sync_flags(client, spool, mailbox, folder, uv, dest, &records, report).await?;
-    if opts.propagate_deletes {
-        deletes::delete_expunged(client, spool, mailbox, folder, uv, report).await?;
-    }
-    Ok(())
+    flags::sync_flags(client, spool, mailbox, folder, uv, dest, &records, report).await
 }
 
 /// APPENDs the messages of `records` that can be claimed now, in batches, pipelined where
@@ -376,14 +446,28 @@ impl BatchContext<'_> {
             dest_uidnext,
             marked_ms: chrono::Utc::now().timestamp_millis(),
         };
+        // The claim waits for an fsync, and bodies not in memory are read from disk: off
+        // the runtime's thread.
+        let (mailbox, folder, uv) = (self.mailbox.to_string(), self.folder.to_string(), self.uv);
+        let (uids, claim_now, claim_c) = (uids.to_vec(), now(), claim.clone());
         let claimed = self
             .spool
-            .claim(self.mailbox, self.folder, self.uv, uids, &claim, now())?;
+            .run_blocking(move |s| {
+                let claimed = s.claim(&mailbox, &folder, uv, &uids, &claim_c, claim_now)?;
+                Ok(claimed
+                    .into_iter()
+                    .map(|r| {
+                        let body = s.take_body(&r.hash);
+                        (r, body)
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await?;
         let mut records = Vec::with_capacity(claimed.len());
         let mut bodies = Vec::with_capacity(claimed.len());
         let mut unreadable = Vec::new();
-        for r in claimed {
-            match self.spool.take_body(&r.hash) {
+        for (r, body) in claimed {
+            match body {
                 Ok(b) => {
                     records.push(r);
                     bodies.push(b);
