@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::accounts::Account;
+use crate::budget::Budget;
 use crate::config::{Config, ServerConfig, TlsMode};
 use crate::imap::client::{Client, Endpoint, Security};
 use crate::imap::transport::TlsSettings;
@@ -182,6 +183,9 @@ pub struct Engine {
     pub tokens: Option<Arc<TokenProvider>>,
     /// Rate limits toward the destination (global buckets; each mailbox gets its own).
     pub limits: Arc<Limits>,
+    /// The bytes of message bodies all connections may hold at once (`[spool]
+    /// max_inflight_bytes`, see [`crate::budget`]).
+    pub budget: Budget,
 }
 
 impl Engine {
@@ -208,6 +212,7 @@ impl Engine {
             tokens: TokenProvider::from_config(&config.upstream)?,
             limits,
             spool,
+            budget: Budget::new(config.spool.max_inflight_bytes),
             config: Arc::new(config),
         })
     }
@@ -272,6 +277,7 @@ impl Engine {
             limiter,
             propagate_deletes: self.config.sync.propagate_deletes,
             session_timeout: Duration::from_secs(self.config.upstream.timeout_secs),
+            budget: Some(self.budget.clone()),
         }
     }
 
@@ -458,6 +464,7 @@ impl Engine {
         loop {
             attempt += 1;
             let mut client = self.source.session(creds).await?;
+            client.set_budget(Some(self.budget.clone()));
             let r = async {
                 let (folders, prefix) = source::list_folders(&mut client).await?;
                 let folders: Vec<ListedFolder> = folders

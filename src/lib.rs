@@ -6,6 +6,7 @@
 //! lives, so each side can stop, crash or restart without the other losing anything.
 
 pub mod accounts;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod cutover;

@@ -40,6 +40,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::budget::{Budget, Permit};
 use crate::imap::client::{AppendItem, AppendOutcome, AppendsSent, Client};
 use crate::imap::response::{Kind, RespCode};
 use crate::imap::ImapError;
@@ -61,6 +62,9 @@ pub struct UpstreamOptions {
     /// The client's timeout: how long an earlier session of ours may still have the
     /// server saving what it sent (see [`recover`]).
     pub session_timeout: Duration,
+    /// The bytes of bodies in memory, shared with every connection: a batch takes its
+    /// bodies' size before it reads them, and holds it until its answers are settled.
+    pub budget: Option<Budget>,
 }
 
 /// What one push of a folder did.
@@ -276,11 +280,27 @@ async fn append_pending(
                 ctx.settle(client, prev, report, &mut cursor).await?;
             }
         }
+        // The batch's share of the memory budget, before its bodies are read. Waiting for
+        // it while the batch before holds its own share could wait for ever (every
+        // connection doing the same): that batch is settled first, which frees its share.
+        let permit = match &opts.budget {
+            None => None,
+            Some(budget) => Some(match budget.try_take(bytes) {
+                Some(p) => p,
+                None => {
+                    if let Some(prev) = in_flight.take() {
+                        ctx.settle(client, prev, report, &mut cursor).await?;
+                    }
+                    budget.take(bytes).await
+                }
+            }),
+        };
         let uids: Vec<u32> = pending[i..j].iter().map(|r| r.uid).collect();
         i = j;
-        let Some(batch) = ctx.prepare(client, &uids, cursor, report).await? else {
+        let Some(mut batch) = ctx.prepare(client, &uids, cursor, report).await? else {
             continue;
         };
+        batch.permit = permit;
         cursor.get_or_insert((batch.claim.dest_uidvalidity, batch.claim.dest_uidnext));
         let flight = ctx.send(client, batch).await;
         if let Some(prev) = in_flight.take() {
@@ -326,6 +346,8 @@ struct Prepared {
     claim: Claim,
     started: std::time::Instant,
     prepare_time: Duration,
+    /// The bodies' share of the memory budget, given back with the batch.
+    permit: Option<Permit>,
 }
 
 /// A batch on its way: sent (or failed to send), its answers not read yet.
@@ -426,6 +448,7 @@ impl BatchContext<'_> {
             claim,
             prepare_time: started.elapsed(),
             started,
+            permit: None,
         }))
     }
 
@@ -479,6 +502,8 @@ impl BatchContext<'_> {
                     claim,
                     started,
                     prepare_time,
+                    // Held (with the bodies) until the batch is settled.
+                    permit: _permit,
                 },
             sent,
         } = flight;
