@@ -12,6 +12,7 @@ pub mod config;
 pub mod cutover;
 pub mod daemon;
 pub mod demo;
+pub mod details;
 pub mod duration;
 pub mod engine;
 pub mod imap;

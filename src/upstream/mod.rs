@@ -40,6 +40,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::details::Details;
 use crate::budget::{Budget, Permit};
 use crate::imap::client::{AppendItem, AppendOutcome, AppendsSent, Client};
 use crate::imap::response::{Kind, RespCode};
@@ -79,8 +80,9 @@ pub struct PushReport {
     pub throttled: u64,
     /// Messages deleted at the destination because the source expunged them.
     pub deleted: u64,
-    /// Messages the destination refused for good and that are now skipped, one line each.
-    pub skipped_details: Vec<String>,
+    /// Messages the destination refused for good and that are now skipped, one line each
+    /// (the first ones; the spool keeps every one).
+    pub skipped_details: Details,
     /// Per-message problems, phrased for the admin.
     pub errors: Vec<String>,
     /// What the admin should know although nothing failed: messages sent again after an
