@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
 
-use crate::details::Details;
 use crate::accounts::Account;
 use crate::budget::Budget;
 use crate::config::{Config, ServerConfig, TlsMode};
+use crate::details::Details;
 use crate::imap::client::{Client, Endpoint, Security};
 use crate::imap::transport::TlsSettings;
 use crate::imap::{Credentials, ImapError, ListedFolder};

@@ -40,8 +40,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::details::Details;
 use crate::budget::{Budget, Permit};
+use crate::details::Details;
 use crate::imap::client::{AppendItem, AppendOutcome, AppendsSent, Client};
 use crate::imap::response::{Kind, RespCode};
 use crate::imap::ImapError;
