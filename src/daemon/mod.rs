@@ -147,14 +147,13 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
         total: sched.entries.len(),
     });
     let mut scan_rx = start_scan(&engine, &sched);
-    writer.write(sched.take_changed(), now_ms() / 1000, scan);
+    let mut last_status = hand_over(&writer, &mut sched, scan);
     tracing::info!(
         mailboxes = accounts.len(),
         interval = %crate::duration::format(interval),
         domains = ?cutover.domains,
         "daemon started"
     );
-    let mut last_status = status_line(&sched, scan);
     notifier.ready(&last_status);
 
     let mut tick = tokio::time::interval(TICK);
@@ -260,16 +259,7 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
         // Only when something changed, and at most once a tick: the rows that changed
         // go to the writer thread, which serialises and writes.
         if sched.dirty && last_snapshot.elapsed() >= TICK {
-            let started = Instant::now();
-            let rows = sched.take_changed();
-            let changed = rows.len();
-            writer.write(rows, now_ms() / 1000, scan);
-            let line = status_line(&sched, scan);
-            tracing::debug!(
-                rows = changed,
-                micros = started.elapsed().as_micros() as u64,
-                "status snapshot handed to the writer"
-            );
+            let line = hand_over(&writer, &mut sched, scan);
             last_snapshot = Instant::now();
             if line != last_status {
                 notifier.status(&line);
@@ -285,7 +275,7 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
         sched.abandon(&mailbox, now_ms());
     }
     sched.close_all(now_ms());
-    writer.write(sched.take_changed(), now_ms() / 1000, scan);
+    hand_over(&writer, &mut sched, scan);
     writer.finish();
     engine.spool.flush()?;
     tracing::info!("{}; stopped", sched.status_line());
@@ -358,6 +348,23 @@ fn start_scan(
         }
     });
     rx
+}
+
+/// Hands the rows that changed to the snapshot writer and returns the STATUS line; logs
+/// (debug) what that cost the runtime's thread, which the scale benchmark reads
+/// (bench/scale.rs).
+fn hand_over(writer: &SnapshotWriter, sched: &mut Scheduler, scan: Option<ScanProgress>) -> String {
+    let started = Instant::now();
+    let rows = sched.take_changed();
+    let changed = rows.len();
+    writer.write(rows, now_ms() / 1000, scan);
+    let line = status_line(sched, scan);
+    tracing::debug!(
+        rows = changed,
+        micros = started.elapsed().as_micros() as u64,
+        "status snapshot handed to the writer"
+    );
+    line
 }
 
 /// The STATUS line for systemd: the statuses, and the start-up scan while it runs.
