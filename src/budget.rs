@@ -15,6 +15,12 @@
 //! A holder must never wait for more budget while it keeps some: two such holders could
 //! wait for each other for ever. The upstream settles its batch in flight before it waits
 //! (see `upstream::append_pending`); the source takes one literal's share per response.
+//!
+//! Not counted here, and part of the base instead: the spool's cache of bodies just
+//! spooled (a fixed budget of its own, `spool/recent.rs`), and the rare body of the
+//! destination that recovery fetches to compare after an interrupted session (one at a
+//! time). A body whose FLAGS the server sends in a later response is kept until they come
+//! and no longer counted meanwhile (Dovecot sends them together).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
