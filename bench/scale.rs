@@ -342,6 +342,16 @@ fn main() -> Result<()> {
     while daemon.0.try_wait()?.is_none() && Instant::now() < stop_deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
+    if daemon.0.try_wait()?.is_none() {
+        bail!(
+            "the daemon did not stop within 30 s of SIGTERM: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    println!(
+        "  stopped {:.2} s after SIGTERM",
+        (Instant::now() + Duration::from_secs(30) - stop_deadline).as_secs_f64()
+    );
     drop(daemon);
     let writes = snapshot_writes(&log);
     let full: Vec<u64> = writes
