@@ -152,8 +152,9 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// (rows, micros) of each "status snapshot handed to the writer" line in the log.
-fn snapshot_writes(log: &Path) -> Vec<(u64, u64)> {
+/// (rows, wall micros, CPU micros) of each "status snapshot handed to the writer" line in
+/// the log.
+fn snapshot_writes(log: &Path) -> Vec<(u64, u64, u64)> {
     let Ok(f) = std::fs::File::open(log) else {
         return Vec::new();
     };
@@ -170,7 +171,13 @@ fn snapshot_writes(log: &Path) -> Vec<(u64, u64)> {
         .map_while(|l| l.ok())
         .map(|l| strip_ansi(&l))
         .filter(|l| l.contains("status snapshot handed to the writer"))
-        .filter_map(|l| Some((field(&l, "rows=")?, field(&l, "micros=")?)))
+        .filter_map(|l| {
+            Some((
+                field(&l, "rows=")?,
+                field(&l, " micros=")?,
+                field(&l, "cpu_micros=")?,
+            ))
+        })
         .collect()
 }
 
@@ -354,25 +361,33 @@ fn main() -> Result<()> {
     );
     drop(daemon);
     let writes = snapshot_writes(&log);
-    let full: Vec<u64> = writes
+    let full: Vec<(u64, u64, u64)> = writes
         .iter()
-        .filter(|(rows, _)| *rows as usize >= mailboxes)
-        .map(|w| w.1)
+        .filter(|w| w.0 as usize >= mailboxes)
+        .copied()
         .collect();
-    let small: Vec<u64> = writes[before.min(writes.len())..]
+    let small: Vec<(u64, u64, u64)> = writes[before.min(writes.len())..]
         .iter()
-        .filter(|(rows, _)| *rows <= 2)
-        .map(|w| w.1)
+        .filter(|w| w.0 <= 2)
+        .copied()
         .collect();
-    let max = |v: &[u64]| v.iter().copied().max().unwrap_or(0);
+    let max = |v: &[(u64, u64, u64)], cpu: bool| {
+        v.iter()
+            .map(|w| if cpu { w.2 } else { w.1 })
+            .max()
+            .unwrap_or(0)
+    };
     println!(
-        "  runtime-thread time per status write: {} write(s) logged; after a change of one \
-         mailbox: max {} us over {} write(s); every row (at the stop): max {} us over {}",
+        "  runtime-thread time per status write ({} logged): after a change of one mailbox, \
+         over {} write(s): max {} us CPU ({} us wall); every row, over {} write(s): max {} us \
+         CPU ({} us wall)",
         writes.len(),
-        max(&small),
         small.len(),
-        max(&full),
+        max(&small, true),
+        max(&small, false),
         full.len(),
+        max(&full, true),
+        max(&full, false),
     );
 
     // What the daemon did before, on its runtime thread: a scan of every mailbox's
@@ -409,12 +424,12 @@ fn main() -> Result<()> {
     );
     println!(
         "scale: READY {:.3} s (scan done {:.3} s); status write on the runtime thread: {} us \
-         (one mailbox changed), {} us (all {mailboxes}); idle rewrites: {rewrites} in {} s; \
-         RSS {:.1} MiB",
+         CPU (one mailbox changed), {} us CPU (all {mailboxes}); idle rewrites: {rewrites} in \
+         {} s; RSS {:.1} MiB",
         ready.as_secs_f64(),
         scanned.as_secs_f64(),
-        max(&small),
-        max(&full),
+        max(&small, true),
+        max(&full, true),
         idle.as_secs(),
         rss as f64 / 1024.0
     );
