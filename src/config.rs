@@ -202,9 +202,9 @@ pub enum Compress {
     Inline,
 }
 
-/// 64 MiB: with the base (about 60 MiB, sled's cache and the spool's cache of recent
-/// bodies included) well within an appliance's `MemoryMax=256M`, and room for one message
-/// at Exchange Online's limit (35 MB) next to smaller ones.
+/// 64 MiB: with the base (20-60 MiB, more with a large spool: about 150 MiB with a
+/// million message records, see README) within an appliance's `MemoryMax=256M`, and room
+/// for one message at Exchange Online's limit (35 MB) next to smaller ones.
 fn default_max_inflight_bytes() -> u64 {
     64 * 1024 * 1024
 }
