@@ -27,6 +27,8 @@
 //! BENCH_THROTTLE_BYTES_RATE` (0 skips that variant).
 //!
 //! Environment: `BENCH_USERS` (default 3), `BENCH_MESSAGES` per user (default 2000),
+//! `BENCH_LARGE_PERCENT` (large messages, default 2 %), `BENCH_LARGE_MIB` (their size; default
+//! 0.2-2 MiB at random),
 //! `BENCH_REPEAT`, `BENCH_SEED`, `BENCH_ORDER` (`alternate`, `cutover-first` or `mbsync-first`),
 //! `BENCH_ONLY` (`cutover` or `mbsync`), `BENCH_MBSYNC_SYNC` (the channel's `Sync`,
 //! default `All`), `BENCH_CUTOVER_TOML` (appended to the generated cutover.toml),
@@ -107,6 +109,10 @@ impl Phase {
 struct Settings {
     users: usize,
     messages: usize,
+    /// Percent of the messages that are large (`BENCH_LARGE_PERCENT`, default 2).
+    large_percent: usize,
+    /// Size of a large message in bytes (`BENCH_LARGE_MIB`); None: 0.2-2 MiB at random.
+    large_bytes: Option<usize>,
     seed: u64,
     repeat: usize,
     tools: Vec<Tool>,
@@ -328,11 +334,22 @@ impl Settings {
             Some(o) => bail!("BENCH_THROTTLE={o:?}: use 1 or 0"),
         }
         .filter(|_| tools.contains(&Tool::Cutover));
+        let large_percent = env_num("BENCH_LARGE_PERCENT", 2)? as usize;
+        if large_percent > 100 {
+            bail!("BENCH_LARGE_PERCENT must be 0 to 100");
+        }
+        let large_bytes = match env_num("BENCH_LARGE_MIB", 0)? as usize {
+            0 => None,
+            mib if mib > 150 => bail!("BENCH_LARGE_MIB must be at most 150"),
+            mib => Some(mib * MIB),
+        };
         Ok(Settings {
             users,
             messages,
             small: env_str("BENCH_SIZE").as_deref() == Some("small"),
             inbox_only: env_str("BENCH_FOLDERS").as_deref() == Some("inbox"),
+            large_percent,
+            large_bytes,
             seed: env_num("BENCH_SEED", 20_250_301)?,
             repeat: (env_num("BENCH_REPEAT", 3)? as usize).max(1),
             tools,
@@ -756,7 +773,11 @@ fn make_message(
 fn user_messages(s: &Settings, u: usize, user: &User) -> Vec<Message> {
     let mut rng = StdRng::seed_from_u64(s.seed ^ ((u as u64 + 1) << 32));
     let n = s.messages;
-    let large_count = if s.small { 0 } else { (n * 2 + 50) / 100 };
+    let large_count = if s.small {
+        0
+    } else {
+        (n * s.large_percent + 50) / 100
+    };
     let mut large = vec![false; n];
     for i in rand::seq::index::sample(&mut rng, n, large_count) {
         large[i] = true;
@@ -783,7 +804,8 @@ fn user_messages(s: &Settings, u: usize, user: &User) -> Vec<Message> {
                     .unwrap_or(0)
             };
             let size = if large[i] {
-                rng.gen_range(MIB / 5..=2 * MIB)
+                s.large_bytes
+                    .unwrap_or_else(|| rng.gen_range(MIB / 5..=2 * MIB))
             } else if s.small {
                 rng.gen_range(KIB / 2..=3 * KIB)
             } else {

@@ -17,6 +17,7 @@
 //! Secrets are held in [`Secret`], so `{:?}` of a [`Config`] never shows a password, and
 //! error messages are built so that a rejected password value is never echoed either.
 
+use crate::budget::MAX_BUDGET;
 use crate::imap::Credentials;
 use crate::mapping::{MappingError, Namespace};
 use crate::secret::Secret;
@@ -174,6 +175,11 @@ pub struct SpoolConfig {
     /// When bodies are compressed: `background` (default) or `inline`.
     #[serde(default)]
     pub compress: Compress,
+    /// Bytes of message bodies held in memory at once, over every connection (see
+    /// `budget.rs`): what bounds the daemon's memory beyond its base. A message larger
+    /// than this still goes, alone.
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: u64,
 }
 
 impl Default for SpoolConfig {
@@ -181,6 +187,7 @@ impl Default for SpoolConfig {
         SpoolConfig {
             path: default_spool_path(),
             compress: Compress::default(),
+            max_inflight_bytes: default_max_inflight_bytes(),
         }
     }
 }
@@ -196,6 +203,13 @@ pub enum Compress {
     /// Compressed as they are spooled: a smaller spool at once, for a slower copy.
     #[serde(rename = "inline")]
     Inline,
+}
+
+/// 64 MiB: with the base (20-60 MiB, more with a large spool: about 150 MiB with a
+/// million message records, see README) within an appliance's `MemoryMax=256M`, and room
+/// for one message at Exchange Online's limit (35 MB) next to smaller ones.
+fn default_max_inflight_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 fn default_spool_path() -> PathBuf {
@@ -772,6 +786,14 @@ impl Config {
         }
         if self.sync.interval.is_zero() {
             return Err(invalid("interval", "must be at least 1 second".into()));
+        }
+        if self.spool.max_inflight_bytes == 0 || self.spool.max_inflight_bytes > MAX_BUDGET {
+            let key = "spool.max_inflight_bytes".to_string();
+            return Err(ConfigError::Invalid {
+                origin: origin(figment, &key, &self.file),
+                key,
+                message: format!("must be 1 to {MAX_BUDGET}"),
+            });
         }
         if self.sync.max_delete_percent > 100 {
             return Err(invalid("max_delete_percent", "must be 0 to 100".into()));

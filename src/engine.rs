@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::accounts::Account;
+use crate::budget::Budget;
 use crate::config::{Config, ServerConfig, TlsMode};
+use crate::details::Details;
 use crate::imap::client::{Client, Endpoint, Security};
 use crate::imap::transport::TlsSettings;
 use crate::imap::{Credentials, ImapError, ListedFolder};
@@ -56,8 +58,9 @@ pub struct MailboxSummary {
     /// The mailbox's message rate limit at the end of the pass (messages/s), if any.
     pub rate: Option<f64>,
     /// Messages skipped in this pass (Microsoft's limits), one line each: folder, UID,
-    /// why, date, subject, size. Not errors: the mailbox is still complete.
-    pub skipped_details: Vec<String>,
+    /// why, date, subject, size. Not errors: the mailbox is still complete. The first
+    /// ones only (see [`Details`]): `skipped` counts them all, the spool names them all.
+    pub skipped_details: Details,
     /// Messages deleted at the destination in this pass because the source expunged them
     /// (`[sync] propagate_deletes`).
     pub deleted: u64,
@@ -195,6 +198,9 @@ pub struct Engine {
     pub tokens: Option<Arc<TokenProvider>>,
     /// Rate limits toward the destination (global buckets; each mailbox gets its own).
     pub limits: Arc<Limits>,
+    /// The bytes of message bodies all connections may hold at once (`[spool]
+    /// max_inflight_bytes`, see [`crate::budget`]).
+    pub budget: Budget,
 }
 
 impl Engine {
@@ -221,6 +227,7 @@ impl Engine {
             tokens: TokenProvider::from_config(&config.upstream)?,
             limits,
             spool,
+            budget: Budget::new(config.spool.max_inflight_bytes),
             config: Arc::new(config),
         })
     }
@@ -285,30 +292,57 @@ impl Engine {
             limiter,
             propagate_deletes: self.config.sync.propagate_deletes,
             session_timeout: Duration::from_secs(self.config.upstream.timeout_secs),
+            budget: Some(self.budget.clone()),
         }
     }
 
-    /// One pass over every mailbox, several at once within the connection limits.
+    /// How many mailboxes a pass works on at once: enough to keep every connection of
+    /// both sides busy (a mailbox whose source is done may still be pushing), and no
+    /// more, so that 5,000 mailboxes are not 10,000 tasks and 5,000 spool scans at once.
+    pub fn mailboxes_in_flight(&self) -> usize {
+        (self.config.source.max_connections.max(1) + self.config.upstream.max_connections.max(1))
+            .max(2)
+    }
+
+    /// One pass over every mailbox, several at once within the connection limits. A
+    /// mailbox's tasks are started when one in flight ends, in the CSV's order.
     pub async fn sync_once(self: &Arc<Self>, accounts: &[Account]) -> Vec<MailboxSummary> {
-        let mut tasks = Vec::new();
-        for account in accounts {
-            let engine = self.clone();
-            let account = account.clone();
-            tasks.push(tokio::spawn(
-                async move { engine.sync_mailbox(&account).await },
-            ));
-        }
-        let mut out = Vec::new();
-        for (t, a) in tasks.into_iter().zip(accounts) {
-            out.push(t.await.unwrap_or_else(|e| MailboxSummary {
-                mailbox: a.email.clone(),
-                fatal: Some(format!("internal error: {e}")),
-                ..Default::default()
-            }));
+        let mut out: Vec<Option<MailboxSummary>> = vec![None; accounts.len()];
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut ids = HashMap::new();
+        let mut next = accounts.iter().enumerate();
+        loop {
+            while tasks.len() < self.mailboxes_in_flight() {
+                let Some((i, account)) = next.next() else {
+                    break;
+                };
+                let engine = self.clone();
+                let account = account.clone();
+                let h = tasks.spawn(async move { engine.sync_mailbox(&account).await });
+                ids.insert(h.id(), i);
+            }
+            let Some(done) = tasks.join_next_with_id().await else {
+                break;
+            };
+            let (i, summary) = match done {
+                Ok((id, s)) => (ids.remove(&id), s),
+                Err(e) => (
+                    ids.remove(&e.id()),
+                    MailboxSummary {
+                        fatal: Some(format!("internal error: {e}")),
+                        ..Default::default()
+                    },
+                ),
+            };
+            if let Some(i) = i {
+                let mut summary = summary;
+                summary.mailbox = accounts[i].email.clone();
+                out[i] = Some(summary);
+            }
         }
         let (from_memory, from_spool) = self.spool.take_body_stats();
         tracing::debug!(from_memory, from_spool, "bodies handed to the upstream");
-        out
+        out.into_iter().map(Option::unwrap_or_default).collect()
     }
 
     /// Source and upstream of one mailbox.
@@ -472,6 +506,7 @@ impl Engine {
         loop {
             attempt += 1;
             let mut client = self.source.session(creds).await?;
+            client.set_budget(Some(self.budget.clone()));
             let r = async {
                 let (folders, prefix) = source::list_folders(&mut client).await?;
                 let folders: Vec<ListedFolder> = folders
@@ -828,8 +863,15 @@ pub fn summary_table(rows: &[MailboxSummary]) -> String {
     }
     // Skipped messages and throttling, below the table (its columns stay as they are).
     for r in rows {
-        for d in &r.skipped_details {
+        for d in r.skipped_details.lines() {
             s.push_str(&format!("  {}: {d}\n", r.mailbox));
+        }
+        if r.skipped_details.omitted() > 0 {
+            s.push_str(&format!(
+                "  {}: {} more skipped message(s) not listed here (the spool keeps each with its reason: `cutover report`)\n",
+                r.mailbox,
+                r.skipped_details.omitted()
+            ));
         }
         for d in &r.notices {
             s.push_str(&format!("  {}: notice: {d}\n", r.mailbox));

@@ -6,11 +6,13 @@
 //! lives, so each side can stop, crash or restart without the other losing anything.
 
 pub mod accounts;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod cutover;
 pub mod daemon;
 pub mod demo;
+pub mod details;
 pub mod duration;
 pub mod engine;
 pub mod imap;

@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::details::Details;
 use crate::imap::client::Client;
 use crate::imap::response::FetchData;
 use crate::imap::ListedFolder;
@@ -38,8 +39,9 @@ pub struct SourceReport {
     pub new_bytes: u64,
     pub flag_changes: u64,
     pub skipped: u64,
-    /// One line per message skipped in this read (folder, UID, why, date, subject, size).
-    pub skipped_details: Vec<String>,
+    /// One line per message skipped in this read (folder, UID, why, date, subject, size):
+    /// the first ones; the spool keeps every one.
+    pub skipped_details: Details,
     /// Per-folder problems, already phrased for the admin (folder and server text).
     pub errors: Vec<String>,
     /// Messages found expunged at the source in this read and recorded as such (with

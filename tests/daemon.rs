@@ -927,3 +927,112 @@ fn pause_resume_and_sync_now_from_the_command_line() {
         stderr(&out)
     );
 }
+
+/// With a populated spool the daemon says READY before it reads every mailbox's skipped
+/// and failed messages (the READY status still shows that scan at 0), lists them once the
+/// scan is over, and leaves `status.json` alone while nothing changes; a change (a
+/// `complete` request) writes it again, compactly.
+#[test]
+fn ready_before_the_spool_scan_and_status_json_only_on_change() {
+    use std::os::unix::fs::MetadataExt;
+    let users = [
+        ("ines", "ines-pw", "ines@example.test"),
+        ("jon", "jon-pw", "jon@example.test"),
+    ];
+    let Some(tb) = testbed(&users) else { return };
+    for (login, _, _) in users {
+        seed(&tb, login, 3);
+    }
+    // One message over max_message_bytes: skipped, a problem the scan must find.
+    let mut big = message("too-big");
+    big.extend(std::iter::repeat_n(b'y', 6000));
+    big.extend_from_slice(b"\r\n");
+    tb.source.deliver("ines", "INBOX", &big, &[], None).unwrap();
+    let config = write_config(
+        &tb,
+        &work_dir(&tb),
+        &users,
+        TLS,
+        "[sync]\ninterval = \"1h\"\nmax_message_bytes = 5000\n",
+    )
+    .unwrap();
+    let out = cutover(&config, &["sync", "--once"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+
+    let sock_path = work_dir(&tb).join("notify-scan.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut d = Daemon::start(&config, &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
+    let mut notes = String::new();
+    wait_until(&d, Duration::from_secs(20), "READY=1", || {
+        notifications(&sock, &mut notes);
+        notes.contains("READY=1")
+    });
+    let ready = notes
+        .split("READY=1")
+        .nth(1)
+        .and_then(|r| r.lines().nth(1))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ready.contains("reading the spool: 0/2 mailboxes"),
+        "READY comes before the scan: {notes:?}"
+    );
+    let ines = |s: &StatusSnapshot| {
+        s.mailboxes
+            .iter()
+            .find(|r| r.mailbox == "ines@example.test")
+            .cloned()
+            .unwrap()
+    };
+    wait_until(&d, Duration::from_secs(20), "the scan to end", || {
+        let s = status(&config);
+        s.spool_scan.is_none() && !ines(&s).problems.is_empty()
+    });
+    let row = ines(&status(&config));
+    assert_eq!(row.status, "Synced", "{row:?}");
+    assert_eq!(row.problems[0].state, "skipped", "{row:?}");
+    assert!(
+        row.problems[0].reason.contains("max_message_bytes"),
+        "{row:?}"
+    );
+    notifications(&sock, &mut notes);
+    assert!(
+        notes.contains("STATUS=2 mailboxes: 2 Synced\n"),
+        "the status line drops the scan once done: {notes:?}"
+    );
+
+    // Nothing changes (the next pass is an hour away): the file stays as it is, over more
+    // than the 10 s after which it used to be written again regardless.
+    let path = work_dir(&tb).join("spool").join("status.json");
+    let meta = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.ino(), m.mtime_nsec(), m.mtime())
+    };
+    // A write queued just before the scan's end lands within a tick.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = meta(&path);
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(
+        meta(&path),
+        before,
+        "status.json rewritten with nothing changed"
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), 1, "compact JSON: {text}");
+
+    // A change is written within moments.
+    let out = cutover(&config, &["complete", "--mailbox", "jon@example.test"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    wait_until(
+        &d,
+        Duration::from_secs(20),
+        "status.json written again",
+        || meta(&path) != before,
+    );
+    wait_until(&d, Duration::from_secs(30), "jon Completed", || {
+        statuses(&config)["jon@example.test"] == "Completed"
+    });
+    assert_eq!(d.stop(Duration::from_secs(15)).code(), Some(0));
+}

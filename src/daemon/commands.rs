@@ -46,6 +46,12 @@ fn rows(config: &Path) -> anyhow::Result<Source> {
                     path.display()
                 )
             })?;
+            // Rows are rewritten when they change: the current stretch goes on since.
+            let mut snap = snap;
+            let now = now_ms() / 1000;
+            for row in &mut snap.mailboxes {
+                row.age_to(now);
+            }
             Ok(Source::Daemon(snap))
         }
         Err(e) => Err(anyhow::anyhow!(
@@ -59,11 +65,18 @@ fn rows(config: &Path) -> anyhow::Result<Source> {
 pub fn status(config: &Path, json: bool) -> anyhow::Result<bool> {
     let (snap, note) = match rows(config)? {
         Source::Daemon(s) => {
-            let note = format!(
-                "from the running daemon (pid {}), as of {}",
+            let mut note = format!(
+                "from the running daemon (pid {}), last change {}",
                 s.pid,
                 report::time(Some(s.written_unix))
             );
+            if let Some(p) = s.spool_scan {
+                note.push_str(&format!(
+                    "; still reading the spool: {}/{} mailboxes, the others' skipped and \
+                     failed items are not listed yet",
+                    p.done, p.total
+                ));
+            }
             (s, note)
         }
         Source::Spool(s) => (s, "from the spool; the daemon is not running".to_string()),
@@ -71,6 +84,7 @@ pub fn status(config: &Path, json: bool) -> anyhow::Result<bool> {
             let snap = Snapshot {
                 written_unix: now_ms() / 1000,
                 pid: 0,
+                spool_scan: None,
                 mailboxes: expected
                     .iter()
                     .map(|m| {
@@ -187,7 +201,8 @@ pub async fn complete(config: &Path, mailboxes: &[String]) -> anyhow::Result<boo
         let account = sched.entries[&id].account.clone();
         let is_final = sched.start(&id, now_ms());
         let summary = engine.sync_mailbox(&account).await;
-        sched.finish(&id, &summary, is_final, now_ms());
+        let after = super::scheduler::AfterPass::scan(&engine.spool, &id);
+        sched.finish(&id, &summary, is_final, now_ms(), after);
         let status = sched.status_of(&id).map(|s| s.as_str()).unwrap_or("?");
         match (&summary.fatal, summary.errors.first()) {
             (None, None) if summary.ok() => {

@@ -24,6 +24,7 @@ pub mod notify;
 pub mod report;
 pub mod requests;
 pub mod scheduler;
+pub mod snapshot;
 pub mod state;
 
 use std::collections::HashMap;
@@ -40,7 +41,9 @@ use crate::config::Config;
 use crate::cutover::mx;
 use crate::engine::{Engine, MailboxSummary};
 use notify::Notifier;
-use scheduler::{now_ms, Scheduler};
+use report::{Problem, ScanProgress};
+use scheduler::{now_ms, AfterPass, Scheduler};
+use snapshot::SnapshotWriter;
 
 /// How long a stopping daemon lets running passes finish before it aborts them. Short:
 /// an aborted pass is safe (the spool records an APPEND in flight as `Appending` and the
@@ -50,8 +53,8 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// How often the loop wakes up without an event: requests, snapshot, watchdog.
 const TICK: Duration = Duration::from_millis(500);
 
-/// A status snapshot is written at least this often, and within a tick of a change.
-const SNAPSHOT_EVERY: Duration = Duration::from_secs(10);
+/// How many mailboxes' problem lists the start-up scan may have found ahead of the loop.
+const SCAN_QUEUE: usize = 256;
 
 /// How long to wait for the spool's lock at start-up: a `cutover status` that opened the
 /// spool a moment before holds it briefly.
@@ -89,6 +92,7 @@ struct PassDone {
     mailbox: String,
     summary: MailboxSummary,
     is_final: bool,
+    after: AfterPass,
 }
 
 /// `cutover run`. Returns Ok(true) when stopped by a signal or when every mailbox is
@@ -145,20 +149,28 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
     let mut aborts: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
 
     let notifier = Notifier::from_env();
-    write_snapshot(&snapshot_path, &sched, &snap_tx);
+    let writer = SnapshotWriter::start(snapshot_path.clone())?;
+    // The skipped and failed messages of every mailbox are read after READY: a scan of
+    // every record of a large spool could outlast systemd's start timeout. Until it is
+    // done, the status says how far it got.
+    let mut scan = Some(ScanProgress {
+        done: 0,
+        total: sched.entries.len(),
+    });
+    let mut scan_rx = start_scan(&engine, &sched);
+    let mut last_status = hand_over(&writer, &mut sched, scan, &snap_tx);
     tracing::info!(
         mailboxes = accounts.len(),
         interval = %crate::duration::format(interval),
         domains = ?cutover.domains,
         "daemon started"
     );
-    notifier.ready(&sched.status_line());
+    notifier.ready(&last_status);
 
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_snapshot = Instant::now();
     let mut last_watchdog = Instant::now();
-    let mut last_status = String::new();
     let mut stopping: Option<Instant> = None;
     let mut mx_open = !cutover.domains.is_empty();
 
@@ -200,7 +212,7 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
                 Ok((id, d)) => {
                     running.remove(&id);
                     aborts.remove(&d.mailbox);
-                    sched.finish(&d.mailbox, &d.summary, d.is_final, now_ms());
+                    sched.finish(&d.mailbox, &d.summary, d.is_final, now_ms(), d.after);
                 }
                 Err(e) => {
                     let Some(mailbox) = running.remove(&e.id()) else { continue };
@@ -213,11 +225,25 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
                             fatal: Some(format!("internal error: {e}")),
                             ..Default::default()
                         };
-                        sched.finish(&mailbox, &summary, false, now_ms());
+                        sched.finish(&mailbox, &summary, false, now_ms(), AfterPass::default());
                     }
                 }
             },
             Some(obs) = mx_rx.recv(), if mx_open => sched.observe_mx(&obs, now_ms()),
+            found = scan_rx.recv(), if scan.is_some() => match found {
+                Some((mailbox, problems)) => {
+                    sched.set_problems(&mailbox, problems);
+                    if let Some(p) = &mut scan {
+                        p.done += 1;
+                    }
+                    sched.dirty = true;
+                }
+                None => {
+                    tracing::info!(mailboxes = sched.entries.len(), "spool read: every mailbox's skipped and failed messages are listed");
+                    scan = None;
+                    sched.dirty = true;
+                }
+            },
             _ = tick.tick() => {
                 for req in requests::take(&spool_dir) {
                     match req.kind {
@@ -275,13 +301,11 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
                 last_watchdog = Instant::now();
             }
         }
-        if (sched.dirty && last_snapshot.elapsed() >= TICK)
-            || last_snapshot.elapsed() >= SNAPSHOT_EVERY
-        {
-            write_snapshot(&snapshot_path, &sched, &snap_tx);
-            sched.dirty = false;
+        // Only when something changed, and at most once a tick: the rows that changed
+        // go to the writer thread, which serialises and writes.
+        if sched.dirty && last_snapshot.elapsed() >= TICK {
+            let line = hand_over(&writer, &mut sched, scan, &snap_tx);
             last_snapshot = Instant::now();
-            let line = sched.status_line();
             if line != last_status {
                 notifier.status(&line);
                 last_status = line;
@@ -296,7 +320,8 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
         sched.abandon(&mailbox, now_ms());
     }
     sched.close_all(now_ms());
-    write_snapshot(&snapshot_path, &sched, &snap_tx);
+    hand_over(&writer, &mut sched, scan, &snap_tx);
+    writer.finish();
     engine.spool.flush()?;
     tracing::info!("{}; stopped", sched.status_line());
     Ok(true)
@@ -336,18 +361,90 @@ async fn pass(
     _user_slot: Option<OwnedSemaphorePermit>,
 ) -> PassDone {
     let summary = engine.sync_mailbox(&account).await;
+    // Counting and listing the mailbox's records is a scan: not on the runtime's thread.
+    let (spool, mailbox) = (engine.spool.clone(), account.email.clone());
+    let after = tokio::task::spawn_blocking(move || AfterPass::scan(&spool, &mailbox))
+        .await
+        .unwrap_or_default();
     PassDone {
         mailbox: account.email,
         summary,
         is_final,
+        after,
     }
 }
 
-fn write_snapshot(path: &Path, sched: &Scheduler, page: &watch::Sender<Arc<report::Snapshot>>) {
-    let snap = sched.snapshot(now_ms());
-    let write = report::write_snapshot(path, &snap);
-    page.send_replace(Arc::new(snap));
-    if let Err(e) = write {
-        tracing::warn!(file = %path.display(), error = %e, "cannot write the status snapshot");
+/// Lists every mailbox's skipped and failed messages on a blocking thread, one mailbox
+/// after the other, sending each list as it is found. Ends when all are sent, or when the
+/// loop stops listening.
+fn start_scan(
+    engine: &Arc<Engine>,
+    sched: &Scheduler,
+) -> mpsc::Receiver<(String, (Vec<Problem>, u64))> {
+    let (tx, rx) = mpsc::channel(SCAN_QUEUE);
+    let ids: Vec<String> = sched.entries.keys().cloned().collect();
+    let spool = engine.spool.clone();
+    tokio::task::spawn_blocking(move || {
+        for id in ids {
+            let problems = report::problems(&spool, &id, report::LIVE_PROBLEMS);
+            if tx.blocking_send((id, problems)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Hands the rows that changed to the snapshot writer (and the whole snapshot to the status
+/// page) and returns the STATUS line; logs
+/// (debug) what that cost the runtime's thread, which the scale benchmark reads
+/// (bench/scale.rs).
+fn hand_over(
+    writer: &SnapshotWriter,
+    sched: &mut Scheduler,
+    scan: Option<ScanProgress>,
+    page: &watch::Sender<Arc<report::Snapshot>>,
+) -> String {
+    let started = Instant::now();
+    let cpu = thread_cpu();
+    // The status page reads the whole snapshot; it is made only when something changed.
+    page.send_replace(Arc::new(sched.snapshot(now_ms())));
+    let rows = sched.take_changed();
+    let changed = rows.len();
+    writer.write(rows, now_ms() / 1000, scan);
+    let line = status_line(sched, scan);
+    tracing::debug!(
+        rows = changed,
+        micros = started.elapsed().as_micros() as u64,
+        cpu_micros = thread_cpu().saturating_sub(cpu).as_micros() as u64,
+        "status snapshot handed to the writer"
+    );
+    line
+}
+
+/// CPU time of the calling thread: what a step cost it, without the time the machine
+/// gave to others meanwhile.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec it is given, nothing else.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return Duration::ZERO;
     }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The STATUS line for systemd: the statuses, and the start-up scan while it runs.
+fn status_line(sched: &Scheduler, scan: Option<ScanProgress>) -> String {
+    let mut line = sched.status_line();
+    if let Some(p) = scan {
+        line.push_str(&format!(
+            "; reading the spool: {}/{} mailboxes",
+            p.done, p.total
+        ));
+    }
+    line
 }

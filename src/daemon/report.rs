@@ -26,8 +26,15 @@ use serde::{Deserialize, Serialize};
 use super::state::{self, Status};
 use crate::spool::{MailboxState, MessageState, Spool};
 
-/// Skipped and failed items kept per mailbox in the snapshot; the rest are counted.
+/// Skipped and failed items listed per mailbox when read from the spool of a stopped
+/// daemon; the rest are counted.
 pub const MAX_PROBLEMS: usize = 1000;
+
+/// The same, for the running daemon, which keeps them for every mailbox in memory and in
+/// `status.json`: with thousands of mailboxes, a thousand each would be megabytes to keep
+/// and rewrite. The counts stay exact; every item stays in the spool, listed in full
+/// (up to [`MAX_PROBLEMS`]) by `cutover report` once the daemon is stopped.
+pub const LIVE_PROBLEMS: usize = 20;
 
 /// One mailbox as `status` and `report` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,8 +55,13 @@ pub struct MailboxRow {
     pub complete_after_unix: Option<i64>,
     pub completed_unix: Option<i64>,
     pub problems: Vec<Problem>,
-    /// Problems beyond [`MAX_PROBLEMS`], not listed.
+    /// Problems beyond [`MAX_PROBLEMS`] (or [`LIVE_PROBLEMS`]), not listed.
     pub problems_omitted: u64,
+    /// When `seconds_in_status` was counted: the daemon rewrites a row only when it
+    /// changes, and a reader adds the time since to the current status (see
+    /// [`MailboxRow::age_to`]).
+    #[serde(default)]
+    pub as_of_unix: i64,
 }
 
 /// A message that is not (yet) at the destination.
@@ -70,7 +82,18 @@ pub struct Snapshot {
     pub written_unix: i64,
     /// The daemon's pid, or 0 when read from the spool of a stopped daemon.
     pub pid: u32,
+    /// The daemon's start-up reading of the spool (every mailbox's skipped and failed
+    /// messages), while it runs: mailboxes read so far, of how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_scan: Option<ScanProgress>,
     pub mailboxes: Vec<MailboxRow>,
+}
+
+/// How far a scan over the mailboxes got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanProgress {
+    pub done: usize,
+    pub total: usize,
 }
 
 /// `<spool>/status.json`.
@@ -101,6 +124,19 @@ impl MailboxRow {
             completed_unix: st.completed_unix,
             problems: problems.0,
             problems_omitted: problems.1,
+            as_of_unix: now,
+        }
+    }
+
+    /// Counts the time from `as_of_unix` to `now` in the current status.
+    pub fn age_to(&mut self, now: i64) {
+        let extra = now.saturating_sub(self.as_of_unix);
+        if extra > 0 && self.as_of_unix > 0 && !self.status.is_empty() {
+            *self
+                .seconds_in_status
+                .entry(self.status.clone())
+                .or_default() += extra as u64;
+            self.as_of_unix = now;
         }
     }
 }
@@ -207,6 +243,7 @@ pub fn from_spool(spool: &Spool, expected: &[String]) -> anyhow::Result<Snapshot
     Ok(Snapshot {
         written_unix: now,
         pid: 0,
+        spool_scan: None,
         mailboxes: rows,
     })
 }
@@ -386,6 +423,7 @@ mod tests {
         let snap = Snapshot {
             written_unix: 0,
             pid: 0,
+            spool_scan: None,
             mailboxes: vec![
                 row("a@x.test", Status::Synced, vec![]),
                 row(

@@ -7,15 +7,35 @@
 //! at once, so a crash loses at most the pass that was running.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::report::{self, MailboxRow, Problem, Snapshot};
+use super::snapshot::RowUpdate;
 use super::state::{self, Facts, Status};
 use crate::accounts::Account;
 use crate::cutover::mx::Observation;
 use crate::cutover::CutoverConfig;
 use crate::engine::MailboxSummary;
-use crate::spool::{MailboxState, Spool};
+use crate::spool::{MailboxState, MessageCounts, Spool};
+
+/// What a pass's end found in the spool: counted and listed off the runtime's thread (a
+/// scan of the mailbox's records), then handed to [`Scheduler::finish`].
+#[derive(Debug, Default)]
+pub struct AfterPass {
+    pub counts: Option<MessageCounts>,
+    pub problems: (Vec<Problem>, u64),
+}
+
+impl AfterPass {
+    /// Scans `mailbox`'s records (blocking: on a blocking thread in the daemon).
+    pub fn scan(spool: &Spool, mailbox: &str) -> AfterPass {
+        AfterPass {
+            counts: spool.counts(mailbox).ok(),
+            problems: report::problems(spool, mailbox, report::LIVE_PROBLEMS),
+        }
+    }
+}
 
 /// One mailbox of the CSV.
 pub struct Entry {
@@ -26,7 +46,13 @@ pub struct Entry {
     pub domain: Option<String>,
     /// When the next pass may start (unix milliseconds).
     pub next_due_ms: i64,
-    pub problems: (Vec<Problem>, u64),
+    /// The first skipped and failed messages, and how many more (see
+    /// [`report::LIVE_PROBLEMS`]); shared with the snapshot writer, never copied.
+    pub problems: Arc<(Vec<Problem>, u64)>,
+    /// The problems come from the end of a pass, so the start-up scan's are older.
+    problems_fresh: bool,
+    /// The row changed since the last snapshot.
+    changed: bool,
 }
 
 impl Entry {
@@ -94,7 +120,8 @@ impl Scheduler {
                 }
                 _ => now_ms,
             };
-            let problems = report::problems(&spool, &a.email, report::MAX_PROBLEMS);
+            // The problems are listed after READY (see `set_problems`): a scan of every
+            // mailbox's records here could outlast systemd's start timeout.
             spool.put_mailbox(&st)?;
             entries.insert(
                 a.email.clone(),
@@ -104,7 +131,9 @@ impl Scheduler {
                     st,
                     facts,
                     next_due_ms,
-                    problems,
+                    problems: Arc::default(),
+                    problems_fresh: false,
+                    changed: true,
                 },
             );
         }
@@ -159,10 +188,29 @@ impl Scheduler {
         is_final
     }
 
-    /// Records the outcome of a pass.
-    pub fn finish(&mut self, id: &str, summary: &MailboxSummary, is_final: bool, now_ms: i64) {
-        let counts = self.spool.counts(id);
-        let problems = report::problems(&self.spool, id, report::MAX_PROBLEMS);
+    /// The problems the start-up scan found for `id`, unless a pass found newer ones.
+    pub fn set_problems(&mut self, id: &str, problems: (Vec<Problem>, u64)) {
+        let Some(e) = self.entries.get_mut(id) else {
+            return;
+        };
+        if e.problems_fresh || (problems.0.is_empty() && e.problems.0.is_empty()) {
+            return;
+        }
+        e.problems = Arc::new(problems);
+        e.changed = true;
+        self.dirty = true;
+    }
+
+    /// Records the outcome of a pass, with what its end found in the spool.
+    pub fn finish(
+        &mut self,
+        id: &str,
+        summary: &MailboxSummary,
+        is_final: bool,
+        now_ms: i64,
+        after: AfterPass,
+    ) {
+        let AfterPass { counts, problems } = after;
         let interval_ms = self.interval.as_millis() as i64;
         let Some(e) = self.entries.get_mut(id) else {
             return;
@@ -170,13 +218,14 @@ impl Scheduler {
         let now = secs(now_ms);
         e.facts.running = false;
         e.st.passes += 1;
-        if let Ok(c) = counts {
+        if let Some(c) = counts {
             e.st.items_synced = c.appended;
             e.st.items_skipped = c.skipped;
             e.st.items_failed = c.failed + c.spooled + c.appending;
             e.st.bytes = c.bytes_appended;
         }
-        e.problems = problems;
+        e.problems = Arc::new(problems);
+        e.problems_fresh = true;
         let ok = summary.ok();
         e.facts.last_ok = Some(ok);
         if ok {
@@ -440,17 +489,33 @@ impl Scheduler {
         }
     }
 
+    /// Every mailbox's row as of now (tests; the daemon writes [`Self::take_changed`]).
     pub fn snapshot(&self, now_ms: i64) -> Snapshot {
         let now = secs(now_ms);
         Snapshot {
             written_unix: now,
             pid: std::process::id(),
+            spool_scan: None,
             mailboxes: self
                 .entries
                 .values()
-                .map(|e| MailboxRow::new(&e.st, e.problems.clone(), now))
+                .map(|e| MailboxRow::new(&e.st, (*e.problems).clone(), now))
                 .collect(),
         }
+    }
+
+    /// The rows that changed since the last call, for the snapshot writer: the state is
+    /// copied (a few small fields), the problems are shared. Clears [`Self::dirty`].
+    pub fn take_changed(&mut self) -> Vec<RowUpdate> {
+        self.dirty = false;
+        self.entries
+            .values_mut()
+            .filter_map(|e| std::mem::take(&mut e.changed).then_some(e))
+            .map(|e| RowUpdate {
+                st: e.st.clone(),
+                problems: e.problems.clone(),
+            })
+            .collect()
     }
 
     /// `3 mailboxes: 2 Synced, 1 IncrementalSyncing`, for sd_notify's STATUS.
@@ -468,7 +533,8 @@ impl Scheduler {
 
     fn persist(&mut self, id: &str) {
         self.dirty = true;
-        if let Some(e) = self.entries.get(id) {
+        if let Some(e) = self.entries.get_mut(id) {
+            e.changed = true;
             if let Err(err) = self.spool.put_mailbox(&e.st) {
                 tracing::error!(mailbox = id, error = %err, "cannot record the mailbox state");
             }
@@ -545,7 +611,13 @@ mod tests {
         assert!(!s.start("a@moved.test", t0));
         assert_eq!(s.status_of("a@moved.test"), Some(Status::Syncing));
         assert!(s.due(t0).len() == 1, "a running mailbox is not due");
-        s.finish("a@moved.test", &ok(), false, t0 + 5_000);
+        s.finish(
+            "a@moved.test",
+            &ok(),
+            false,
+            t0 + 5_000,
+            AfterPass::default(),
+        );
         assert_eq!(s.status_of("a@moved.test"), Some(Status::Synced));
         assert!(
             s.due(t0 + 60_000).is_empty()
@@ -561,7 +633,13 @@ mod tests {
             fatal: Some("login refused".into()),
             ..Default::default()
         };
-        s.finish("a@moved.test", &failed, false, t0 + 66_000);
+        s.finish(
+            "a@moved.test",
+            &failed,
+            false,
+            t0 + 66_000,
+            AfterPass::default(),
+        );
         assert_eq!(s.status_of("a@moved.test"), Some(Status::Failed));
         let st = spool.mailbox("a@moved.test").unwrap().unwrap();
         assert_eq!(st.status, "Failed");
@@ -585,15 +663,33 @@ mod tests {
         // A pass during the grace is not final and keeps the mailbox pending.
         assert!(!s.start("a@moved.test", t0 + 90_000));
         assert_eq!(s.status_of("a@moved.test"), Some(Status::CutoverPending));
-        s.finish("a@moved.test", &ok(), false, t0 + 91_000);
+        s.finish(
+            "a@moved.test",
+            &ok(),
+            false,
+            t0 + 91_000,
+            AfterPass::default(),
+        );
         assert_eq!(s.status_of("a@moved.test"), Some(Status::CutoverPending));
         // Due again after the interval, or when the grace ends if that comes first.
         assert_eq!(s.entries["a@moved.test"].next_due_ms, 1_700_000_151_000);
         s.start("a@moved.test", t0 + 360_000);
-        s.finish("a@moved.test", &ok(), false, t0 + 361_000);
+        s.finish(
+            "a@moved.test",
+            &ok(),
+            false,
+            t0 + 361_000,
+            AfterPass::default(),
+        );
         assert_eq!(s.entries["a@moved.test"].next_due_ms, 1_700_000_380_000);
         assert!(s.start("a@moved.test", t0 + 380_000));
-        s.finish("a@moved.test", &ok(), true, t0 + 381_000);
+        s.finish(
+            "a@moved.test",
+            &ok(),
+            true,
+            t0 + 381_000,
+            AfterPass::default(),
+        );
         assert_eq!(s.status_of("a@moved.test"), Some(Status::Completed));
         assert!(!s.due(i64::MAX - 1).contains(&"a@moved.test".to_string()));
 
@@ -621,7 +717,7 @@ mod tests {
         let mut s = Scheduler::new(spool, &accounts, Duration::from_secs(60), &cfg, t0).unwrap();
         for id in ["a@moved.test", "c@moved.test"] {
             s.start(id, t0);
-            s.finish(id, &ok(), false, t0 + 1000);
+            s.finish(id, &ok(), false, t0 + 1000, AfterPass::default());
         }
         s.request_complete(&["c@moved.test".to_string()], t0 + 2000);
         s.observe_mx(

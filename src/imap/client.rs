@@ -31,6 +31,7 @@ use super::framer::{Frame, FrameError, Framer, Skipped};
 use super::response::{parse_internal_date, FetchData, Kind, Resp, RespCode, Untagged};
 use super::transport::{ByteStream, Stream, TlsSettings};
 use super::{Credentials, ListedFolder};
+use crate::budget::{Budget, Permit};
 use crate::mapping::{decode_mutf7, encode_mutf7};
 use crate::secret::Scrubber;
 
@@ -574,6 +575,10 @@ pub struct Client {
     /// The credentials of the login, in every form they were sent in, taken out of the
     /// server's texts.
     scrub: Scrubber,
+    /// The byte budget a `BODY[]` literal is taken from before it is allocated (see
+    /// [`Client::set_budget`]), and what the last response's bodies hold of it.
+    budget: Option<Budget>,
+    held: Vec<Permit>,
 }
 
 impl Client {
@@ -666,7 +671,17 @@ impl Client {
             done: HashMap::new(),
             condstore_off: false,
             scrub: Scrubber::new(),
+            budget: None,
+            held: Vec::new(),
         }
+    }
+
+    /// Takes the bytes of every message body this session receives from `budget` before
+    /// it is allocated, and holds them until the next response is read: by then the
+    /// body's receiver (the callback of [`Client::uid_fetch_bodies`]) has spooled it.
+    pub fn set_budget(&mut self, budget: Option<Budget>) {
+        self.frames.set_gated(budget.is_some());
+        self.budget = budget;
     }
 
     pub fn caps(&self) -> &Capabilities {
@@ -732,6 +747,8 @@ impl Client {
         codec: &C,
         convert: impl FnOnce(Option<C::Message<'_>>, &[u8], Vec<Vec<u8>>, Vec<Skipped>) -> T,
     ) -> Result<T> {
+        // The bodies of the response before were handed on: their share goes back.
+        self.held.clear();
         loop {
             match self.frames.next_frame() {
                 Ok(Some(Frame {
@@ -746,7 +763,15 @@ impl Client {
                     };
                     return Ok(convert(decoded, bytes, bodies, skipped));
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Some(n) = self.frames.wants_grant() {
+                        if let Some(budget) = &self.budget {
+                            self.held.push(budget.take(n as u64).await);
+                        }
+                        self.frames.grant();
+                        continue;
+                    }
+                }
                 Err(FrameError::TooLong { limit }) => {
                     return Err(self.protocol(format!("a response exceeded the {limit} byte limit")))
                 }

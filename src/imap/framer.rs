@@ -29,6 +29,15 @@
 //! digits of the announcement change, so anything imap-codec refused before (`{n-}`, a bare
 //! LF) it still refuses. `BODY[]<origin>` (never requested) and literal8 `~{n}` are not
 //! taken and are decoded as before.
+//!
+//! # The byte budget
+//!
+//! With [`Framer::set_gated`], a response's first `BODY[]` literal is not allocated until
+//! the caller has granted its size ([`Framer::wants_grant`], [`Framer::grant`]): the
+//! client takes that much of the shared [`crate::budget::Budget`] first, so that bodies
+//! across connections stay within it. Further `BODY[]` literals of the same response (a
+//! server sends one per message) are bounded by the response limit alone: waiting for
+//! more while holding some could wait for ever.
 
 use bytes::buf::Limit;
 use bytes::BufMut;
@@ -116,6 +125,12 @@ pub struct Framer {
     skipped: Vec<Skipped>,
     /// Bytes of skipped literals that are in `buf` (they do not count against `max`).
     skipped_in_buf: usize,
+    /// A `BODY[]` literal waits for a grant before it is allocated (see the module doc).
+    gated: bool,
+    /// The size of the literal waiting for its grant.
+    wants: Option<usize>,
+    /// Granted for the next literal (consumed when it is taken).
+    granted: Option<usize>,
 }
 
 impl Framer {
@@ -136,7 +151,27 @@ impl Framer {
             scratch: Vec::new(),
             skipped: Vec::new(),
             skipped_in_buf: 0,
+            gated: false,
+            wants: None,
+            granted: None,
         }
+    }
+
+    /// Makes each response's first `BODY[]` literal wait for [`Framer::grant`].
+    pub fn set_gated(&mut self, gated: bool) {
+        self.gated = gated;
+    }
+
+    /// The size of the `BODY[]` literal that waits for a grant, if one does: until it is
+    /// granted, [`Framer::next_frame`] gives nothing and no more is read into the buffer
+    /// (see [`Framer::read_room`]).
+    pub fn wants_grant(&self) -> Option<usize> {
+        self.wants
+    }
+
+    /// Lets the literal [`Framer::wants_grant`] named be allocated.
+    pub fn grant(&mut self) {
+        self.granted = self.wants.take();
     }
 
     /// Keeps `BODY[]` literals of at most `limit` bytes (None: up to the response limit);
@@ -254,6 +289,12 @@ impl Framer {
                 continue;
             }
             if let Some(digits) = body {
+                if self.gated && self.bodies.is_empty() && self.granted != Some(n) {
+                    // Nothing is advanced: the same line is found again once granted.
+                    self.wants = Some(n);
+                    return Ok(None);
+                }
+                self.granted = None;
                 let digits = self.line + digits.start..self.line + digits.end;
                 self.take_body(digits, data, n);
                 if self.body_missing() > 0 {

@@ -40,6 +40,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::budget::{Budget, Permit};
+use crate::details::Details;
 use crate::imap::client::{AppendItem, AppendOutcome, AppendsSent, Client};
 use crate::imap::response::{Kind, RespCode};
 use crate::imap::ImapError;
@@ -61,6 +63,9 @@ pub struct UpstreamOptions {
     /// The client's timeout: how long an earlier session of ours may still have the
     /// server saving what it sent (see [`recover`]).
     pub session_timeout: Duration,
+    /// The bytes of bodies in memory, shared with every connection: a batch takes its
+    /// bodies' size before it reads them, and holds it until its answers are settled.
+    pub budget: Option<Budget>,
 }
 
 /// What one push of a folder did.
@@ -75,8 +80,9 @@ pub struct PushReport {
     pub throttled: u64,
     /// Messages deleted at the destination because the source expunged them.
     pub deleted: u64,
-    /// Messages the destination refused for good and that are now skipped, one line each.
-    pub skipped_details: Vec<String>,
+    /// Messages the destination refused for good and that are now skipped, one line each
+    /// (the first ones; the spool keeps every one).
+    pub skipped_details: Details,
     /// Per-message problems, phrased for the admin.
     pub errors: Vec<String>,
     /// What the admin should know although nothing failed: messages sent again after an
@@ -346,11 +352,27 @@ async fn append_pending(
                 ctx.settle(client, prev, report, &mut cursor).await?;
             }
         }
+        // The batch's share of the memory budget, before its bodies are read. Waiting for
+        // it while the batch before holds its own share could wait for ever (every
+        // connection doing the same): that batch is settled first, which frees its share.
+        let permit = match &opts.budget {
+            None => None,
+            Some(budget) => Some(match budget.try_take(bytes) {
+                Some(p) => p,
+                None => {
+                    if let Some(prev) = in_flight.take() {
+                        ctx.settle(client, prev, report, &mut cursor).await?;
+                    }
+                    budget.take(bytes).await
+                }
+            }),
+        };
         let uids: Vec<u32> = pending[i..j].iter().map(|r| r.uid).collect();
         i = j;
-        let Some(batch) = ctx.prepare(client, &uids, cursor, report).await? else {
+        let Some(mut batch) = ctx.prepare(client, &uids, cursor, report).await? else {
             continue;
         };
+        batch.permit = permit;
         cursor.get_or_insert((batch.claim.dest_uidvalidity, batch.claim.dest_uidnext));
         let flight = ctx.send(client, batch).await;
         if let Some(prev) = in_flight.take() {
@@ -396,6 +418,8 @@ struct Prepared {
     claim: Claim,
     started: std::time::Instant,
     prepare_time: Duration,
+    /// The bodies' share of the memory budget, given back with the batch.
+    permit: Option<Permit>,
 }
 
 /// A batch on its way: sent (or failed to send), its answers not read yet.
@@ -511,6 +535,7 @@ impl BatchContext<'_> {
             claim,
             prepare_time: started.elapsed(),
             started,
+            permit: None,
         }))
     }
 
@@ -564,6 +589,8 @@ impl BatchContext<'_> {
                     claim,
                     started,
                     prepare_time,
+                    // Held (with the bodies) until the batch is settled.
+                    permit: _permit,
                 },
             sent,
         } = flight;

@@ -191,6 +191,7 @@ mod tests {
         Snapshot {
             written_unix: 0,
             pid: 1,
+            spool_scan: None,
             mailboxes: statuses
                 .iter()
                 .enumerate()

@@ -259,6 +259,7 @@ mod tests {
         Snapshot {
             written_unix: 0,
             pid: 1,
+            spool_scan: None,
             mailboxes: (0..n)
                 .map(|i| {
                     let st = MailboxState {
