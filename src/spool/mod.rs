@@ -54,6 +54,7 @@ mod body_log;
 mod compact;
 mod messages;
 mod notices;
+mod notified;
 mod pauses;
 mod recent;
 mod records;
@@ -63,6 +64,7 @@ use body_log::{BodyLog, Stored};
 pub use compact::{CompactReport, Compactor};
 pub use messages::OwnedAtDest;
 pub use notices::MAX_NOTICES;
+pub use notified::{is_own_notice, Notified, OWN_NOTICE_REASON};
 pub use pauses::Pauses;
 use recent::Recent;
 pub use records::{
