@@ -16,6 +16,7 @@ pub mod engine;
 pub mod imap;
 pub mod logging;
 pub mod mapping;
+pub mod notify;
 pub mod oauth;
 pub mod secret;
 pub mod source;

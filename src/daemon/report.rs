@@ -50,6 +50,12 @@ pub struct MailboxRow {
     pub problems: Vec<Problem>,
     /// Problems beyond [`MAX_PROBLEMS`], not listed.
     pub problems_omitted: u64,
+    /// When the notice of `[notify] before` reached the source INBOX.
+    #[serde(default)]
+    pub notice_delivered_unix: Option<i64>,
+    /// When the welcome of `[notify] after` reached the destination INBOX.
+    #[serde(default)]
+    pub welcome_delivered_unix: Option<i64>,
 }
 
 /// A message that is not (yet) at the destination.
@@ -101,7 +107,23 @@ impl MailboxRow {
             completed_unix: st.completed_unix,
             problems: problems.0,
             problems_omitted: problems.1,
+            notice_delivered_unix: None,
+            welcome_delivered_unix: None,
         }
+    }
+
+    /// The row with the delivery times of the user's letters, from the spool.
+    pub fn with_letters(mut self, spool: &Spool) -> MailboxRow {
+        let at = |kind: &str| {
+            spool
+                .notified(&self.mailbox, kind)
+                .ok()
+                .flatten()
+                .and_then(|n| n.delivered_unix)
+        };
+        self.notice_delivered_unix = at("before");
+        self.welcome_delivered_unix = at("after");
+        self
     }
 }
 
@@ -123,7 +145,12 @@ pub fn problems(spool: &Spool, mailbox: &str, max: usize) -> (Vec<Problem>, u64)
                 .unwrap_or_default()
             {
                 let (state, reason) = match rec.state {
-                    MessageState::Skipped { reason } => ("skipped", reason),
+                    // cutover's own notice at the source: not the user's, not a problem.
+                    MessageState::Skipped { reason }
+                        if reason != crate::spool::OWN_NOTICE_REASON =>
+                    {
+                        ("skipped", reason)
+                    }
                     MessageState::Failed {
                         reason,
                         attempts,
@@ -201,7 +228,9 @@ pub fn from_spool(spool: &Spool, expected: &[String]) -> anyhow::Result<Snapshot
     }
     let mut rows: Vec<MailboxRow> = states
         .iter()
-        .map(|st| MailboxRow::new(st, problems(spool, &st.id, MAX_PROBLEMS), now))
+        .map(|st| {
+            MailboxRow::new(st, problems(spool, &st.id, MAX_PROBLEMS), now).with_letters(spool)
+        })
         .collect();
     rows.sort_by(|a, b| a.mailbox.cmp(&b.mailbox));
     Ok(Snapshot {
@@ -251,6 +280,25 @@ pub fn table(snap: &Snapshot) -> String {
             r.last_error.as_deref().unwrap_or("")
         ));
     }
+    let letters: Vec<&MailboxRow> = snap
+        .mailboxes
+        .iter()
+        .filter(|r| r.notice_delivered_unix.is_some() || r.welcome_delivered_unix.is_some())
+        .collect();
+    if !letters.is_empty() {
+        s.push_str(&format!(
+            "\n{:<32} {:<20}  {:<20}\n",
+            "letters to the users", "notice (before)", "welcome (after)"
+        ));
+        for r in letters {
+            s.push_str(&format!(
+                "{:<32} {:<20}  {:<20}\n",
+                r.mailbox,
+                time(r.notice_delivered_unix),
+                time(r.welcome_delivered_unix)
+            ));
+        }
+    }
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for r in &snap.mailboxes {
         *counts.entry(r.status.as_str()).or_default() += 1;
@@ -289,6 +337,8 @@ pub fn write_csv(snap: &Snapshot, out: impl Write) -> anyhow::Result<()> {
         "passes",
         "cutover_since_utc",
         "completed_utc",
+        "notice_delivered_utc",
+        "welcome_delivered_utc",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -315,6 +365,8 @@ pub fn write_csv(snap: &Snapshot, out: impl Write) -> anyhow::Result<()> {
             r.passes.to_string(),
             opt_time(r.cutover_since_unix),
             opt_time(r.completed_unix),
+            opt_time(r.notice_delivered_unix),
+            opt_time(r.welcome_delivered_unix),
         ];
         rec.extend(Status::ALL.iter().map(|s| {
             r.seconds_in_status
