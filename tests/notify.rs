@@ -335,3 +335,78 @@ fn a_broken_template_is_refused_at_start_with_its_line() {
     assert_eq!(inbox(&tb, &tb.source, "alice").len(), 1);
     assert_eq!(inbox(&tb, &tb.source, "bob").len(), 0);
 }
+
+/// `cutover run`, killed by its PID if the test ends before it does.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn statuses(config: &Path) -> Vec<String> {
+    let out = cutover(config, &["status", "--json"]);
+    let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    snap["mailboxes"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| r["status"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_daemon_welcomes_each_mailbox_once_when_it_completes() {
+    let Some(tb) = testbed(&USERS) else { return };
+    fill(&tb, "alice", "INBOX", 2, |_| vec![]);
+    fill(&tb, "bob", "INBOX", 1, |_| vec![]);
+    let config = setup(&tb);
+    let log = config.parent().unwrap().join("daemon.log");
+    let mut daemon = Daemon(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .env("CUTOVER_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let synced = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let s = statuses(&config);
+        s.len() == 2 && s.iter().all(|s| s == "Synced" || s == "IncrementalSyncing")
+    });
+    assert!(synced, "{}", std::fs::read_to_string(&log).unwrap());
+    let out = cutover(&config, &["complete"]);
+    assert!(out.status.success());
+    // Every mailbox Completed: the daemon ends by itself, after its welcomes.
+    let exited = (0..1200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        matches!(daemon.0.try_wait(), Ok(Some(_)))
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(exited, "the daemon did not finish\n{text}");
+    assert!(text.contains("welcome delivered"), "{text}");
+    for (email, n) in [("alice@example.test", 2), ("bob@example.test", 1)] {
+        let dest = inbox(&tb, &tb.dest, email);
+        assert_eq!(dest.len(), n + 1, "{email}");
+        let welcome: Vec<_> = dest.iter().filter(|m| is_letter(&m.3, "after")).collect();
+        assert_eq!(welcome.len(), 1, "{email}");
+        assert!(!welcome[0].1.iter().any(|f| f == "\\Seen"));
+    }
+    let report = stdout(&cutover(&config, &["report", "--csv"]));
+    assert!(!csv_col(&report, "bob@example.test", "welcome_delivered_utc").is_empty());
+    // The notice was never sent: that is only ever done by hand.
+    assert!(csv_col(&report, "bob@example.test", "notice_delivered_utc").is_empty());
+    assert!(!inbox(&tb, &tb.source, "bob")
+        .iter()
+        .any(|m| is_letter(&m.3, "before")));
+}
