@@ -115,3 +115,38 @@ impl NotifyConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_letters_are_good_templates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("letters");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let t = Template::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let values = Values {
+                email: "a@example.com".into(),
+                display_name: "Ærø, Jørgen".into(),
+                ..Default::default()
+            };
+            let msg = t.fill(&values, "x@example.com", "Thu, 03 Dec 2026 12:00:00 +0000");
+            let head = msg.split(|b| *b == b'\n').take_while(|l| *l != b"\r");
+            assert!(head.flatten().all(u8::is_ascii), "{}", path.display());
+            n += 1;
+        }
+        assert_eq!(n, 4, "English and Danish, notice and welcome");
+        // The notices need cutover_date, the config says so at start.
+        let cfg = NotifyConfig {
+            before: Some(dir.join("notice.da.eml")),
+            ..Default::default()
+        };
+        assert!(cfg
+            .template(Kind::Before)
+            .unwrap_err()
+            .message
+            .contains("cutover_date"));
+    }
+}
