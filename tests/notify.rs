@@ -410,3 +410,54 @@ fn the_daemon_welcomes_each_mailbox_once_when_it_completes() {
         .iter()
         .any(|m| is_letter(&m.3, "before")));
 }
+
+#[test]
+fn a_notice_appended_by_a_run_that_stopped_is_found_not_sent_again_and_not_migrated() {
+    let Some(tb) = testbed(&USERS) else { return };
+    fill(&tb, "alice", "INBOX", 2, |_| vec![]);
+    let config = setup(&tb);
+    // A run that recorded the Message-ID, APPENDed, and was killed before it recorded
+    // the UID: the spool says "pending", the INBOX holds the notice.
+    let spool_dir = config.parent().unwrap().join("spool");
+    let id = "cutover-before-0123456789abcdef0123456789abcdef@example.test";
+    {
+        let spool = cutover::spool::Spool::open(&spool_dir).unwrap();
+        let pending = cutover::spool::Notified {
+            message_id: id.into(),
+            ..Default::default()
+        };
+        spool
+            .set_notified("alice@example.test", "before", &pending)
+            .unwrap();
+    }
+    let body =
+        format!("From: it@example.test\r\nSubject: notice\r\nMessage-ID: <{id}>\r\n\r\nhello\r\n");
+    tb.source
+        .deliver("alice", "INBOX", body.as_bytes(), &[], Some(1_700_000_000))
+        .unwrap();
+
+    let out = cutover(
+        &config,
+        &["notify", "before", "--mailbox", "alice@example.test"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("notice of an interrupted run found in the INBOX"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(inbox(&tb, &tb.source, "alice").len(), 3, "not sent twice");
+    let out = cutover(&config, &["sync", "--once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dest = inbox(&tb, &tb.dest, "alice@example.test");
+    assert_eq!(dest.len(), 2, "the notice is not migrated");
+    let out = cutover(
+        &config,
+        &["notify", "before", "--mailbox", "alice@example.test"],
+    );
+    assert!(
+        stdout(&out).contains("already delivered"),
+        "{}",
+        stdout(&out)
+    );
+}
