@@ -185,7 +185,7 @@ fn notice_at_the_source_once_not_migrated_and_welcome_once_at_completion() {
         "{text}"
     );
     assert!(
-        text.contains("Status: Alle dine elementer blev flyttet."),
+        text.contains("Status: Indtil nu skal intet element blive tilbage."),
         "{text}"
     );
     assert!(!text.contains('{'), "placeholders left: {text}");

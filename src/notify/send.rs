@@ -257,7 +257,7 @@ async fn before_in(
         values.items = items.to_string();
         values.bytes = words::bytes(bytes, lang);
     }
-    values.skipped = words::skipped(&left_behind(spool, id), lang);
+    values.skipped = words::skipped(&left_behind(spool, id), lang, true);
     let now = chrono::Utc::now().timestamp();
     let message_id = new_message_id(Kind::Before, id);
     let (_, date) = internal_date(now);
@@ -354,7 +354,7 @@ async fn after_in(
     let mut values = base_values(engine, account, names);
     values.items = counts.appended.to_string();
     values.bytes = words::bytes(counts.bytes_appended, lang);
-    values.skipped = words::skipped(&left_behind(spool, id), lang);
+    values.skipped = words::skipped(&left_behind(spool, id), lang, false);
     let message_id = new_message_id(Kind::After, id);
     let (_, date) = internal_date(completed_unix);
     let body = template.fill(&values, &message_id, &date);

@@ -49,12 +49,15 @@ pub fn bytes(n: u64, lang: Language) -> String {
 }
 
 /// The sentence `{skipped}` stands for: how many items were left behind and why, from the
-/// (state, reason) of each item the report lists as skipped or failed.
-pub fn skipped(items: &[(String, String)], lang: Language) -> String {
+/// (state, reason) of each item the report lists as skipped or failed. `before`: for the
+/// notice, when the move is still to come (and what is known so far is all there is).
+pub fn skipped(items: &[(String, String)], lang: Language, before: bool) -> String {
     if items.is_empty() {
-        return match lang {
-            Language::En => "All your items were moved.".into(),
-            Language::Da => "Alle dine elementer blev flyttet.".into(),
+        return match (lang, before) {
+            (Language::En, false) => "All your items were moved.".into(),
+            (Language::Da, false) => "Alle dine elementer blev flyttet.".into(),
+            (Language::En, true) => "So far no item has to stay behind.".into(),
+            (Language::Da, true) => "Indtil nu skal intet element blive tilbage.".into(),
         };
     }
     let mut by: std::collections::BTreeMap<Why, usize> = std::collections::BTreeMap::new();
@@ -97,13 +100,23 @@ pub fn skipped(items: &[(String, String)], lang: Language) -> String {
         .collect();
     match lang {
         Language::En => format!(
-            "{n} {} could not be moved: {}. Your administrator has the list.",
+            "{n} {} {}: {}. Your administrator has the list.",
             if n == 1 { "item" } else { "items" },
+            if before {
+                "cannot be moved"
+            } else {
+                "could not be moved"
+            },
             join(&parts, "and")
         ),
         Language::Da => format!(
-            "{n} {} kunne ikke flyttes: {}. Din administrator har listen.",
+            "{n} {} {}: {}. Din administrator har listen.",
             if n == 1 { "element" } else { "elementer" },
+            if before {
+                "kan ikke flyttes"
+            } else {
+                "kunne ikke flyttes"
+            },
             join(&parts, "og")
         ),
     }
@@ -135,7 +148,14 @@ mod tests {
 
     #[test]
     fn skipped_items_are_counted_and_explained_in_plain_words() {
-        assert_eq!(skipped(&[], Language::En), "All your items were moved.");
+        assert_eq!(
+            skipped(&[], Language::En, false),
+            "All your items were moved."
+        );
+        assert_eq!(
+            skipped(&[], Language::En, true),
+            "So far no item has to stay behind."
+        );
         let items = [
             item(
                 "skipped",
@@ -148,16 +168,17 @@ mod tests {
             item("skipped", "refused by the destination: [PARSE] bad message"),
         ];
         assert_eq!(
-            skipped(&items, Language::En),
+            skipped(&items, Language::En, false),
             "3 items could not be moved: 2 were too large for Office 365 and 1 was refused by \
              Office 365. Your administrator has the list."
         );
-        let da = skipped(&items[..1], Language::Da);
+        let da = skipped(&items[..1], Language::Da, false);
         assert_eq!(
             da,
             "1 element kunne ikke flyttes: 1 var for store til Office 365. Din administrator har listen."
         );
         // The admin's words (field names, sizes) never reach the user.
-        assert!(!skipped(&items, Language::En).contains("max_message_bytes"));
+        assert!(!skipped(&items, Language::En, true).contains("max_message_bytes"));
+        assert!(skipped(&items, Language::En, true).starts_with("3 items cannot be moved: "));
     }
 }
