@@ -332,6 +332,8 @@ in_root getent passwd cutover >/dev/null ||
 
 install -d -m 0750 "$ROOT/etc/cutover"
 install -m 0640 "$REPO/config.example.toml" "$ROOT/etc/cutover/cutover.toml"
+# The example letters to the users ([notify]), English and Danish.
+install -m 0640 "$REPO"/letters/*.eml "$ROOT/etc/cutover/"
 printf 'EmailAddress,UserName,Password\nalice@example.com,alice,her-legacy-password\n' \
     >"$ROOT/etc/cutover/mailboxes.csv.example"
 chmod 0640 "$ROOT/etc/cutover/mailboxes.csv.example"

@@ -207,6 +207,43 @@ pub fn parse(text: &[u8]) -> Accounts {
     out
 }
 
+/// The optional `DisplayName` column, by address (lower-cased like [`Account::email`]):
+/// what the letters of `[notify]` call the user. Rows without one, and a CSV without the
+/// column, give nothing; the rows themselves are checked by [`parse`].
+pub fn display_names(text: &[u8]) -> HashMap<String, String> {
+    let text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text);
+    let mut out = HashMap::new();
+    let mut cols: Option<(usize, usize)> = None;
+    for record in reader.records().flatten() {
+        if record.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        let Some((email, name)) = cols else {
+            let find = |want: &str| {
+                record
+                    .iter()
+                    .position(|h| h.trim().eq_ignore_ascii_case(want))
+            };
+            match (find(EMAIL), find("displayname")) {
+                (Some(e), Some(n)) => cols = Some((e, n)),
+                _ => return out,
+            }
+            continue;
+        };
+        if let (Some(e), Some(n)) = (record.get(email), record.get(name)) {
+            let n = n.trim();
+            if !n.is_empty() {
+                out.insert(e.trim().to_lowercase(), n.to_string());
+            }
+        }
+    }
+    out
+}
+
 /// Makes each account use the id an existing spool already has for its mailbox, and
 /// returns one line per account changed, for the log.
 ///
@@ -348,6 +385,22 @@ fn check_email(email: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_names_come_from_their_optional_column() {
+        let csv = "EmailAddress,UserName,Password,DisplayName\n\
+                   Alice@X.test,alice,pw,\"Hansen, Alice\"\n\
+                   bob@x.test,bob,pw,\n";
+        let names = display_names(csv.as_bytes());
+        assert_eq!(
+            names.get("alice@x.test").map(String::as_str),
+            Some("Hansen, Alice")
+        );
+        assert!(!names.contains_key("bob@x.test"));
+        // The column is optional, and the accounts parse as before with it.
+        assert!(display_names(b"EmailAddress,UserName\na@x.test,a\n").is_empty());
+        assert_eq!(parse(csv.as_bytes()).accounts.len(), 2);
+    }
 
     fn lines(errors: &[AccountError]) -> Vec<usize> {
         errors.iter().map(|e| e.line).collect()

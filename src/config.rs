@@ -37,7 +37,9 @@ pub const ENV_PREFIX: &str = "CUTOVER_";
 /// or `CUTOVER_CONFIG` (used by the command line) share the prefix but are not
 /// configuration keys; without this filter `deny_unknown_fields` would reject them.
 /// A new section must be added here to be overridable from the environment.
-const ENV_SECTIONS: [&str; 6] = ["spool", "source", "upstream", "sync", "cutover", "web"];
+const ENV_SECTIONS: [&str; 7] = [
+    "spool", "source", "upstream", "sync", "cutover", "web", "notify",
+];
 const ENV_TOP_KEYS: [&str; 1] = ["mailboxes"];
 
 /// Why the configuration could not be loaded, or credentials could not be built.
@@ -56,6 +58,14 @@ pub enum ConfigError {
     /// A file named by a `*_file` key (e.g. `admin_password_file`) could not be used.
     #[error("invalid configuration: {}: {key}: cannot read {}: {message}", config.display(), path.display())]
     File {
+        config: PathBuf,
+        key: String,
+        path: PathBuf,
+        message: String,
+    },
+    /// A letter template of `[notify]` that cannot be used; the message names its line.
+    #[error("invalid configuration: {}: {key}: {}: {message}", config.display(), path.display())]
+    Template {
         config: PathBuf,
         key: String,
         path: PathBuf,
@@ -160,6 +170,9 @@ pub struct Config {
     /// `[web]`: the status page of `cutover run` (see [`crate::web`]).
     #[serde(default)]
     pub web: crate::web::WebConfig,
+    /// `[notify]`: the letters to the users (see [`crate::notify`]).
+    #[serde(default)]
+    pub notify: crate::notify::NotifyConfig,
     /// The file this was loaded from (absolute if it was given as such); not a key.
     #[serde(skip)]
     pub file: PathBuf,
@@ -598,6 +611,7 @@ impl Config {
         config.finish_server("source", &figment, false)?;
         config.finish_server("upstream", &figment, true)?;
         config.validate_sync(&figment)?;
+        config.check_notify()?;
         Ok(config)
     }
 
@@ -619,6 +633,7 @@ impl Config {
         {
             resolve(p);
         }
+        self.notify.resolve_paths(base);
         for server in [&mut self.source, &mut self.upstream] {
             for p in [
                 &mut server.tls_ca_file,
@@ -740,6 +755,22 @@ impl Config {
         }
         if server.admin_login != "authzid" {
             check_template(&server.admin_login).map_err(|m| invalid("admin_login", m))?;
+        }
+        Ok(())
+    }
+
+    /// Loads the letter templates: one that would fail at sending fails here, at start.
+    fn check_notify(&self) -> Result<(), ConfigError> {
+        use crate::notify::Kind;
+        for kind in [Kind::Before, Kind::After] {
+            if let (Err(e), Some(path)) = (self.notify.template(kind), self.notify.path(kind)) {
+                return Err(ConfigError::Template {
+                    config: self.file.clone(),
+                    key: format!("notify.{}", kind.as_str()),
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                });
+            }
         }
         Ok(())
     }

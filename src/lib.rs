@@ -19,6 +19,7 @@ pub mod imap;
 pub mod logging;
 pub mod mapping;
 pub mod metrics;
+pub mod notify;
 pub mod oauth;
 pub mod secret;
 pub mod source;

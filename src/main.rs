@@ -87,11 +87,42 @@ enum Command {
     /// Set the status page's password: its argon2 hash goes to `[web] password_file`
     /// (the password is read from standard input).
     WebPassword,
+    /// Letters to the users (`[notify]`): the notice in the old INBOX, the welcome in the
+    /// new one.
+    Notify {
+        #[command(subcommand)]
+        letter: NotifyCommand,
+    },
     /// Start a local source and destination Dovecot with sample mailboxes and migrate them.
     Demo {
         /// Keep the demo servers running until Ctrl-C, to look at them.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NotifyCommand {
+    /// APPEND the `[notify] before` notice to each user's INBOX at the SOURCE (the only
+    /// write cutover makes there), once; it is not migrated. Run it with the daemon
+    /// stopped.
+    Before {
+        /// A mailbox (EmailAddress); repeat for several. Default: all.
+        #[arg(long)]
+        mailbox: Vec<String>,
+        /// Send it again to mailboxes that already have it.
+        #[arg(long)]
+        again: bool,
+    },
+    /// APPEND the `[notify] after` welcome to the Office 365 INBOX of the Completed
+    /// mailboxes that have not had it (the daemon sends it by itself at completion).
+    After {
+        /// A mailbox (EmailAddress); repeat for several. Default: all.
+        #[arg(long)]
+        mailbox: Vec<String>,
+        /// Send it again to mailboxes that already have it.
+        #[arg(long)]
+        again: bool,
     },
 }
 
@@ -193,6 +224,26 @@ fn main() -> ExitCode {
                 cutover::daemon::commands::sync_now(&cli.config, &mailbox).await
             }
             Command::WebPassword => cutover::web::password::run(&cli.config),
+            Command::Notify { letter } => match letter {
+                NotifyCommand::Before { mailbox, again } => {
+                    cutover::notify::command::run(
+                        &cli.config,
+                        cutover::notify::Kind::Before,
+                        &mailbox,
+                        again,
+                    )
+                    .await
+                }
+                NotifyCommand::After { mailbox, again } => {
+                    cutover::notify::command::run(
+                        &cli.config,
+                        cutover::notify::Kind::After,
+                        &mailbox,
+                        again,
+                    )
+                    .await
+                }
+            },
             Command::Demo { keep } => cutover::demo::run(keep).await,
         }
     });

@@ -204,6 +204,12 @@ pub async fn complete(config: &Path, mailboxes: &[String]) -> anyhow::Result<boo
         let after = super::scheduler::AfterPass::scan(&engine.spool, &id);
         sched.finish(&id, &summary, is_final, now_ms(), after);
         let status = sched.status_of(&id).map(|s| s.as_str()).unwrap_or("?");
+        if sched.status_of(&id) == Some(super::state::Status::Completed) {
+            if let Some(at) = sched.entries[&id].st.completed_unix {
+                // The welcome (`[notify] after`); its failure is logged, not the pass's.
+                crate::notify::send::welcome_completed(engine.clone(), account.clone(), at).await;
+            }
+        }
         match (&summary.fatal, summary.errors.first()) {
             (None, None) if summary.ok() => {
                 println!("{id}: final pass copied {}; {status}", summary.copied)

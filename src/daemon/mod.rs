@@ -148,6 +148,9 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
     // To stop a pass when its mailbox is paused.
     let mut aborts: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
 
+    // The welcome letters of mailboxes just Completed (`[notify] after`), sent beside
+    // the loop: a slow or failing destination must not hold the migration up.
+    let mut welcomes: JoinSet<()> = JoinSet::new();
     let notifier = Notifier::from_env();
     let writer = SnapshotWriter::start(snapshot_path.clone())?;
     // The skipped and failed messages of every mailbox are read after READY: a scan of
@@ -213,6 +216,7 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
                     running.remove(&id);
                     aborts.remove(&d.mailbox);
                     sched.finish(&d.mailbox, &d.summary, d.is_final, now_ms(), d.after);
+                    welcome_if_completed(&engine, &sched, &d.mailbox, &mut welcomes);
                 }
                 Err(e) => {
                     let Some(mailbox) = running.remove(&e.id()) else { continue };
@@ -315,6 +319,7 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
 
     let _ = stop_tx.send(true);
     notifier.stopping();
+    wait_for_welcomes(&mut welcomes).await;
     // Passes aborted above were never finished: forget them, they resume next time.
     for mailbox in running.into_values() {
         sched.abandon(&mailbox, now_ms());
@@ -371,6 +376,48 @@ async fn pass(
         summary,
         is_final,
         after,
+    }
+}
+
+/// How long a stopping daemon waits for the welcome letters still being appended.
+const WELCOME_WAIT: Duration = Duration::from_secs(30);
+
+/// Starts the welcome of `mailbox` if its pass just made it Completed.
+fn welcome_if_completed(
+    engine: &Arc<Engine>,
+    sched: &Scheduler,
+    mailbox: &str,
+    welcomes: &mut JoinSet<()>,
+) {
+    if engine.config.notify.after.is_none()
+        || sched.status_of(mailbox) != Some(state::Status::Completed)
+    {
+        return;
+    }
+    let Some(entry) = sched.entries.get(mailbox) else {
+        return;
+    };
+    let at = entry.st.completed_unix.unwrap_or_else(|| now_ms() / 1000);
+    welcomes.spawn(crate::notify::send::welcome_completed(
+        engine.clone(),
+        entry.account.clone(),
+        at,
+    ));
+}
+
+/// Lets the welcomes under way finish, for at most [`WELCOME_WAIT`]; the rest are
+/// reported (and `cutover notify after` sends them).
+async fn wait_for_welcomes(welcomes: &mut JoinSet<()>) {
+    if welcomes.is_empty() {
+        return;
+    }
+    let all = async { while welcomes.join_next().await.is_some() {} };
+    if tokio::time::timeout(WELCOME_WAIT, all).await.is_err() {
+        tracing::warn!(
+            left = welcomes.len(),
+            "stopping before every welcome was delivered; `cutover notify after` sends the rest"
+        );
+        welcomes.abort_all();
     }
 }
 

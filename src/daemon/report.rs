@@ -62,6 +62,12 @@ pub struct MailboxRow {
     /// [`MailboxRow::age_to`]).
     #[serde(default)]
     pub as_of_unix: i64,
+    /// When the notice of `[notify] before` reached the source INBOX.
+    #[serde(default)]
+    pub notice_delivered_unix: Option<i64>,
+    /// When the welcome of `[notify] after` reached the destination INBOX.
+    #[serde(default)]
+    pub welcome_delivered_unix: Option<i64>,
 }
 
 /// A message that is not (yet) at the destination.
@@ -125,6 +131,8 @@ impl MailboxRow {
             problems: problems.0,
             problems_omitted: problems.1,
             as_of_unix: now,
+            notice_delivered_unix: None,
+            welcome_delivered_unix: None,
         }
     }
 
@@ -138,6 +146,20 @@ impl MailboxRow {
                 .or_default() += extra as u64;
             self.as_of_unix = now;
         }
+    }
+
+    /// The row with the delivery times of the user's letters, from the spool.
+    pub fn with_letters(mut self, spool: &Spool) -> MailboxRow {
+        let at = |kind: &str| {
+            spool
+                .notified(&self.mailbox, kind)
+                .ok()
+                .flatten()
+                .and_then(|n| n.delivered_unix)
+        };
+        self.notice_delivered_unix = at("before");
+        self.welcome_delivered_unix = at("after");
+        self
     }
 }
 
@@ -159,7 +181,12 @@ pub fn problems(spool: &Spool, mailbox: &str, max: usize) -> (Vec<Problem>, u64)
                 .unwrap_or_default()
             {
                 let (state, reason) = match rec.state {
-                    MessageState::Skipped { reason } => ("skipped", reason),
+                    // cutover's own notice at the source: not the user's, not a problem.
+                    MessageState::Skipped { reason }
+                        if reason != crate::spool::OWN_NOTICE_REASON =>
+                    {
+                        ("skipped", reason)
+                    }
                     MessageState::Failed {
                         reason,
                         attempts,
@@ -237,7 +264,9 @@ pub fn from_spool(spool: &Spool, expected: &[String]) -> anyhow::Result<Snapshot
     }
     let mut rows: Vec<MailboxRow> = states
         .iter()
-        .map(|st| MailboxRow::new(st, problems(spool, &st.id, MAX_PROBLEMS), now))
+        .map(|st| {
+            MailboxRow::new(st, problems(spool, &st.id, MAX_PROBLEMS), now).with_letters(spool)
+        })
         .collect();
     rows.sort_by(|a, b| a.mailbox.cmp(&b.mailbox));
     Ok(Snapshot {
@@ -288,6 +317,25 @@ pub fn table(snap: &Snapshot) -> String {
             r.last_error.as_deref().unwrap_or("")
         ));
     }
+    let letters: Vec<&MailboxRow> = snap
+        .mailboxes
+        .iter()
+        .filter(|r| r.notice_delivered_unix.is_some() || r.welcome_delivered_unix.is_some())
+        .collect();
+    if !letters.is_empty() {
+        s.push_str(&format!(
+            "\n{:<32} {:<20}  {:<20}\n",
+            "letters to the users", "notice (before)", "welcome (after)"
+        ));
+        for r in letters {
+            s.push_str(&format!(
+                "{:<32} {:<20}  {:<20}\n",
+                r.mailbox,
+                time(r.notice_delivered_unix),
+                time(r.welcome_delivered_unix)
+            ));
+        }
+    }
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for r in &snap.mailboxes {
         *counts.entry(r.status.as_str()).or_default() += 1;
@@ -326,6 +374,8 @@ pub fn write_csv(snap: &Snapshot, out: impl Write) -> anyhow::Result<()> {
         "passes",
         "cutover_since_utc",
         "completed_utc",
+        "notice_delivered_utc",
+        "welcome_delivered_utc",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -352,6 +402,8 @@ pub fn write_csv(snap: &Snapshot, out: impl Write) -> anyhow::Result<()> {
             r.passes.to_string(),
             opt_time(r.cutover_since_unix),
             opt_time(r.completed_unix),
+            opt_time(r.notice_delivered_unix),
+            opt_time(r.welcome_delivered_unix),
         ];
         rec.extend(Status::ALL.iter().map(|s| {
             r.seconds_in_status

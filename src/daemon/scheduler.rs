@@ -499,7 +499,9 @@ impl Scheduler {
             mailboxes: self
                 .entries
                 .values()
-                .map(|e| MailboxRow::new(&e.st, (*e.problems).clone(), now))
+                .map(|e| {
+                    MailboxRow::new(&e.st, (*e.problems).clone(), now).with_letters(&self.spool)
+                })
                 .collect(),
         }
     }

@@ -2022,6 +2022,34 @@ impl Client {
         Ok(uids)
     }
 
+    /// The UIDs of the selected folder's messages whose header `field` contains `value`
+    /// (UID SEARCH HEADER), ascending: how a message appended without APPENDUID is found
+    /// again, by a Message-ID made unique for it.
+    pub async fn uid_search_header(&mut self, field: &str, value: &str) -> Result<Vec<u32>> {
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        };
+        if !plain(field) || field.contains(' ') || !plain(value) {
+            return Err(self.protocol(format!("cannot search for header {field:?} {value:?}")));
+        }
+        let line = format!("UID SEARCH HEADER {field} \"{value}\"");
+        let out = self.run_raw(&line, "UID SEARCH").await?;
+        let mut uids: Vec<u32> = out
+            .untagged
+            .into_iter()
+            .filter_map(|u| match u {
+                Untagged::Search(v) => Some(v),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        uids.sort_unstable();
+        uids.dedup();
+        Ok(uids)
+    }
+
     /// Expunges exactly the messages `uids` of the selected folder, if they carry
     /// `\Deleted` (UID EXPUNGE, RFC 4315). Without UIDPLUS this is refused: a plain
     /// EXPUNGE would also remove every other message marked `\Deleted` in the folder (by

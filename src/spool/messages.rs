@@ -630,6 +630,8 @@ impl Spool {
                     counts.appended += 1;
                     counts.bytes_appended += rec.size;
                 }
+                // cutover's own notice to the user is no message of theirs.
+                ref s if super::is_own_notice(s) => {}
                 MessageState::Skipped { .. } => counts.skipped += 1,
                 MessageState::Failed { .. } => counts.failed += 1,
                 MessageState::Expunging { .. } => counts.expunging += 1,

@@ -63,6 +63,7 @@ mod compact;
 mod legacy;
 mod messages;
 mod notices;
+mod notified;
 mod pauses;
 mod recent;
 mod records;
@@ -72,6 +73,7 @@ use body_log::{BodyLog, Stored};
 pub use compact::{CompactReport, Compactor};
 pub use messages::OwnedAtDest;
 pub use notices::MAX_NOTICES;
+pub use notified::{is_own_notice, Notified, OWN_NOTICE_REASON};
 pub use pauses::Pauses;
 use recent::Recent;
 pub use records::{
