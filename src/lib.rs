@@ -14,6 +14,7 @@ pub mod demo;
 pub mod duration;
 pub mod engine;
 pub mod imap;
+pub mod legacy_servers;
 pub mod logging;
 pub mod mapping;
 pub mod oauth;
