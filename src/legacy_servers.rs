@@ -347,6 +347,17 @@ impl LegacyServer {
         Ok(())
     }
 
+    /// Opens `folder` of `user` read-write once, so that Courier assigns and records UIDs
+    /// for files written by [`Self::write_raw`]. Until a read-write session has done so,
+    /// read-only sessions (EXAMINE) number them afresh each time, in directory order, under
+    /// the same UIDVALIDITY: a live server's users have long done it.
+    pub fn record_uids(&self, user: &str, folder: &str) -> Result<()> {
+        let mut s = self.user_session(user)?;
+        s.command(&format!("SELECT {}", quote(folder)))?;
+        s.logout();
+        Ok(())
+    }
+
     /// Stops the server by PID: SIGTERM, up to 10 s, then SIGKILL. Idempotent.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {

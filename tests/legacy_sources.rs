@@ -27,16 +27,37 @@ fn seed_corpus(bed: &Bed, user: &str, messages: &[(String, Vec<u8>)]) -> Vec<Str
             2 => &["$Label1"],
             _ => &[],
         };
-        // Cyrus refuses bare LF at APPEND; its own delivery (lmtpd) writes CRLF.
-        let body = match bed.source.kind() {
-            Kind::Cyrus => crlf(body),
-            Kind::Courier => body.clone(),
+        let date = 1_300_000_000 + i as i64 * 3600;
+        let r = match bed.source.kind() {
+            // Cyrus refuses bare LF at APPEND; its own delivery (lmtpd) writes CRLF.
+            Kind::Cyrus => s.append(folder, &crlf(body), flags, Some(date)),
+            // Courier takes a second per APPEND: most messages are delivered into the
+            // Maildir as Courier's own delivery would, a few by APPEND (keywords).
+            Kind::Courier if i % 4 == 2 && i > 12 => {
+                bed.source.write_raw(user, folder, body, "", date)
+            }
+            Kind::Courier if i % 4 != 2 => {
+                let letters = if flags.contains(&"\\Flagged") {
+                    "FS"
+                } else if flags.is_empty() {
+                    ""
+                } else {
+                    "S"
+                };
+                bed.source.write_raw(user, folder, body, letters, date)
+            }
+            Kind::Courier => s.append(folder, body, flags, Some(date)),
         };
-        if let Err(e) = s.append(folder, &body, flags, Some(1_300_000_000 + i as i64 * 3600)) {
+        if let Err(e) = r {
             refused.push(format!("{name}: {e}"));
         }
     }
     s.logout();
+    if bed.source.kind() == Kind::Courier {
+        for folder in ["INBOX", CORPUS_FOLDER] {
+            bed.source.record_uids(user, folder).unwrap();
+        }
+    }
     if !refused.is_empty() {
         eprintln!(
             "\n*** {} refused {} corpus message(s) at APPEND (not copied, not compared):\n  {}\n",
@@ -143,6 +164,7 @@ fn courier_nul_bytes_carried_by_binary() {
     bed.source
         .write_raw("nina", "INBOX", &nul_message(), "S", 1_500_000_000)
         .unwrap();
+    bed.source.record_uids("nina", "INBOX").unwrap();
     bed.source
         .append("nina", "INBOX", &common::message("plain"), &[], None)
         .unwrap();
@@ -225,6 +247,7 @@ fn courier_nul_bytes_replaced_and_reported_without_binary() {
     bed.source
         .write_raw("nora", "INBOX", &nul_message(), "", 1_500_000_000)
         .unwrap();
+    bed.source.record_uids("nora", "INBOX").unwrap();
     let config = bed.config(Login::User, "");
     let out = cutover(&config, &["sync", "--once"]);
     let text = stdout(&out);
