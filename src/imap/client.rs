@@ -2126,10 +2126,11 @@ impl Client {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
-        let set: Vec<String> = uids.iter().map(u32::to_string).collect();
+        // Runs collapsed: the oversized UIDs of a folder are often consecutive, and one
+        // UID per item would make the line as long as the list.
         let line = format!(
             "UID FETCH {} (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
-            set.join(",")
+            uid_set(uids)
         );
         let out = self.run_raw(&line, "UID FETCH").await?;
         Ok(out
