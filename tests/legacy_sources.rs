@@ -274,3 +274,73 @@ fn courier_nul_bytes_replaced_and_reported_without_binary() {
     );
     assert_eq!(copied(&out, "nora@example.test"), 0);
 }
+
+/// A few messages in INBOX and a subfolder of `user`, by APPEND.
+fn small_fill(bed: &Bed, user: &str) {
+    bed.source.add_folder(user, "INBOX.Work").unwrap();
+    let mut s = bed.source.user_session(user).unwrap();
+    for i in 0..3 {
+        let body = cutover::demo::sample_message(user, i, "login");
+        let folder = if i == 0 { "INBOX" } else { "INBOX.Work" };
+        s.append(folder, &body, &["\\Seen"], Some(1_600_000_000 + i as i64))
+            .unwrap();
+    }
+    s.logout();
+}
+
+/// The admin's way in of each server: Cyrus with an authzid (SASL proxy authorisation),
+/// Courier through a userdb alias `user*admin`.
+fn admin_login_copies(kind: Kind) {
+    let users = [
+        ("olga", "olga-pw", "olga@example.test"),
+        ("pete", "pete-pw", "pete@example.test"),
+    ];
+    let Some(bed) = Bed::start(kind, &users) else {
+        return;
+    };
+    small_fill(&bed, "olga");
+    small_fill(&bed, "pete");
+    let config = bed.config(Login::Admin, "");
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let rt = rt();
+    for (user, _, address) in users {
+        assert_eq!(copied(&out, address), 3, "{}", stdout(&out));
+        assert_same(
+            &rt.block_on(bed.source_snapshot(user)),
+            &rt.block_on(bed.dest_snapshot(address)),
+        );
+    }
+}
+
+#[test]
+fn cyrus_admin_login_with_authzid() {
+    admin_login_copies(Kind::Cyrus);
+}
+
+#[test]
+fn courier_admin_login_through_userdb_alias() {
+    admin_login_copies(Kind::Courier);
+}
+
+/// Courier has no SASL proxy authorisation: an authzid login is refused, and reported for
+/// each mailbox, not taken for success.
+#[test]
+fn courier_refuses_authzid_per_mailbox() {
+    let users = [("quinn", "quinn-pw", "quinn@example.test")];
+    let Some(bed) = Bed::start(Kind::Courier, &users) else {
+        return;
+    };
+    small_fill(&bed, "quinn");
+    let config = bed.config(Login::Authzid, "");
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
+    let text = stdout(&out);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("quinn@example.test"))
+        .unwrap_or_else(|| panic!("no row for the mailbox: {text}"));
+    assert!(!row.contains(" ok"), "{row}");
+    let dst = rt().block_on(bed.dest_snapshot("quinn@example.test"));
+    assert_eq!(dst.values().map(Vec::len).sum::<usize>(), 0);
+}
