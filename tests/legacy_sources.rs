@@ -344,3 +344,32 @@ fn courier_refuses_authzid_per_mailbox() {
     let dst = rt().block_on(bed.dest_snapshot("quinn@example.test"));
     assert_eq!(dst.values().map(Vec::len).sum::<usize>(), 0);
 }
+
+/// One folder the destination will not create (a name component longer than its file
+/// system takes; Cyrus keeps folders by id, so it has it) is reported with the server's
+/// words, and the other folders, INBOX included, are copied.
+#[test]
+fn cyrus_folder_the_destination_refuses_does_not_stop_the_others() {
+    let users = [("rita", "rita-pw", "rita@example.test")];
+    let Some(bed) = Bed::start(Kind::Cyrus, &users) else {
+        return;
+    };
+    let long = format!("INBOX.{}", "x".repeat(300));
+    bed.source.add_folder("rita", &long).unwrap();
+    bed.source.add_folder("rita", "INBOX.Zeta").unwrap();
+    let mut s = bed.source.user_session("rita").unwrap();
+    for (i, folder) in ["INBOX", long.as_str(), "INBOX.Zeta"].iter().enumerate() {
+        let body = cutover::demo::sample_message("rita", i, "create");
+        s.append(folder, &body, &[], Some(1_600_000_000 + i as i64))
+            .unwrap();
+    }
+    s.logout();
+    let config = bed.config(Login::User, "");
+    let out = cutover(&config, &["sync", "--once"]);
+    let text = stdout(&out);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("refused to create"), "{text}");
+    let dst = rt().block_on(bed.dest_snapshot("rita@example.test"));
+    assert_eq!(dst.get("INBOX").map(Vec::len), Some(1), "{dst:#?}");
+    assert_eq!(dst.get("Zeta").map(Vec::len), Some(1), "{dst:#?}");
+}
