@@ -373,3 +373,42 @@ fn cyrus_folder_the_destination_refuses_does_not_stop_the_others() {
     assert_eq!(dst.get("INBOX").map(Vec::len), Some(1), "{dst:#?}");
     assert_eq!(dst.get("Zeta").map(Vec::len), Some(1), "{dst:#?}");
 }
+
+/// Cyrus lists other users' folders a user may read (`user.bob.Team`) beside the user's
+/// own: only the personal namespace is copied.
+#[test]
+fn cyrus_other_users_folders_are_not_copied() {
+    let users = [
+        ("sara", "sara-pw", "sara@example.test"),
+        ("tom", "tom-pw", "tom@example.test"),
+    ];
+    let Some(bed) = Bed::start(Kind::Cyrus, &users) else {
+        return;
+    };
+    bed.source.add_folder("tom", "INBOX.Team").unwrap();
+    let mut s = bed.source.user_session("tom").unwrap();
+    s.append("INBOX.Team", &common::message("team"), &[], None)
+        .unwrap();
+    s.command("SETACL INBOX.Team sara lrs").unwrap();
+    s.logout();
+    bed.source
+        .append("sara", "INBOX", &common::message("own"), &[], None)
+        .unwrap();
+    let mut s = bed.source.user_session("sara").unwrap();
+    let listed = s.command("LIST \"\" \"*\"").unwrap();
+    s.logout();
+    assert!(
+        listed.iter().any(|l| l.contains("user.tom.Team")),
+        "sara sees tom's folder: {listed:?}"
+    );
+    let config = bed.config(Login::User, "[sync]\nexclude_folders = []\n");
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let dst = rt().block_on(bed.dest_snapshot("sara@example.test"));
+    let names: Vec<&String> = dst
+        .iter()
+        .filter(|(_, m)| !m.is_empty())
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["INBOX"], "{dst:#?}");
+}
