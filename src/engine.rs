@@ -768,7 +768,19 @@ impl Engine {
                 }
             };
             if !dest_list.iter().any(|d| d.name.eq_ignore_ascii_case(&dest)) {
-                client.create(&dest).await?;
+                // A folder the destination will not create is that folder's problem: it
+                // is reported with the server's words and the other folders go on.
+                if let Err(e) = client.create(&dest).await {
+                    let ImapError::Refused { text, .. } = &e else {
+                        return Err(e.into());
+                    };
+                    tracing::warn!(mailbox, folder = %src.name, dest = %dest, "destination refused CREATE: {text}");
+                    total.errors.push(format!(
+                        "folder {:?}: the destination refused to create {dest:?}: {text}",
+                        src.name
+                    ));
+                    continue;
+                }
                 tracing::info!(mailbox, folder = %src.name, dest = %dest, "created destination folder");
                 dest_list.push(ListedFolder {
                     name: dest.clone(),

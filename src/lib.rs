@@ -16,6 +16,7 @@ pub mod details;
 pub mod duration;
 pub mod engine;
 pub mod imap;
+pub mod legacy_servers;
 pub mod logging;
 pub mod mapping;
 pub mod metrics;

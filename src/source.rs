@@ -157,9 +157,29 @@ pub async fn list_folders(client: &mut Client) -> Result<(Vec<ListedFolder>, Str
         .list()
         .await?
         .into_iter()
-        .filter(|f| f.selectable())
+        .filter(|f| f.selectable() && personal(f, &prefix) && !virtual_folder(f))
         .collect();
     Ok((folders, prefix))
+}
+
+/// True for INBOX and the folders under the personal namespace prefix. `LIST "" "*"` also
+/// returns other users' folders and shared ones (Cyrus: `user.bob.Team`,
+/// `Announcements`), which belong to other mailboxes. Where the personal prefix is empty,
+/// nothing tells them apart here and every folder is kept.
+fn personal(f: &ListedFolder, prefix: &str) -> bool {
+    prefix.is_empty()
+        || f.name.eq_ignore_ascii_case("INBOX")
+        || f.name
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+}
+
+/// Views of messages kept elsewhere (RFC 6154 `\All`, `\Flagged`; Gmail's `\Important`):
+/// copying them would copy those messages twice.
+fn virtual_folder(f: &ListedFolder) -> bool {
+    f.attributes
+        .iter()
+        .any(|a| ["\\all", "\\flagged", "\\important"].contains(&a.to_ascii_lowercase().as_str()))
 }
 
 /// Size of a folder's first body batch, in bytes and messages; each next batch doubles,

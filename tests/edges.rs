@@ -889,7 +889,9 @@ async fn odd_folder_names_are_mapped() {
     // (source components, messages, destination name)
     let mut folders: Vec<(Vec<&str>, usize, &str)> = vec![
         (vec!["My Folder"], 2, "My Folder"),
-        (vec!["Entwürfe"], 2, "Drafts"), // a well-known name for drafts: merged
+        // A name that looks like drafts, while the source marks INBOX.Drafts \Drafts:
+        // a folder of its own (special-use attributes are trusted alone).
+        (vec!["Entwürfe"], 2, "Entwürfe"),
         (vec!["Drafts"], 1, "Drafts"),
         (vec!["日本語"], 3, "日本語"),
         (vec!["R&D"], 2, "R&D"),
@@ -990,7 +992,8 @@ async fn odd_folder_names_are_mapped() {
             );
         }
     }
-    assert_eq!(d["Drafts"].len(), 3);
+    assert_eq!(d["Drafts"].len(), 1);
+    assert_eq!(d["Entwürfe"].len(), 2);
     assert_eq!(d["Level1/Level2/Level3"].len(), 3);
     assert_eq!(d["日本語"].len(), 3);
     assert_eq!(total_messages(&d), total_messages(&s));

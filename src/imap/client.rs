@@ -252,6 +252,7 @@ impl AppendsSent {
     /// appended at all.
     fn args<'a>(
         item: &AppendItem<'a>,
+        binary: bool,
     ) -> Result<std::result::Result<AppendArgs<'a>, AppendOutcome>> {
         let flags: Vec<Flag<'_>> = item
             .flags
@@ -268,13 +269,17 @@ impl AppendsSent {
             })?),
             None => None,
         };
-        // The one thing a literal cannot carry is NUL; `contains` finds it with memchr,
-        // far faster than the per-byte validation of `Literal::try_from`.
-        if item.body.contains(&0) {
+        // The one thing a literal cannot carry is NUL (a literal8 can); `contains` finds
+        // it with memchr, far faster than the per-byte validation of `Literal::try_from`.
+        // The destination was not asked: the text says so, so that nobody reads it as
+        // the destination's refusal (callers replace NUL beforehand, see upstream/nul.rs).
+        if !binary && item.body.contains(&0) {
             return Ok(Err(AppendOutcome::Refused {
                 kind: Kind::No,
                 code: None,
-                text: "message contains NUL bytes, which IMAP APPEND cannot carry".into(),
+                text: "not sent: the message contains NUL bytes, which an IMAP literal \
+                       cannot carry, and this session cannot send a literal8 (BINARY)"
+                    .into(),
             }));
         }
         Ok(Ok((flags, date)))
@@ -1719,6 +1724,13 @@ impl Client {
         self.literal_plus
     }
 
+    /// True if APPEND can carry a message with NUL bytes unchanged: the server offers
+    /// BINARY (RFC 3516, literal8) and LITERAL+ (the only APPEND path that writes its own
+    /// literal announcements).
+    pub fn can_append_binary(&self) -> bool {
+        self.literal_plus && self.caps().has("BINARY")
+    }
+
     /// The first half of [`Client::append_batch`]: sends the APPENDs and returns what
     /// [`Client::append_collect`] needs to read their answers. Answers come in the order
     /// the commands were sent, so with [`Client::can_pipeline_appends`] a caller may send
@@ -1733,7 +1745,7 @@ impl Client {
         }
         let mut sent = AppendsSent::with_capacity(items.len());
         for item in items {
-            let (flags, date) = match AppendsSent::args(item)? {
+            let (flags, date) = match AppendsSent::args(item, false)? {
                 Ok(args) => args,
                 Err(refusal) => {
                     sent.refused(refusal);
@@ -1791,8 +1803,9 @@ impl Client {
         self.flush().await?;
         let mut sent = AppendsSent::with_capacity(items.len());
         let mut args = Vec::with_capacity(items.len());
+        let binary = self.can_append_binary();
         for item in items {
-            args.push(AppendsSent::args(item)?);
+            args.push(AppendsSent::args(item, binary)?);
         }
         let together = self.multiappend && args.iter().filter(|a| a.is_ok()).count() > 1;
         let tag = together.then(|| self.next_tag());
@@ -1829,7 +1842,10 @@ impl Client {
             }
             first = false;
             head.truncate(head.len() - PLACEHOLDER.len());
-            head.extend_from_slice(format!("{{{}+}}\r\n", item.body.len()).as_bytes());
+            // A body with NUL goes as a literal8 (RFC 3516; `args` let it through only
+            // where the server offers BINARY).
+            let eight = if item.body.contains(&0) { "~" } else { "" };
+            head.extend_from_slice(format!("{eight}{{{}+}}\r\n", item.body.len()).as_bytes());
             push_text(&mut pieces, &head);
             pieces.push(Piece::Message(i));
             if together {
@@ -2163,10 +2179,11 @@ impl Client {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
-        let set: Vec<String> = uids.iter().map(u32::to_string).collect();
+        // Runs collapsed: the oversized UIDs of a folder are often consecutive, and one
+        // UID per item would make the line as long as the list.
         let line = format!(
             "UID FETCH {} (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
-            set.join(",")
+            uid_set(uids)
         );
         let out = self.run_raw(&line, "UID FETCH").await?;
         Ok(out

@@ -284,7 +284,7 @@ impl FolderMapper {
     /// except that case clashes with other folders are not resolved and subfolders of
     /// a special-use folder do not follow it (both need the whole list).
     pub fn map(&self, source: &ListedFolder) -> Mapped {
-        self.map_inner(source, &HashMap::new())
+        self.map_inner(source, &HashMap::new(), true)
     }
 
     /// Maps a mailbox's whole folder list, in order of source name (so parents come
@@ -306,9 +306,13 @@ impl FolderMapper {
         // Folded destination of a path-derived mapping -> the source folder that has it.
         let mut owners: HashMap<String, String> = HashMap::new();
         let mut out = Vec::with_capacity(sorted.len());
+        // A source that marks its special folders (RFC 6154) has said which they are: a
+        // folder that only looks like one by name (`Entwürfe` beside a `\Drafts` folder)
+        // is then a folder of its own. Names are the guess for servers without them.
+        let by_name = !sorted.iter().any(|f| f.special_use().is_some());
         for folder in sorted {
             let comps = components(&folder.name, &self.source_ns_for(folder));
-            let mut mapped = self.map_inner(folder, &moved);
+            let mut mapped = self.map_inner(folder, &moved, by_name);
             if let Mapped::To { dest, rule } = &mut mapped {
                 if matches!(rule, MapRule::SamePath | MapRule::Renamed(_)) {
                     if let Some(owner) = owners.get(&fold(dest)).filter(|o| **o != folder.name) {
@@ -350,7 +354,12 @@ impl FolderMapper {
         }
     }
 
-    fn map_inner(&self, folder: &ListedFolder, moved: &HashMap<Vec<String>, String>) -> Mapped {
+    fn map_inner(
+        &self,
+        folder: &ListedFolder,
+        moved: &HashMap<Vec<String>, String>,
+        by_name: bool,
+    ) -> Mapped {
         let ns = self.source_ns_for(folder);
         let comps = components(&folder.name, &ns);
         let path = comps.join("/");
@@ -364,10 +373,23 @@ impl FolderMapper {
                 rule: MapRule::FolderMap,
             };
         }
-        if comps.len() == 1 && is_inbox(&comps[0]) {
+        if is_inbox(&folder.name) {
             return Mapped::To {
                 dest: "INBOX".to_string(),
                 rule: MapRule::Inbox,
+            };
+        }
+        if comps.len() == 1 && is_inbox(&comps[0]) {
+            // `INBOX.Inbox` under an `INBOX.` prefix is a folder of its own; at the top
+            // of the destination it would fall on INBOX (Exchange ignores case).
+            let mut notes = vec![format!(
+                "{:?} is not INBOX itself; kept as a folder inside INBOX",
+                folder.name
+            )];
+            let dest = self.extend("INBOX".to_string(), &comps, &mut notes);
+            return Mapped::To {
+                dest,
+                rule: MapRule::Renamed(notes.join("; ")),
             };
         }
         if let Some(attr) = folder
@@ -379,7 +401,7 @@ impl FolderMapper {
                 rule: MapRule::SpecialUse(attr.to_string()),
             };
         }
-        if comps.len() == 1 {
+        if comps.len() == 1 && by_name {
             if let Some(attr) = well_known(&comps[0]) {
                 return Mapped::To {
                     dest: self.special_dest(attr),
@@ -412,7 +434,7 @@ impl FolderMapper {
                 };
             }
         }
-        if comps.len() > 1 {
+        if comps.len() > 1 && by_name {
             if let Some(attr) = well_known(&comps[0]) {
                 let mut notes = Vec::new();
                 let dest = self.extend(self.special_dest(attr), &comps[1..], &mut notes);
@@ -593,6 +615,54 @@ mod tests {
         let m = mapper();
         assert_eq!(map(&m, "INBOX", &[]), to("INBOX", MapRule::Inbox));
         assert_eq!(map(&m, "inbox", &[]), to("INBOX", MapRule::Inbox));
+    }
+
+    #[test]
+    fn inbox_dot_inbox_is_a_folder_of_its_own() {
+        let m = mapper();
+        let src = [
+            lf("INBOX", '.', &[]),
+            lf("INBOX.Inbox", '.', &[]),
+            lf("INBOX.Inbox.Old", '.', &[]),
+        ];
+        let out = m.map_all(&src);
+        let dest: Vec<(&str, String)> = out
+            .iter()
+            .map(|(f, m)| match m {
+                Mapped::To { dest, .. } => (f.name.as_str(), dest.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            dest,
+            [
+                ("INBOX", "INBOX".to_string()),
+                ("INBOX.Inbox", "INBOX/Inbox".to_string()),
+                ("INBOX.Inbox.Old", "INBOX/Inbox/Old".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn special_use_attributes_trusted_alone_when_present() {
+        let m = mapper();
+        let with = [
+            lf("INBOX.Drafts", '.', &["\\drafts"]),
+            lf("INBOX.Entwürfe", '.', &[]),
+        ];
+        let out = m.map_all(&with);
+        assert_eq!(out[1].1, to("Entwürfe", MapRule::SamePath), "{out:?}");
+        assert_eq!(
+            out[0].1,
+            to("Drafts", MapRule::SpecialUse("\\drafts".into())),
+            "{out:?}"
+        );
+        // Without any special-use attribute, names are the guess.
+        let without = [lf("INBOX.Entwürfe", '.', &[])];
+        assert_eq!(
+            m.map_all(&without)[0].1,
+            to("Drafts", MapRule::WellKnownName)
+        );
     }
 
     #[test]
@@ -954,8 +1024,9 @@ mod tests {
         // "a/b" sorts first and becomes "a_b"; the real "a_b" must not merge into it.
         assert_eq!(dest("INBOX.a/b"), "a_b");
         assert_eq!(dest("INBOX.a_b"), "a_b (2)");
-        // Intentional merges stay merged.
-        assert_eq!(dest("INBOX.Sent"), "Sent Items");
+        // Intentional merges stay merged; a name alone beside special-use folders is
+        // a folder of its own.
+        assert_eq!(dest("INBOX.Sent"), "Sent");
         assert_eq!(dest("INBOX.Sent Messages"), "Sent Items");
         assert_eq!(dest("INBOX.Outgoing"), "Sent Items");
         // Children of a special-use folder follow it.

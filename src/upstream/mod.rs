@@ -34,6 +34,7 @@
 mod deletes;
 pub mod fingerprint;
 mod flags;
+pub mod nul;
 pub mod recover;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -490,9 +491,13 @@ impl BatchContext<'_> {
         let mut records = Vec::with_capacity(claimed.len());
         let mut bodies = Vec::with_capacity(claimed.len());
         let mut unreadable = Vec::new();
+        let binary = client.can_append_binary();
         for (r, body) in claimed {
             match body {
-                Ok(b) => {
+                Ok(mut b) => {
+                    if let nul::NulHandling::Replaced(n) = nul::prepare(&mut b, binary) {
+                        self.altered(&r, n, report);
+                    }
                     records.push(r);
                     bodies.push(b);
                 }
@@ -537,6 +542,29 @@ impl BatchContext<'_> {
             started,
             permit: None,
         }))
+    }
+
+    /// Reports a message sent with its `n` NUL bytes replaced (see [`nul`]), as a notice
+    /// kept with the mailbox: it is copied, but not byte for byte.
+    fn altered(&self, r: &MessageRecord, n: usize, report: &mut PushReport) {
+        let line = format!(
+            "folder {:?} UID {}: altered: {n} NUL byte(s) replaced by 0x{:02X} (the \
+             destination does not offer BINARY, and an IMAP literal cannot carry NUL)",
+            self.folder,
+            r.uid,
+            nul::REPLACEMENT
+        );
+        tracing::warn!(
+            mailbox = self.mailbox,
+            folder = self.folder,
+            uid = r.uid,
+            nul = n,
+            "message altered: NUL bytes replaced"
+        );
+        if let Err(e) = self.spool.add_notice(self.mailbox, &line) {
+            tracing::warn!(mailbox = self.mailbox, "notice not kept: {e}");
+        }
+        report.notices.push(line);
     }
 
     /// Sends the APPENDs of a prepared batch; a failure is kept for [`Self::settle`].

@@ -127,6 +127,15 @@ pub async fn try_session(
 /// Every message of every selectable folder of `user` on `server`.
 pub async fn snapshot(tb: &Testbed, server: &Dovecot, user: &str) -> Snapshot {
     let mut c = session(tb, server, user).await;
+    let snap = snapshot_session(&mut c, None).await;
+    c.logout().await;
+    snap
+}
+
+/// Every message of every selectable folder the session `c` sees. With `nul_as`, the
+/// sha256 is that of the body with each NUL byte replaced by that byte: what a destination
+/// that stores no NUL (Dovecot, or cutover without BINARY) holds of a source's message.
+pub async fn snapshot_session(c: &mut Client, nul_as: Option<u8>) -> Snapshot {
     let mut snap = Snapshot::new();
     for f in c.list().await.expect("LIST") {
         if !f.selectable() {
@@ -145,7 +154,10 @@ pub async fn snapshot(tb: &Testbed, server: &Dovecot, user: &str) -> Snapshot {
             .await
             .expect("FETCH bodies");
             for m in meta {
-                let body = bodies.get(&m.uid.unwrap_or(0)).cloned().unwrap_or_default();
+                let mut body = bodies.get(&m.uid.unwrap_or(0)).cloned().unwrap_or_default();
+                if let Some(b) = nul_as {
+                    body.iter_mut().filter(|x| **x == 0).for_each(|x| *x = b);
+                }
                 let mut flags = m.flags.unwrap_or_default();
                 flags.sort();
                 msgs.push(Seen {
@@ -158,7 +170,6 @@ pub async fn snapshot(tb: &Testbed, server: &Dovecot, user: &str) -> Snapshot {
         msgs.sort();
         snap.insert(f.name.clone(), msgs);
     }
-    c.logout().await;
     snap
 }
 
