@@ -154,8 +154,10 @@ fn api_events_controls_and_metrics_of_a_running_migration() {
     assert_eq!(st["appended_since_start"], 66, "{st}");
     assert_eq!(st["throttling"]["throttled_total"], 1, "{st}");
     assert!(st["disk"]["free_bytes"].as_u64().unwrap() > 0, "{st}");
+    // The spool's files are counted (bodies compacted and records packed: well under the
+    // 168 KB of mail, but never nothing).
     assert!(
-        st["disk"]["spool_used_bytes"].as_u64().unwrap() > 100_000,
+        st["disk"]["spool_used_bytes"].as_u64().unwrap() > 16_384,
         "{st}"
     );
 
