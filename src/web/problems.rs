@@ -125,102 +125,14 @@ fn quoted_subject(reason: &str) -> Option<String> {
     Some(s)
 }
 
-/// One header of a message (unfolded, RFC 2047 words decoded), from its header block.
+/// One header of a message (unfolded, RFC 2047 words decoded), from its header block
+/// (at most the first 64 KiB when there is no blank line).
 pub fn header(body: &[u8], name: &str) -> Option<String> {
     let end = body
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or(body.len().min(64 * 1024));
-    let head = String::from_utf8_lossy(&body[..end.min(body.len())]);
-    let mut value: Option<String> = None;
-    for line in head.split('\n') {
-        let line = line.trim_end_matches('\r');
-        if let Some(v) = value.as_mut() {
-            if line.starts_with([' ', '\t']) {
-                v.push(' ');
-                v.push_str(line.trim());
-                continue;
-            }
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.trim().eq_ignore_ascii_case(name) {
-                value = Some(v.trim().to_string());
-            }
-        }
-    }
-    value.map(|v| decode_words(&v))
-}
-
-/// `=?UTF-8?B?...?=` and `=?UTF-8?Q?...?=` words (RFC 2047) in UTF-8 or ASCII; others
-/// are left as written.
-fn decode_words(s: &str) -> String {
-    use base64::Engine;
-    let mut out = String::new();
-    let mut rest = s;
-    let mut last_was_word = false;
-    while let Some(start) = rest.find("=?") {
-        let (before, from) = rest.split_at(start);
-        let parts: Vec<&str> = from[2..].splitn(3, '?').collect();
-        let decoded = (parts.len() == 3)
-            .then(|| {
-                let (charset, enc, tail) = (parts[0], parts[1], parts[2]);
-                let end = tail.find("?=")?;
-                let text = &tail[..end];
-                let cs = charset.to_ascii_lowercase();
-                if !(cs == "utf-8" || cs == "us-ascii") {
-                    return None;
-                }
-                let bytes = match enc {
-                    "B" | "b" => base64::engine::general_purpose::STANDARD
-                        .decode(text)
-                        .ok()?,
-                    "Q" | "q" => q_decode(text)?,
-                    _ => return None,
-                };
-                let used = 2 + charset.len() + 1 + enc.len() + 1 + end + 2;
-                Some((String::from_utf8(bytes).ok()?, used))
-            })
-            .flatten();
-        match decoded {
-            Some((text, used)) => {
-                // Whitespace between two encoded words is not part of the text.
-                if !(last_was_word && before.trim().is_empty()) {
-                    out.push_str(before);
-                }
-                out.push_str(&text);
-                rest = &from[used..];
-                last_was_word = true;
-            }
-            None => {
-                out.push_str(before);
-                out.push_str("=?");
-                rest = &from[2..];
-                last_was_word = false;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-fn q_decode(s: &str) -> Option<Vec<u8>> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'_' => out.push(b' '),
-            b'=' => {
-                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(h, 16).ok()?);
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    Some(out)
+    crate::imap::response::header_value(&body[..end.min(body.len())], name)
 }
 
 #[cfg(test)]
@@ -233,8 +145,9 @@ mod tests {
         assert_eq!(header(m, "subject").unwrap(), "Héllo wörld");
         assert_eq!(header(m, "FROM").unwrap(), "Renée <renee@x.test>");
         assert_eq!(header(m, "to"), None);
-        assert_eq!(decode_words("a =?koi8-r?B?x?= b"), "a =?koi8-r?B?x?= b");
-        assert_eq!(decode_words("=?utf-8?Q?broken"), "=?utf-8?Q?broken");
+        let odd = b"Subject: a =?koi8-r?B?x?= b\r\nFrom: =?utf-8?Q?broken\r\n\r\n";
+        assert_eq!(header(odd, "subject").unwrap(), "a =?koi8-r?B?x?= b");
+        assert_eq!(header(odd, "from").unwrap(), "=?utf-8?Q?broken");
     }
 
     #[test]
