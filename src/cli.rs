@@ -69,6 +69,13 @@ pub async fn sync_once(config: &Path) -> anyhow::Result<bool> {
         for e in &r.errors {
             eprintln!("{}: {e}", r.mailbox);
         }
+        if r.errors.omitted() > 0 {
+            eprintln!(
+                "{}: {} more error(s) not listed here (`cutover report` lists every failed message)",
+                r.mailbox,
+                r.errors.omitted()
+            );
+        }
     }
     Ok(accts.errors.is_empty() && paused.is_empty() && rows.iter().all(|r| r.ok()))
 }

@@ -1,9 +1,11 @@
-//! Lines about single messages (skipped, why) kept in a pass's summary, within a bound.
+//! Lines about single messages (skipped, failed, sent again, why) kept in a pass's
+//! summary, within a bound.
 //!
-//! A mailbox can have thousands of skipped messages, and a pass over thousands of
-//! mailboxes keeps every mailbox's summary until the end. The spool holds each skipped
-//! message's record with its reason for good (`cutover report` lists them all), so a
-//! summary keeps only the first [`MAX_DETAILS`] lines and counts the others.
+//! A mailbox can have thousands of skipped or failed messages, and a pass over thousands
+//! of mailboxes keeps every mailbox's summary until the end: one line per message would
+//! make memory follow the size of the migration. The spool holds each message's record
+//! with its state and reason for good (`cutover report` lists them all), so a summary
+//! keeps only the first [`MAX_DETAILS`] lines and counts the others.
 
 /// Lines kept per mailbox and pass.
 pub const MAX_DETAILS: usize = 100;
@@ -32,6 +34,11 @@ impl Details {
         self.omitted += other.omitted;
     }
 
+    /// The first line, if any was pushed.
+    pub fn first(&self) -> Option<&String> {
+        self.lines.first()
+    }
+
     /// The lines kept.
     pub fn lines(&self) -> &[String] {
         &self.lines
@@ -49,6 +56,16 @@ impl Details {
 
     pub fn is_empty(&self) -> bool {
         self.total() == 0
+    }
+}
+
+impl<'a> IntoIterator for &'a Details {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+
+    /// The lines kept (see [`Details::omitted`] for the others).
+    fn into_iter(self) -> Self::IntoIter {
+        self.lines.iter()
     }
 }
 

@@ -48,7 +48,7 @@ pub struct MailboxSummary {
     pub bytes: u64,
     pub seconds: f64,
     /// Problems, each naming the folder (and UID) concerned.
-    pub errors: Vec<String>,
+    pub errors: Details,
     /// Set when the mailbox could not be processed at all (login refused...).
     pub fatal: Option<String>,
     /// Throttle answers from the destination for this mailbox in this pass.
@@ -66,7 +66,7 @@ pub struct MailboxSummary {
     pub deleted: u64,
     /// What the admin should know although nothing failed (a message sent again after
     /// an interrupted APPEND that recovery could not find for sure), one line each.
-    pub notices: Vec<String>,
+    pub notices: Details,
 }
 
 impl MailboxSummary {
@@ -859,8 +859,8 @@ pub fn summary_table(rows: &[MailboxSummary]) -> String {
             (Some(f), _) => format!("FAILED: {f}"),
             (None, Some(e)) => format!(
                 "ERRORS: {e}{}",
-                if r.errors.len() > 1 {
-                    format!(" (+{} more)", r.errors.len() - 1)
+                if r.errors.total() > 1 {
+                    format!(" (+{} more)", r.errors.total() - 1)
                 } else {
                     String::new()
                 }
@@ -888,6 +888,13 @@ pub fn summary_table(rows: &[MailboxSummary]) -> String {
         for d in &r.notices {
             s.push_str(&format!("  {}: notice: {d}\n", r.mailbox));
         }
+        if r.notices.omitted() > 0 {
+            s.push_str(&format!(
+                "  {}: {} more notice(s) not listed here (the spool keeps them: `cutover report`)\n",
+                r.mailbox,
+                r.notices.omitted()
+            ));
+        }
     }
     for r in rows.iter().filter(|r| r.deleted > 0) {
         s.push_str(&format!(
@@ -908,4 +915,36 @@ pub fn summary_table(rows: &[MailboxSummary]) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::details::MAX_DETAILS;
+
+    /// A mailbox whose every message fails keeps a bounded summary, and the table still
+    /// says how many problems there were.
+    #[test]
+    fn a_pass_with_many_problems_keeps_a_bounded_summary() {
+        let mut row = MailboxSummary {
+            mailbox: "a@example.com".into(),
+            ..Default::default()
+        };
+        for uid in 1..=10_000 {
+            row.errors
+                .push(format!("folder \"INBOX\" UID {uid}: refused"));
+            row.notices
+                .push(format!("folder \"INBOX\" UID {uid}: sent again"));
+        }
+        assert_eq!(row.errors.lines().len(), MAX_DETAILS);
+        assert_eq!(row.errors.total(), 10_000);
+        assert!(!row.ok());
+        let table = summary_table(&[row]);
+        assert!(
+            table.contains("ERRORS: folder \"INBOX\" UID 1: refused (+9999 more)"),
+            "{table}"
+        );
+        assert_eq!(table.matches(": notice: ").count(), MAX_DETAILS, "{table}");
+        assert!(table.contains("9900 more notice(s) not listed"), "{table}");
+    }
 }

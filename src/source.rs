@@ -43,7 +43,7 @@ pub struct SourceReport {
     /// the first ones; the spool keeps every one.
     pub skipped_details: Details,
     /// Per-folder problems, already phrased for the admin (folder and server text).
-    pub errors: Vec<String>,
+    pub errors: Details,
     /// Messages found expunged at the source in this read and recorded as such (with
     /// `propagate_deletes`; the upstream deletes those that reached the destination).
     pub expunged: u64,
@@ -301,7 +301,7 @@ async fn read_folder(
     on_progress: &mut impl FnMut(Progress<'_>),
 ) -> Result<(), SourceError> {
     let info = client.select(&folder.name, true).await?;
-    let errors_before = report.errors.len();
+    let errors_before = report.errors.total();
     let previous = spool.folder(mailbox, &folder.name)?;
     let mut state = previous.clone().unwrap_or_default();
     state.name = folder.name.clone();
@@ -737,7 +737,7 @@ async fn read_folder(
     // The watermarks move only past what was read: a message left unread on this pass
     // (a FETCH response that could not be read, a body that did not come) is neither new
     // nor changed on the next, and would never be asked for again.
-    let all_read = report.errors.len() == errors_before;
+    let all_read = report.errors.total() == errors_before;
     if all_read || !same_generation {
         let (uidnext, modseq) = if all_read {
             (info.uidnext, info.highestmodseq)

@@ -85,10 +85,10 @@ pub struct PushReport {
     /// (the first ones; the spool keeps every one).
     pub skipped_details: Details,
     /// Per-message problems, phrased for the admin.
-    pub errors: Vec<String>,
+    pub errors: Details,
     /// What the admin should know although nothing failed: messages sent again after an
     /// interrupted APPEND when recovery could not tell whether they had arrived.
-    pub notices: Vec<String>,
+    pub notices: Details,
 }
 
 impl PushReport {
