@@ -528,10 +528,10 @@ async fn read_folder(
                     });
                     let size = body.len() as u64;
                     // A body the upstream will send is also handed to it in memory.
-                    let spooled = match too_long {
+                    let spooled = crate::spool::in_place_if_large(body.len(), || match too_long {
                         Some(_) => spool.put_body(&body),
                         None => spool.put_body_kept(body),
-                    };
+                    });
                     let listed = listed.get(&uid);
                     let (internal_date, internal_ts) = match (f.internal_date, f.internal_ts) {
                         (Some(d), ts) => (d, ts.unwrap_or(0)),

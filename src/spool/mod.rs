@@ -56,6 +56,7 @@
 //! a body not compressed yet is its bytes and their CRC-32.
 
 mod blocking;
+pub use blocking::in_place_if_large;
 mod body_index;
 mod body_log;
 mod chunks;
