@@ -193,6 +193,11 @@ pub struct SpoolConfig {
     /// than this still goes, alone.
     #[serde(default = "default_max_inflight_bytes")]
     pub max_inflight_bytes: u64,
+    /// Bytes of sled's page cache for the message records and the body index: part of
+    /// the daemon's base memory. Smaller costs reads (mostly from the kernel's page
+    /// cache) when a folder's records are walked.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
 }
 
 impl Default for SpoolConfig {
@@ -201,6 +206,7 @@ impl Default for SpoolConfig {
             path: default_spool_path(),
             compress: Compress::default(),
             max_inflight_bytes: default_max_inflight_bytes(),
+            cache_bytes: default_cache_bytes(),
         }
     }
 }
@@ -221,6 +227,10 @@ pub enum Compress {
 /// 64 MiB: with the base (20-60 MiB, more with a large spool: about 150 MiB with a
 /// million message records, see README) within an appliance's `MemoryMax=256M`, and room
 /// for one message at Exchange Online's limit (35 MB) next to smaller ones.
+fn default_cache_bytes() -> u64 {
+    crate::spool::DEFAULT_CACHE_BYTES
+}
+
 fn default_max_inflight_bytes() -> u64 {
     64 * 1024 * 1024
 }
@@ -824,6 +834,14 @@ impl Config {
                 origin: origin(figment, &key, &self.file),
                 key,
                 message: format!("must be 1 to {MAX_BUDGET}"),
+            });
+        }
+        if self.spool.cache_bytes < crate::spool::MIN_CACHE_BYTES {
+            let key = "spool.cache_bytes".to_string();
+            return Err(ConfigError::Invalid {
+                origin: origin(figment, &key, &self.file),
+                key,
+                message: format!("must be at least {}", crate::spool::MIN_CACHE_BYTES),
             });
         }
         if self.sync.max_delete_percent > 100 {

@@ -205,12 +205,13 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(config: Config) -> anyhow::Result<Engine> {
-        let spool = Spool::open(&config.spool.path).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot open the spool at {}: {e}",
-                config.spool.path.display()
-            )
-        })?;
+        let spool =
+            Spool::open_with_cache(&config.spool.path, config.spool.cache_bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open the spool at {}: {e}",
+                    config.spool.path.display()
+                )
+            })?;
         spool.set_compress_inline(config.spool.compress == crate::config::Compress::Inline);
         let max = config.sync.max_message_bytes;
         let up = &config.upstream;

@@ -248,7 +248,7 @@ fn control(
         wanted.push(m);
     }
     let spool_dir = cfg.spool.path.clone();
-    let spool = match Spool::open(&spool_dir) {
+    let spool = match Spool::open_with_cache(&spool_dir, cfg.spool.cache_bytes) {
         Ok(s) => s,
         Err(e) if is_locked(&e) => {
             let file = requests::submit(

@@ -287,13 +287,17 @@ impl fmt::Debug for Spool {
     }
 }
 
-/// Size of sled's page cache.
+/// Default size of sled's page cache (`[spool] cache_bytes`).
 ///
 /// sled only holds the small records (bodies are elsewhere), so this is plenty. The
 /// figure is a target more than a limit: sled 0.34 evicts late and counts on-disk sizes,
 /// so its real use can run well past it. The whole daemon must fit in 100 MB, hence a
 /// cache far below that.
-const CACHE_CAPACITY: u64 = 32 * 1024 * 1024;
+pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// The smallest page cache `[spool] cache_bytes` accepts: sled needs a few pages per
+/// shard of its cache to work at all.
+pub const MIN_CACHE_BYTES: u64 = 1024 * 1024;
 
 /// zstd level for bodies: -1, zstd's fastest family. On the shared corpus (7.6 MB of
 /// real mail) level 1 compresses 2.07x at 372 MB/s and decompresses at 1.1 GB/s; level
@@ -364,12 +368,18 @@ impl Spool {
     /// below it loses its group and other permissions, sled's own included (sled creates
     /// them with the process umask; see `body_log::make_private`).
     pub fn open(path: &Path) -> Result<Spool> {
+        Spool::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Spool::open`] with `cache_bytes` for sled's page cache (`[spool] cache_bytes`):
+    /// less memory, more reads from the disk (the kernel's page cache, mostly).
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Spool> {
         body_log::create_private_dir(path)?;
         // At once, before sled writes in it: this alone shuts everyone else out.
         body_log::make_private(path, false);
         let db = sled::Config::new()
             .path(path)
-            .cache_capacity(CACHE_CAPACITY)
+            .cache_capacity(cache_bytes.max(MIN_CACHE_BYTES))
             .open()?;
         let (bodies, had_bodies) = body_index::BodyIndex::open(&db)?;
         let messages = db.open_tree("message_chunks")?;
