@@ -80,6 +80,8 @@ function renderStatus(o) {
   const ph = $("#phase");
   ph.textContent = o.phase; ph.className = "phase " + o.phase;
   lettersSetUp = o.letters;
+  // Without [notify] there is nothing to show per mailbox: no column for it.
+  document.body.classList.toggle("no-letters", !o.letters.before && !o.letters.after);
   const left = o.domains.map((d) => d.grace_left_seconds).filter((g) => g != null);
   set("phase-note", o.phase === "CutoverPending" && left.length ? "grace left " + dur(Math.max(...left)) : "");
   renderDomains(o);
@@ -164,7 +166,7 @@ async function loadTable() {
       el("td", { text: when(r.last_sync_unix), "data-label": "Last sync" }),
       el("td", { text: dur(now - r.status_since_unix), "data-label": "In status" }),
       el("td", { class: "waiting", text: r.waiting_on, "data-label": "Waiting on" }),
-      el("td", { class: "letters", text: lettersText(r), "data-label": "Letters",
+      el("td", { class: "letters letters-col", text: lettersText(r), "data-label": "Letters",
         "data-notice": r.notice_delivered_unix || "", "data-welcome": r.welcome_delivered_unix || "" }),
       el("td", { class: "err", text: r.last_error || "", title: r.last_error || "", "data-label": "Last error" }));
     tr.addEventListener("click", () => openDetail(r.mailbox));
