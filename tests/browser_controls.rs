@@ -138,7 +138,9 @@ fn pause_and_resume_on_the_page_and_the_letters_shown() {
             Duration::from_secs(90),
             "alice Synced with every message",
             "return document.querySelector('#detail-summary .st').textContent === 'Synced' && \
-             document.getElementById('detail-summary').textContent.includes('200 of 200 messages')",
+             document.getElementById('detail-summary').textContent.includes('200 of 200 messages') && \
+             document.getElementById('detail-summary').textContent.includes(' 0 skipped') && \
+             document.querySelectorAll('#problems tbody tr').length === 0",
         )
         .await;
         until(&b, Duration::from_secs(60), "bob Synced", &row_status_js("bob@example.test", "Synced")).await;

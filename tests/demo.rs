@@ -53,13 +53,33 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// The demo process; on a failed assertion it gets SIGINT (and SIGKILL if that is not
+/// enough) so that its servers do not outlive the test.
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-s", "INT", &self.0.id().to_string()])
+                .status();
+            let end = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < end && matches!(self.0.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn demo_serves_the_page_carries_a_delta_and_ctrl_c_stops_everything() {
     if !cutover::testbed::require_dovecot() {
         return;
     }
     let port = cutover::testbed::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+    let mut demo = Demo(Command::new(env!("CARGO_BIN_EXE_cutover"))
         .args([
             "demo",
             "--listen",
@@ -72,7 +92,8 @@ fn demo_serves_the_page_carries_a_delta_and_ctrl_c_stops_everything() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("cutover demo starts");
+        .expect("cutover demo starts"));
+    let child = &mut demo.0;
     let pid = child.id();
     let (tx, rx) = mpsc::channel::<String>();
     let stdout = child.stdout.take().unwrap();

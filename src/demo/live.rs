@@ -253,7 +253,7 @@ fn live_config(tb: &Testbed, proxy_port: u16, opts: &LiveOptions) -> anyhow::Res
     let upstream = format!(
         "[upstream]\nhost = \"127.0.0.1\"\nport = {proxy_port}\ntls = \"none\"\nauth = \"plain\"\n\
          admin_user = \"{}\"\nadmin_password = \"{}\"\nadmin_login = \"authzid\"\n\
-         max_connections = 4\nmessages_per_second = {}",
+         max_connections = 4\nmultiappend = false\nmessages_per_second = {}",
         crate::testbed::MASTER_USER,
         crate::testbed::MASTER_PASSWORD,
         opts.rate
