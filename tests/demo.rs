@@ -79,20 +79,22 @@ fn demo_serves_the_page_carries_a_delta_and_ctrl_c_stops_everything() {
         return;
     }
     let port = cutover::testbed::free_port();
-    let mut demo = Demo(Command::new(env!("CARGO_BIN_EXE_cutover"))
-        .args([
-            "demo",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--rate",
-            "25",
-        ])
-        .env("CUTOVER_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cutover demo starts"));
+    let mut demo = Demo(
+        Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args([
+                "demo",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--rate",
+                "25",
+            ])
+            .env("CUTOVER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cutover demo starts"),
+    );
     let child = &mut demo.0;
     let pid = child.id();
     let (tx, rx) = mpsc::channel::<String>();

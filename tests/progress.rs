@@ -24,7 +24,9 @@ fn without_a_terminal_one_line_per_mailbox_per_pass() {
         let err = stderr(&out);
         let lines: Vec<&str> = err
             .lines()
-            .filter(|l| l.starts_with("alice@example.test: ") || l.starts_with("bob@example.test: "))
+            .filter(|l| {
+                l.starts_with("alice@example.test: ") || l.starts_with("bob@example.test: ")
+            })
             .filter(|l| l.contains(" copied, "))
             .collect();
         assert_eq!(lines.len(), 2, "pass {pass}: one line each:\n{err}");
@@ -42,7 +44,10 @@ fn without_a_terminal_one_line_per_mailbox_per_pass() {
             bob.starts_with("bob@example.test: Failed: 0 copied, 0 skipped, 0 failed, 0 B in "),
             "{bob}"
         );
-        assert!(bob.to_lowercase().contains("authentication failed"), "{bob}");
+        assert!(
+            bob.to_lowercase().contains("authentication failed"),
+            "{bob}"
+        );
         // Nothing of it on standard output: the table alone, as scripts read it.
         let table = stdout(&out);
         assert!(!table.contains(" copied, "), "{table}");
@@ -54,6 +59,13 @@ fn without_a_terminal_one_line_per_mailbox_per_pass() {
     }
     let out = cutover(&config, &["check"]);
     let text = stdout(&out);
-    assert!(text.contains("alice@example.test (source login alice): ok"), "{text}");
-    assert!(!stderr(&out).contains("mailboxes checked"), "{}", stderr(&out));
+    assert!(
+        text.contains("alice@example.test (source login alice): ok"),
+        "{text}"
+    );
+    assert!(
+        !stderr(&out).contains("mailboxes checked"),
+        "{}",
+        stderr(&out)
+    );
 }
