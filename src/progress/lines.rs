@@ -81,9 +81,6 @@ impl<W: Write + Send> Observer for Lines<W> {
 }
 
 impl<W: Write + Send + 'static> ObserverHandle for Lines<W> {
-    fn println(&self, line: &str) {
-        println!("{line}");
-    }
     fn finish(&self) {}
     fn observer(self: Arc<Self>) -> Arc<dyn Observer> {
         self

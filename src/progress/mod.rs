@@ -94,11 +94,8 @@ pub fn bars_wanted() -> bool {
     }
 }
 
-/// An observer that can also print a line of its own without breaking the bars, and
-/// be closed when the pass ends.
+/// An observer that is closed when the pass ends.
 pub trait ObserverHandle: Observer {
-    /// Prints `line` (to standard output) above the bars.
-    fn println(&self, line: &str);
     /// The pass is over: the bars go away.
     fn finish(&self);
     /// The observer as the engine takes it.

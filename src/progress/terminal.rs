@@ -193,10 +193,6 @@ impl Observer for Terminal {
 }
 
 impl ObserverHandle for Terminal {
-    fn println(&self, line: &str) {
-        self.inner.multi.suspend(|| println!("{line}"));
-    }
-
     fn finish(&self) {
         self.inner.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self
