@@ -405,6 +405,7 @@ fn main() -> Result<()> {
         written_unix: now,
         pid: 0,
         spool_scan: None,
+        domains: Vec::new(),
         mailboxes: states
             .iter()
             .zip(&problems)

@@ -7,6 +7,13 @@ use crate::accounts;
 use crate::config::Config;
 use crate::engine::{summary_table, Engine};
 
+/// `println!` above the progress bar `$bar`, which is redrawn after.
+macro_rules! say {
+    ($bar:expr, $($t:tt)*) => {
+        $bar.suspend(|| println!($($t)*))
+    };
+}
+
 /// Loads the config and the CSV (printing the CSV's bad rows).
 pub(crate) fn load(config: &Path) -> anyhow::Result<(Config, accounts::Accounts)> {
     let cfg = Config::load(config)?;
@@ -63,7 +70,10 @@ pub async fn sync_once(config: &Path) -> anyhow::Result<bool> {
             a.email, a.email
         );
     }
+    let progress = crate::progress::for_this_process();
+    engine.observe(progress.clone().observer());
     let rows = engine.sync_once(&active).await;
+    progress.finish();
     print!("{}", summary_table(&rows));
     for r in &rows {
         for e in &r.errors {
@@ -86,11 +96,16 @@ pub async fn check(config: &Path) -> anyhow::Result<bool> {
     let (cfg, accts) = load(config)?;
     let engine = Engine::new(cfg)?;
     let mut all_ok = accts.errors.is_empty();
+    // On a terminal, a bar over the mailboxes; the lines print above it.
+    let bar =
+        crate::progress::terminal::count_bar(accts.accounts.len() as u64, "mailboxes checked");
     // With xoauth2, the token first: without it no destination login can work.
     if let Some(line) = engine.preflight().await? {
-        println!("{line}");
+        say!(bar, "{line}");
     }
     for a in &accts.accounts {
+        bar.set_message(a.email.clone());
+        bar.inc(1);
         let src = engine
             .config
             .source
@@ -102,35 +117,41 @@ pub async fn check(config: &Path) -> anyhow::Result<bool> {
         let (src, dst) = match (src.map_err(anyhow::Error::from), dst) {
             (Ok(s), Ok(d)) => (s, d),
             (Err(e), _) | (_, Err(e)) => {
-                println!("{}: FAILED: {e}", a.email);
+                say!(bar, "{}: FAILED: {e}", a.email);
                 all_ok = false;
                 continue;
             }
         };
         match check_source(&engine, &src).await {
             Ok(lines) => {
-                println!("{} (source login {}): ok", a.email, a.username);
+                say!(bar, "{} (source login {}): ok", a.email, a.username);
                 for l in lines {
-                    println!("  {l}");
+                    say!(bar, "  {l}");
                 }
             }
             Err(e) => {
-                println!("{} (source login {}): FAILED: {e}", a.email, a.username);
+                say!(
+                    bar,
+                    "{} (source login {}): FAILED: {e}",
+                    a.email,
+                    a.username
+                );
                 all_ok = false;
                 continue;
             }
         }
         match engine.upstream.session(&dst).await {
             Ok(c) => {
-                println!("  destination login as {}: ok", a.email);
+                say!(bar, "  destination login as {}: ok", a.email);
                 c.logout().await;
             }
             Err(e) => {
-                println!("  destination login as {}: FAILED: {e}", a.email);
+                say!(bar, "  destination login as {}: FAILED: {e}", a.email);
                 all_ok = false;
             }
         }
     }
+    bar.finish_and_clear();
     Ok(all_ok)
 }
 

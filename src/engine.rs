@@ -201,6 +201,8 @@ pub struct Engine {
     /// The bytes of message bodies all connections may hold at once (`[spool]
     /// max_inflight_bytes`, see [`crate::budget`]).
     pub budget: Budget,
+    /// Told when a mailbox starts and ends (the progress of `sync --once` and `demo`).
+    observer: std::sync::OnceLock<Arc<dyn crate::progress::Observer>>,
 }
 
 impl Engine {
@@ -230,7 +232,13 @@ impl Engine {
             spool,
             budget: Budget::new(config.spool.max_inflight_bytes),
             config: Arc::new(config),
+            observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Tells `observer` of every mailbox's start and end from now on (once per engine).
+    pub fn observe(&self, observer: Arc<dyn crate::progress::Observer>) {
+        let _ = self.observer.set(observer);
     }
 
     /// Checks what every mailbox depends on before any is started: with `auth =
@@ -364,10 +372,16 @@ impl Engine {
             Ok(c) => c,
             Err(e) => {
                 summary.fatal = Some(format!("{e}"));
+                if let Some(o) = self.observer.get() {
+                    o.finished(&summary);
+                }
                 return summary;
             }
         };
         self.set_status(&mailbox, "Syncing", None);
+        if let Some(o) = self.observer.get() {
+            o.started(&mailbox);
+        }
 
         let handoff = Arc::new(Handoff::default());
         let src_task = {
@@ -448,6 +462,9 @@ impl Engine {
             .or_else(|| summary.errors.first().cloned());
         self.set_status(&mailbox, status, error);
         let _ = self.spool.flush();
+        if let Some(o) = self.observer.get() {
+            o.finished(&summary);
+        }
         summary
     }
 
@@ -761,7 +778,7 @@ impl Engine {
                 // (or a clash rename it causes) must not send its mail somewhere new.
                 (_, Some(fixed)) => fixed.clone(),
                 (Mapped::To { dest, rule }, None) => {
-                    tracing::info!(mailbox, folder = %src.name, dest = %dest, ?rule, "folder mapping");
+                    tracing::debug!(mailbox, folder = %src.name, dest = %dest, ?rule, "folder mapping");
                     let mut st = (*state).clone();
                     st.dest_name = Some(dest.clone());
                     self.spool.put_folder(mailbox, &st)?;

@@ -22,6 +22,7 @@ pub mod mapping;
 pub mod metrics;
 pub mod notify;
 pub mod oauth;
+pub mod progress;
 pub mod secret;
 pub mod source;
 pub mod spool;

@@ -93,11 +93,21 @@ enum Command {
         #[command(subcommand)]
         letter: NotifyCommand,
     },
-    /// Start a local source and destination Dovecot with sample mailboxes and migrate them.
+    /// Start a local source and destination Dovecot with sample mailboxes and migrate
+    /// them with the daemon, its status page on http://127.0.0.1:8080, until Ctrl-C.
     Demo {
-        /// Keep the demo servers running until Ctrl-C, to look at them.
+        /// Two `sync --once` passes and exit, without the daemon or the page (for scripts).
         #[arg(long)]
+        once: bool,
+        /// With --once: keep the demo servers running until Ctrl-C, to look at them.
+        #[arg(long, requires = "once")]
         keep: bool,
+        /// Where the status page listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Messages per second per mailbox toward the destination: slow enough to watch.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
     },
 }
 
@@ -244,7 +254,23 @@ fn main() -> ExitCode {
                     .await
                 }
             },
-            Command::Demo { keep } => cutover::demo::run(keep).await,
+            Command::Demo {
+                once,
+                keep,
+                listen,
+                rate,
+            } => {
+                if once {
+                    cutover::demo::run(keep).await
+                } else {
+                    cutover::demo::live::run(cutover::demo::live::LiveOptions {
+                        listen,
+                        rate,
+                        ..Default::default()
+                    })
+                    .await
+                }
+            }
         }
     });
     match result {

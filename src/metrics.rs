@@ -74,6 +74,9 @@ pub struct Metrics {
     pub appended_bytes: Counter,
     pub source_fetched: Counter,
     pub source_fetched_bytes: Counter,
+    /// New messages the sources listed, to be copied (the length of `sync --once`'s bar).
+    pub source_found: Counter,
+    pub source_found_bytes: Counter,
     pub skipped: Family<ReasonLabel, Counter>,
     pub failed: Counter,
     pub throttled: Counter,
@@ -128,6 +131,18 @@ impl Metrics {
             "cutover_source_fetched_bytes",
             "Bytes read from the source into the spool",
             source_fetched_bytes.clone(),
+        );
+        let source_found = Counter::default();
+        r.register(
+            "cutover_source_found_messages",
+            "New messages listed at the source, to be read into the spool",
+            source_found.clone(),
+        );
+        let source_found_bytes = Counter::default();
+        r.register(
+            "cutover_source_found_bytes",
+            "Bytes of the new messages listed at the source (as the source announced them)",
+            source_found_bytes.clone(),
         );
         let skipped = Family::<ReasonLabel, Counter>::default();
         r.register(
@@ -210,6 +225,8 @@ impl Metrics {
             appended_bytes,
             source_fetched,
             source_fetched_bytes,
+            source_found,
+            source_found_bytes,
             skipped,
             failed,
             throttled,

@@ -454,6 +454,14 @@ async fn read_folder(
         // Fetch the bodies in batches bounded by bytes and count. The first batches of a
         // folder are small and double in size, so that the upstream can start on the first
         // messages while the rest are fetched, rather than wait for a whole batch.
+        let counters = crate::metrics::get();
+        counters.source_found.inc_by(wanted.len() as u64);
+        counters.source_found_bytes.inc_by(
+            wanted
+                .iter()
+                .map(|m| m.size.unwrap_or(0) as u64)
+                .sum::<u64>(),
+        );
         if !wanted.is_empty() && !announced {
             announced = true;
             // Make the folder known to the upstream now, not when all of it is read, so that

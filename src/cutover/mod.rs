@@ -9,6 +9,7 @@
 //! `Completed`.
 
 pub mod mx;
+pub mod view;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

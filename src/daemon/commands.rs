@@ -85,6 +85,7 @@ pub fn status(config: &Path, json: bool) -> anyhow::Result<bool> {
                 written_unix: now_ms() / 1000,
                 pid: 0,
                 spool_scan: None,
+                domains: Vec::new(),
                 mailboxes: expected
                     .iter()
                     .map(|m| {

@@ -127,6 +127,7 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
 
     // The status page reads what the loop publishes here, where it writes status.json.
     let (snap_tx, snap_rx) = watch::channel(Arc::new(sched.snapshot(now_ms())));
+    let _ = std::fs::remove_file(crate::web::address_path(&spool_dir));
     let _page = crate::web::start(
         &web,
         crate::web::Shared::new(snap_rx, engine.spool.clone(), engine.config.clone()),

@@ -92,6 +92,9 @@ pub struct Snapshot {
     /// messages), while it runs: mailboxes read so far, of how many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool_scan: Option<ScanProgress>,
+    /// The watched domains' MX state (`[cutover] domains`), from the running daemon.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<crate::cutover::view::DomainView>,
     pub mailboxes: Vec<MailboxRow>,
 }
 
@@ -273,6 +276,7 @@ pub fn from_spool(spool: &Spool, expected: &[String]) -> anyhow::Result<Snapshot
         written_unix: now,
         pid: 0,
         spool_scan: None,
+        domains: Vec::new(),
         mailboxes: rows,
     })
 }
@@ -476,6 +480,7 @@ mod tests {
             written_unix: 0,
             pid: 0,
             spool_scan: None,
+            domains: Vec::new(),
             mailboxes: vec![
                 row("a@x.test", Status::Synced, vec![]),
                 row(

@@ -15,6 +15,7 @@ use super::snapshot::RowUpdate;
 use super::state::{self, Facts, Status};
 use crate::accounts::Account;
 use crate::cutover::mx::Observation;
+use crate::cutover::view::{DomainView, DomainWatch, MxState};
 use crate::cutover::CutoverConfig;
 use crate::engine::MailboxSummary;
 use crate::spool::{MailboxState, MessageCounts, Spool};
@@ -61,16 +62,6 @@ impl Entry {
     }
 }
 
-/// What the daemon knows of a watched domain.
-#[derive(Debug, Default, Clone)]
-struct DomainWatch {
-    /// The MX points at Office 365.
-    moved: bool,
-    /// TTL of the last answer that did not point at Office 365: senders may cache it that
-    /// long, so it is the floor of the grace.
-    old_ttl: u32,
-}
-
 pub struct Scheduler {
     pub entries: BTreeMap<String, Entry>,
     spool: Spool,
@@ -78,6 +69,8 @@ pub struct Scheduler {
     grace: Duration,
     mx_suffix: String,
     domains: HashMap<String, DomainWatch>,
+    /// The watched domains (normalised), in the config's order.
+    watched: Vec<String>,
     /// Something changed since the last snapshot.
     pub dirty: bool,
 }
@@ -144,6 +137,11 @@ impl Scheduler {
             grace: cutover.grace,
             mx_suffix: cutover.mx_suffix.clone(),
             domains: HashMap::new(),
+            watched: cutover
+                .domains
+                .iter()
+                .map(|d| crate::cutover::normalise(d))
+                .collect(),
             dirty: true,
         };
         // A restart in the cutover phase: the final pass is due when the grace ends.
@@ -273,21 +271,32 @@ impl Scheduler {
 
     /// Applies one MX lookup result.
     pub fn observe_mx(&mut self, obs: &Observation, now_ms: i64) {
-        let Ok(answer) = &obs.answer else {
-            return;
-        };
         let now = secs(now_ms);
         let watch = self.domains.entry(obs.domain.clone()).or_default();
+        watch.checked_unix = Some(now);
+        // The page shows each lookup's outcome.
+        self.dirty = true;
+        let answer = match &obs.answer {
+            Ok(a) => a,
+            Err(e) => {
+                watch.error = Some(e.clone());
+                return;
+            }
+        };
+        watch.error = None;
+        watch.exchanges = answer.exchanges.iter().map(|(_, e)| e.clone()).collect();
         let moved = answer.all_point_to(&self.mx_suffix);
+        let was_moved = watch.state == MxState::Office365;
         let mut changed = Vec::new();
         if moved {
             let floor = Duration::from_secs(watch.old_ttl.into());
             let grace = self.grace.max(floor);
-            if !watch.moved {
+            if !was_moved {
+                watch.moved_since_unix = Some(now);
                 tracing::info!(domain = %obs.domain, mx = ?answer.exchanges, grace = %crate::duration::format(grace),
                     "every MX points at Office 365: cutover begins");
             }
-            watch.moved = true;
+            watch.state = MxState::Office365;
             for e in self.entries.values_mut() {
                 if e.domain.as_deref() != Some(obs.domain.as_str())
                     || e.facts.completed
@@ -305,11 +314,12 @@ impl Scheduler {
                 changed.push(e.id().to_string());
             }
         } else {
-            if watch.moved {
+            if was_moved {
                 tracing::warn!(domain = %obs.domain, mx = ?answer.exchanges,
                     "the MX no longer points at Office 365 only: cutover cancelled, syncing goes on");
             }
-            watch.moved = false;
+            watch.state = MxState::Legacy;
+            watch.moved_since_unix = None;
             watch.old_ttl = answer.ttl;
             for e in self.entries.values_mut() {
                 if e.domain.as_deref() != Some(obs.domain.as_str())
@@ -496,6 +506,7 @@ impl Scheduler {
             written_unix: now,
             pid: std::process::id(),
             spool_scan: None,
+            domains: self.domain_views(),
             mailboxes: self
                 .entries
                 .values()
@@ -504,6 +515,24 @@ impl Scheduler {
                 })
                 .collect(),
         }
+    }
+
+    /// Each watched domain's MX state and its mailboxes' cutover, for the status page.
+    pub fn domain_views(&self) -> Vec<DomainView> {
+        let mut views: Vec<DomainView> = self
+            .watched
+            .iter()
+            .map(|d| DomainView::new(d, self.domains.get(d)))
+            .collect();
+        for e in self.entries.values() {
+            if let Some(v) = views
+                .iter_mut()
+                .find(|v| Some(v.domain.as_str()) == e.domain.as_deref())
+            {
+                v.count(e.facts.completed, e.st.complete_after_unix);
+            }
+        }
+        views
     }
 
     /// The rows that changed since the last call, for the snapshot writer: the state is
@@ -649,14 +678,36 @@ mod tests {
         assert_eq!(st.passes, 2);
 
         // The old MX (TTL 300) is seen first, then the move: grace = max(100, 300).
+        assert_eq!(s.domain_views()[0].mx, MxState::Unknown);
         s.observe_mx(&mx("moved.test", "mx.legacy.test", 300), t0 + 70_000);
         assert_eq!(s.status_of("a@moved.test"), Some(Status::Failed));
+        let v = &s.domain_views()[0];
+        assert_eq!((v.domain.as_str(), v.mx), ("moved.test", MxState::Legacy));
+        assert_eq!((v.mailboxes, v.in_cutover), (1, 0));
+        assert_eq!(v.exchanges, ["mx.legacy.test"]);
+        s.observe_mx(
+            &Observation {
+                domain: "moved.test".into(),
+                answer: Err("MX lookup of moved.test: timed out".into()),
+            },
+            t0 + 75_000,
+        );
+        let v = &s.domain_views()[0];
+        assert_eq!(v.mx, MxState::Legacy, "a failed lookup changes nothing");
+        assert!(v.error.as_deref().unwrap().contains("timed out"));
+        assert_eq!(v.checked_unix, Some(1_700_000_075));
         s.observe_mx(
             &mx("moved.test", "x.mail.protection.outlook.com", 3600),
             t0 + 80_000,
         );
         let st = &s.entries["a@moved.test"].st;
         assert_eq!(st.complete_after_unix, Some(1_700_000_080 + 300));
+        let v = &s.domain_views()[0];
+        assert_eq!(v.mx, MxState::Office365);
+        assert_eq!(v.error, None);
+        assert_eq!(v.moved_since_unix, Some(1_700_000_080));
+        assert_eq!((v.mailboxes, v.in_cutover), (1, 1));
+        assert_eq!(v.grace_left(1_700_000_080), Some(300));
         assert_eq!(
             s.status_of("b@stays.test"),
             Some(Status::Queued),

@@ -29,6 +29,11 @@ pub struct Counts {
 
 impl Counts {
     fn add_record(&mut self, r: &MessageRecord) {
+        // cutover's own notice at the source is not the user's mail: neither found nor
+        // skipped (as in the spool's counts and the report).
+        if crate::spool::is_own_notice(&r.state) {
+            return;
+        }
         if r.state.is_live() {
             self.source_messages += 1;
             self.source_bytes += r.size;

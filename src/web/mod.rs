@@ -137,6 +137,20 @@ impl Shared {
     }
 }
 
+/// `<spool>/web.address`: the status page's URL, as bound. Scripts and tests that let
+/// the kernel choose the port (`listen = "127.0.0.1:0"`) read it there; it is removed
+/// when the daemon starts, so a stale one is never read.
+pub fn address_path(spool_dir: &std::path::Path) -> PathBuf {
+    spool_dir.join("web.address")
+}
+
+fn write_address(spool_dir: &std::path::Path, url: &str) -> std::io::Result<()> {
+    let path = address_path(spool_dir);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{url}\n"))?;
+    std::fs::rename(tmp, path)
+}
+
 /// Starts the page on `[web] listen` unless disabled. A port that cannot be bound is
 /// logged and the daemon goes on without the page: the migration matters more.
 pub async fn start(cfg: &WebConfig, shared: Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> {
@@ -176,10 +190,13 @@ pub async fn start(cfg: &WebConfig, shared: Arc<Shared>) -> Option<tokio::task::
         }
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(
-        login = shared.auth.is_some(),
-        "status page on {scheme}://{addr}/"
-    );
+    // With port 0 the kernel chose: the address bound is the one to tell.
+    let addr = listener.local_addr().unwrap_or(addr);
+    let url = format!("{scheme}://{addr}/");
+    tracing::info!(login = shared.auth.is_some(), "status page on {url}");
+    if let Err(e) = write_address(&shared.spool_dir, &url) {
+        tracing::warn!(error = %e, "cannot write the status page's address to the spool directory");
+    }
     let sampler = shared.clone();
     tokio::spawn(async move {
         loop {

@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::history::{self, Rates, Sample};
 use super::inventory::Counts;
 use super::Shared;
+use crate::cutover::view::DomainView;
 use crate::daemon::report::Snapshot;
 use crate::daemon::state::Status;
 
@@ -63,6 +64,15 @@ pub struct Disk {
     pub free_bytes: Option<u64>,
 }
 
+/// A watched domain's MX and the grace its mailboxes have left.
+#[derive(Debug, Clone, Serialize)]
+pub struct Domain {
+    #[serde(flatten)]
+    pub view: DomainView,
+    /// Seconds until the last of its mailboxes in cutover gets its final pass.
+    pub grace_left_seconds: Option<i64>,
+}
+
 /// One mailbox in its cutover grace.
 #[derive(Debug, Clone, Serialize)]
 pub struct Cutover {
@@ -90,12 +100,24 @@ pub struct Overview {
     pub throttling: Throttling,
     pub disk: Disk,
     pub cutover: Vec<Cutover>,
+    /// Each domain of `[cutover] domains`: where its MX points and the grace left.
+    pub domains: Vec<Domain>,
     /// When the daemon last wrote its state, and when the spool was last counted.
     pub snapshot_unix: i64,
     pub counted_unix: i64,
     pub now_unix: i64,
     /// The page asks for a password (it then offers to log out).
     pub login: bool,
+    /// Which letters of `[notify]` are set up: a mailbox without one was not forgotten.
+    pub letters: Letters,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Letters {
+    /// `[notify] before`: the notice at the source, sent by `cutover notify before`.
+    pub before: bool,
+    /// `[notify] after`: the welcome at the destination, sent at completion.
+    pub after: bool,
 }
 
 /// The overview, from what the server holds now.
@@ -155,10 +177,22 @@ pub fn build(shared: &Shared) -> Overview {
                 complete_after_unix: r.complete_after_unix,
             })
             .collect(),
+        domains: snap
+            .domains
+            .iter()
+            .map(|d| Domain {
+                grace_left_seconds: d.grace_left(now),
+                view: d.clone(),
+            })
+            .collect(),
         snapshot_unix: snap.written_unix,
         counted_unix: inv.at_unix,
         now_unix: now,
         login: shared.auth.is_some(),
+        letters: Letters {
+            before: shared.config.notify.before.is_some(),
+            after: shared.config.notify.after.is_some(),
+        },
     }
 }
 
@@ -192,6 +226,7 @@ mod tests {
             written_unix: 0,
             pid: 1,
             spool_scan: None,
+            domains: Vec::new(),
             mailboxes: statuses
                 .iter()
                 .enumerate()

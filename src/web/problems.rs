@@ -50,6 +50,8 @@ pub fn items(spool: &Spool, mailbox: &str) -> Items {
                 .unwrap_or_default()
             {
                 let (state, reason) = match &rec.state {
+                    // cutover's own notice at the source: not the user's, not a problem.
+                    s if crate::spool::is_own_notice(s) => continue,
                     MessageState::Skipped { reason } => ("skipped", reason.clone()),
                     MessageState::Failed {
                         reason, attempts, ..

@@ -37,6 +37,10 @@ pub struct Row {
     /// Why the mailbox is not moving, in a few words; empty while it moves.
     pub waiting_on: String,
     pub throttled_until_unix: Option<i64>,
+    /// When the letters of `[notify]` were delivered: the notice at the source
+    /// (`before`), the welcome at the destination (`after`); None: not (yet).
+    pub notice_delivered_unix: Option<i64>,
+    pub welcome_delivered_unix: Option<i64>,
 }
 
 fn ratio(part: u64, whole: u64, empty: f64) -> f64 {
@@ -132,6 +136,8 @@ pub fn row(r: &MailboxRow, c: Counts, backoff: &HashMap<String, i64>) -> Row {
         progress_bytes: ratio(c.dest_bytes, c.source_bytes, empty),
         waiting_on: waiting_on(r, &c, throttled_until),
         throttled_until_unix: throttled_until,
+        notice_delivered_unix: r.notice_delivered_unix,
+        welcome_delivered_unix: r.welcome_delivered_unix,
         counts: c,
     }
 }
@@ -260,6 +266,7 @@ mod tests {
             written_unix: 0,
             pid: 1,
             spool_scan: None,
+            domains: Vec::new(),
             mailboxes: (0..n)
                 .map(|i| {
                     let st = MailboxState {

@@ -3,6 +3,8 @@
 //! testbed with a wrong password, an oversized message and a quota refusal.
 #![allow(dead_code)]
 
+pub mod chromium;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -39,13 +39,52 @@ function dur(s) {
   return s + "s";
 }
 const rate = (msgs, b) => msgs.toFixed(1) + " msg/s, " + bytes(b) + "/s";
-const STATUSES = ["Queued", "Syncing", "Synced", "IncrementalSyncing", "Failed", "CutoverPending", "Completed"];
+const STATUSES = ["Queued", "Syncing", "Synced", "IncrementalSyncing", "Failed", "CutoverPending", "Completed", "Stopped"];
 let lastChart = 0;
+let lettersSetUp = { before: false, after: false };
+const MX = { Unknown: "not looked up yet", Legacy: "legacy server", Office365: "Office 365" };
+
+// One letter of [notify] for a mailbox: when it was delivered, or why not.
+function letter(name, at, setUp) {
+  if (at) return name + " delivered " + when(at);
+  return name + (setUp ? " not delivered" : " not set up");
+}
+function lettersText(r) {
+  return letter("notice", r.notice_delivered_unix, lettersSetUp.before) + "\n" +
+    letter("welcome", r.welcome_delivered_unix, lettersSetUp.after);
+}
+
+function renderDomains(o) {
+  const card = $("#cutover-card");
+  card.hidden = !o.domains.length;
+  const tb = $("#domains tbody"); tb.replaceChildren();
+  for (const d of o.domains) {
+    const grace = d.grace_left_seconds == null ? (d.mx === "Office365" && d.in_cutover === 0 ? "over" : "–")
+      : d.grace_left_seconds === 0 ? "over: final pass now" : dur(d.grace_left_seconds) + " (final pass " + when(d.complete_after_unix) + ")";
+    tb.append(el("tr", { "data-domain": d.domain, "data-mx": d.mx },
+      el("td", { class: "mbx", text: d.domain, "data-label": "Domain" }),
+      el("td", { "data-label": "MX" }, el("span", { class: "mx " + d.mx, text: MX[d.mx] || d.mx }),
+        d.moved_since_unix ? el("span", { class: "muted", text: " since " + when(d.moved_since_unix) }) : ""),
+      el("td", { text: d.exchanges.join(", ") || "–", "data-label": "Exchanges" }),
+      el("td", { "data-label": "Looked up" }, when(d.checked_unix),
+        d.error ? el("div", { class: "err-inline", text: "lookup failing: " + d.error }) : ""),
+      el("td", { class: "num", text: num(d.mailboxes), "data-label": "Mailboxes" }),
+      el("td", { class: "num", text: num(d.in_cutover), "data-label": "In cutover" }),
+      el("td", { class: "num", text: num(d.completed), "data-label": "Completed" }),
+      el("td", { class: "grace", text: grace, "data-label": "Grace left" })));
+  }
+}
 function set(id, text) { const e = document.getElementById(id); if (e) e.textContent = text; }
 
 function renderStatus(o) {
   const ph = $("#phase");
   ph.textContent = o.phase; ph.className = "phase " + o.phase;
+  lettersSetUp = o.letters;
+  // Without [notify] there is nothing to show per mailbox: no column for it.
+  document.body.classList.toggle("no-letters", !o.letters.before && !o.letters.after);
+  const left = o.domains.map((d) => d.grace_left_seconds).filter((g) => g != null);
+  set("phase-note", o.phase === "CutoverPending" && left.length ? "grace left " + dur(Math.max(...left)) : "");
+  renderDomains(o);
   set("updated", "state of " + when(o.snapshot_unix));
   $("#logout").hidden = !o.login;
   set("mailbox-total", num(o.mailboxes));
@@ -116,18 +155,20 @@ async function loadTable() {
   for (const r of data.rows) {
     const c = r.counts;
     const tr = el("tr", { "data-mailbox": r.mailbox, "data-status": r.status },
-      el("td", { class: "mbx", text: r.mailbox }),
-      el("td", {}, el("span", { class: "st " + r.status, text: r.status })),
-      el("td", { title: num(c.dest_messages + c.skipped) + " of " + num(c.source_messages) + " messages, " +
+      el("td", { class: "mbx", text: r.mailbox, "data-label": "Mailbox" }),
+      el("td", { "data-label": "Status" }, el("span", { class: "st " + r.status, text: r.status })),
+      el("td", { "data-label": "Progress", title: num(c.dest_messages + c.skipped) + " of " + num(c.source_messages) + " messages, " +
         bytes(c.dest_bytes) + " of " + bytes(c.source_bytes) },
         bar(r.progress_messages, "msgs"), bar(r.progress_bytes, "bytes")),
-      el("td", { class: "num", text: num(r.items_synced) }),
-      el("td", { class: "num", text: num(r.items_skipped) }),
-      el("td", { class: "num", text: num(r.items_failed) }),
-      el("td", { text: when(r.last_sync_unix) }),
-      el("td", { text: dur(now - r.status_since_unix) }),
-      el("td", { class: "waiting", text: r.waiting_on }),
-      el("td", { class: "err", text: r.last_error || "", title: r.last_error || "" }));
+      el("td", { class: "num", text: num(r.items_synced), "data-label": "Synced" }),
+      el("td", { class: "num", text: num(r.items_skipped), "data-label": "Skipped" }),
+      el("td", { class: "num", text: num(r.items_failed), "data-label": "Failed" }),
+      el("td", { text: when(r.last_sync_unix), "data-label": "Last sync" }),
+      el("td", { text: dur(now - r.status_since_unix), "data-label": "In status" }),
+      el("td", { class: "waiting", text: r.waiting_on, "data-label": "Waiting on" }),
+      el("td", { class: "letters letters-col", text: lettersText(r), "data-label": "Letters",
+        "data-notice": r.notice_delivered_unix || "", "data-welcome": r.welcome_delivered_unix || "" }),
+      el("td", { class: "err", text: r.last_error || "", title: r.last_error || "", "data-label": "Last error" }));
     tr.addEventListener("click", () => openDetail(r.mailbox));
     tb.append(tr);
   }
@@ -159,7 +200,10 @@ async function openDetail(id) {
       bytes(c.dest_bytes) + " of " + bytes(c.source_bytes) + ") · " + num(c.skipped) + " skipped · " +
       num(c.failed) + " failed · last sync " + when(m.last_sync_unix) + " · " + num(m.passes) + " passes" +
       (m.waiting_on ? " · waiting on: " + m.waiting_on : ""));
-  set("detail-error", m.last_error || "none");
+  set("detail-letters", lettersText(m).replace("\n", " · "));
+  set("detail-error", m.last_error || "");
+  $("#detail-error").hidden = !m.last_error;
+  $("#detail-no-error").hidden = !!m.last_error;
   $("#detail-csv").href = base + "/problems.csv";
   const ft = $("#folders tbody"); ft.replaceChildren();
   for (const f of folders) {

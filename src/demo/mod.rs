@@ -1,9 +1,21 @@
 //! `cutover demo`: a whole migration on this machine, with nothing but Dovecot installed.
 //!
 //! Starts a legacy-style source and an Exchange-style destination ([`crate::testbed`]),
-//! fills the source with sample mailboxes (and the shared test corpus when it is present),
-//! writes a config and a mailbox CSV, and runs `sync --once` twice: the first pass copies
-//! everything, the second shows that nothing is copied again.
+//! fills the source with sample mailboxes (and the shared test corpus when it is present)
+//! and writes a config and a mailbox CSV. Then:
+//!
+//! - `demo` ([`live`]): the daemon with its status page, the destination behind a proxy
+//!   that throttles now and then, a paced rate so that the numbers visibly move, and a
+//!   message delivered once everything is Synced, carried by the next delta pass; until
+//!   Ctrl-C;
+//! - `demo --once` ([`run`]): `sync --once` twice: the first pass copies everything,
+//!   the second shows that nothing is copied again.
+
+pub mod live;
+/// The fault-injecting IMAP proxy of the test suite, which the live demo puts in front
+/// of the destination to show a throttle and its recovery.
+#[path = "../../tests/common/proxy.rs"]
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,7 +37,10 @@ pub struct DemoTls {
 /// Writes `cutover.toml` and `mailboxes.csv` into `dir` for a testbed: the source logs in
 /// with each user's own password from the CSV, the destination as the master user with a
 /// SASL PLAIN authorisation identity (how an admin account reaches every mailbox).
-/// `extra` is appended to the TOML (e.g. a `[sync]` section).
+/// `extra` is appended to the TOML (e.g. a `[sync]` section). Without a `[web]` section
+/// in `extra`, the status page listens on a port the kernel chooses (its address is in
+/// `<spool>/web.address`): daemons of tests running side by side would otherwise all
+/// want 127.0.0.1:8080.
 pub fn write_config(
     tb: &Testbed,
     dir: &Path,
@@ -39,6 +54,11 @@ pub fn write_config(
         csv.push_str(&format!("{email},{login},{pw}\n"));
     }
     std::fs::write(dir.join("mailboxes.csv"), csv)?;
+    let web = if extra.contains("[web]") {
+        ""
+    } else {
+        "\n[web]\nlisten = \"127.0.0.1:0\"\n"
+    };
     let side = |port_tls: u16, port_plain: u16, implicit: bool| {
         if implicit {
             format!("port = {port_tls}\ntls = \"implicit\"")
@@ -70,7 +90,7 @@ admin_login = "authzid"
 max_connections = 4
 
 {extra}
-"#,
+{web}"#,
         src = side(
             tb.source.tls_port(),
             tb.source.plain_port(),
@@ -127,16 +147,16 @@ pub fn sample_message(user: &str, n: usize, subject: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-const DEMO_USERS: [(&str, &str, &str); 3] = [
+pub const DEMO_USERS: [(&str, &str, &str); 3] = [
     ("alice", "alice-pw", "alice@example.test"),
     ("bob", "bob-pw", "bob@example.test"),
     ("carol", "carol-pw", "carol@example.test"),
 ];
 
-/// Runs the demo; true if the migration finished cleanly.
-pub async fn run(keep: bool) -> anyhow::Result<bool> {
-    println!("starting a source and a destination Dovecot on 127.0.0.1 ...");
-    let tb = tokio::task::spawn_blocking(|| Testbed::start(&DEMO_USERS)).await??;
+/// Fills the demo users' source mailboxes: a few folders each (with flags and an
+/// umlaut in a name), `extra_inbox` more INBOX messages each, and the shared corpus in
+/// alice's INBOX when this machine has it.
+pub fn fill_source(tb: &Testbed, extra_inbox: usize) -> anyhow::Result<()> {
     let src = &tb.source;
     let flavor = src.flavor();
     for (i, (login, _, _)) in DEMO_USERS.iter().enumerate() {
@@ -165,7 +185,7 @@ pub async fn run(keep: bool) -> anyhow::Result<bool> {
                 )?;
             }
         }
-        for n in 0..10 {
+        for n in 0..10 + extra_inbox {
             src.deliver(
                 login,
                 "INBOX",
@@ -186,6 +206,14 @@ pub async fn run(keep: bool) -> anyhow::Result<bool> {
             src.deliver("alice", "INBOX", &body, &[], None)?;
         }
     }
+    Ok(())
+}
+
+/// `demo --once`; true if the migration finished cleanly.
+pub async fn run(keep: bool) -> anyhow::Result<bool> {
+    println!("starting a source and a destination Dovecot on 127.0.0.1 ...");
+    let tb = tokio::task::spawn_blocking(|| Testbed::start(&DEMO_USERS)).await??;
+    fill_source(&tb, 0)?;
     let work = tb.dir.path().join("demo");
     let config = write_config(
         &tb,
