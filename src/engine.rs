@@ -434,8 +434,10 @@ impl Engine {
         summary.rate = stats.rate;
         let counts = self
             .scan_blocking(&mailbox, |spool, m| spool.counts(m))
-            .await;
-        if let Ok(Ok(c)) = counts {
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if let Some(c) = &counts {
             summary.skipped = c.skipped;
             summary.failed = c.failed + c.spooled + c.appending;
         }
@@ -446,6 +448,9 @@ impl Engine {
             .clone()
             .or_else(|| summary.errors.first().cloned());
         self.set_status(&mailbox, status, error);
+        if let Some(c) = &counts {
+            self.set_counters(&mailbox, c);
+        }
         let _ = self.spool.flush();
         summary
     }
@@ -467,6 +472,22 @@ impl Engine {
         }
         if let Err(e) = self.spool.put_mailbox(&st) {
             tracing::error!(mailbox, error = %e, "cannot record the mailbox status");
+        }
+    }
+
+    /// Records what the spool holds for `mailbox` after a pass, for `cutover status` and
+    /// the report. The daemon's scheduler keeps the same counters, but `sync --once` has
+    /// no scheduler: without this, its status would show 0 items.
+    fn set_counters(&self, mailbox: &str, c: &crate::spool::MessageCounts) {
+        let Ok(Some(mut st)) = self.spool.mailbox(mailbox) else {
+            return;
+        };
+        st.items_synced = c.appended;
+        st.items_skipped = c.skipped;
+        st.items_failed = c.failed + c.spooled + c.appending;
+        st.bytes = c.bytes_appended;
+        if let Err(e) = self.spool.put_mailbox(&st) {
+            tracing::error!(mailbox, error = %e, "cannot record the mailbox counters");
         }
     }
 
@@ -501,6 +522,7 @@ impl Engine {
                 propagate: self.config.sync.propagate_deletes,
                 max_percent: self.config.sync.max_delete_percent,
             },
+            deleted: self.config.sync.deleted_messages,
         };
         let mut attempt = 0;
         loop {
@@ -508,7 +530,9 @@ impl Engine {
             let mut client = self.source.session(creds).await?;
             client.set_budget(Some(self.budget.clone()));
             let r = async {
-                let (folders, prefix) = source::list_folders(&mut client).await?;
+                let (folders, prefix) =
+                    source::list_folders_with(&mut client, self.config.sync.other_namespaces)
+                        .await?;
                 let folders: Vec<ListedFolder> = folders
                     .into_iter()
                     .filter(|f| !self.excluded(f, &prefix))

@@ -1309,13 +1309,21 @@ impl Client {
 
     /// The personal namespace (prefix, delimiter), if the server has NAMESPACE.
     pub async fn namespace(&mut self) -> Result<Option<(String, Option<char>)>> {
+        Ok(self
+            .namespaces()
+            .await?
+            .and_then(|ns| ns.personal.into_iter().next()))
+    }
+
+    /// All three namespaces (RFC 2342), or None when the server has no NAMESPACE.
+    pub async fn namespaces(&mut self) -> Result<Option<crate::imap::response::Namespaces>> {
         if !self.caps.has("NAMESPACE") {
             return Ok(None);
         }
         let out = self.run_raw("NAMESPACE", "NAMESPACE").await?;
         for u in out.untagged {
             if let Untagged::Namespace(ns) = u {
-                return Ok(ns.into_iter().next());
+                return Ok(Some(ns));
             }
         }
         Ok(None)
