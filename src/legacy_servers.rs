@@ -277,9 +277,11 @@ impl LegacyServer {
         &self.dir
     }
 
-    /// The server's own output (its logs go to stderr or a file in the instance directory).
+    /// The server's own output: its stderr, and Courier's `syslog` file (imapd's lines).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+        let mut text = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        text.push_str(&std::fs::read_to_string(self.dir.join("syslog")).unwrap_or_default());
+        text
     }
 
     /// A personal folder's full name, from its path below the personal namespace.
@@ -581,7 +583,7 @@ set -a
 . /etc/courier/imapd
 IMAP_CAPABILITY="IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT THREAD=REFERENCES SORT QUOTA IDLE AUTH=PLAIN"
 set +a
-/usr/sbin/couriertcpd -address=127.0.0.1 -maxprocs=50 -maxperip=50 -nodnslookup -noidentlookup "$P" /usr/lib/courier/courier/imaplogin /usr/bin/imapd Maildir &
+/usr/sbin/couriertcpd -address=127.0.0.1 -maxprocs=50 -maxperip=50 -nodnslookup -noidentlookup -stderr=syslog "$P" /usr/lib/courier/courier/imaplogin /usr/bin/imapd Maildir &
 TCPD=$!
 wait $TCPD || true
 kill $AUTH 2>/dev/null || true
@@ -635,9 +637,9 @@ fn start_courier(dir: &Path, port: u16, users: &[(String, String)]) -> Result<Ch
         chown_tree(&dir.join("home"))?;
     }
     let (out, err) = log_file(dir)?;
-    // Courier writes its log lines to a `syslog` file in its working directory when no
-    // logger takes them: that must be the instance's directory, never the caller's (a
-    // test's is the checkout).
+    // imapd's log lines go to `syslog` (`-stderr=syslog`, a path relative to the working
+    // directory): that must be the instance's directory, never the caller's (a test's
+    // is the checkout).
     Command::new("unshare")
         .current_dir(dir)
         .arg("-m")
