@@ -464,13 +464,12 @@ fn log_file(dir: &Path) -> Result<(Stdio, Stdio)> {
 /// Cyrus: Debian's default hierarchy (`.` separator, personal folders under `INBOX.`) or
 /// the upstream one ([`Layout::CyrusAlt`]), plaintext logins allowed (loopback), the admin
 /// may act for users (authzid).
-fn start_cyrus(
-    dir: &Path,
-    port: u16,
-    users: &[(String, String)],
-    layout: Layout,
-) -> Result<Child> {
-    let alt = if layout == Layout::CyrusAlt { "yes" } else { "no" };
+fn start_cyrus(dir: &Path, port: u16, users: &[(String, String)], layout: Layout) -> Result<Child> {
+    let alt = if layout == Layout::CyrusAlt {
+        "yes"
+    } else {
+        "no"
+    };
     let root = legacy_root();
     for sub in ["conf", "part", "sock", "run"] {
         std::fs::create_dir_all(dir.join(sub))?;

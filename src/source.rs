@@ -1142,6 +1142,30 @@ fn merge_by_uid(meta: Vec<FetchData>) -> Vec<FetchData> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn personal_folders_by_every_namespace_prefix() {
+        let f = |name: &str| ListedFolder {
+            name: name.into(),
+            delimiter: Some('/'),
+            attributes: Vec::new(),
+        };
+        // Cyrus with altnamespace: no personal prefix, the others tell them apart.
+        let others = ["Other Users/".to_string(), "Shared Folders/".to_string()];
+        assert!(personal(&f("INBOX"), "", &others));
+        assert!(personal(&f("Work/Deep"), "", &others));
+        assert!(!personal(&f("Other Users/tom/Team"), "", &others));
+        assert!(!personal(&f("shared folders/News"), "", &others));
+        // Debian's Cyrus: `INBOX.` personal, `user.` others, shared with no prefix.
+        let others = ["user.".to_string(), String::new()];
+        assert!(personal(&f("INBOX.Work"), "INBOX.", &others));
+        assert!(!personal(&f("user.tom.Team"), "INBOX.", &others));
+        assert!(!personal(&f("Announcements"), "INBOX.", &others));
+        // A prefix of another namespace inside the personal one: the longer decides.
+        let others = ["INBOX.shared.".to_string()];
+        assert!(!personal(&f("INBOX.shared.Team"), "INBOX.", &others));
+        assert!(personal(&f("INBOX.sharedstuff"), "INBOX.", &others));
+    }
+
     fn meta(uid: u32, flags: Option<&[&str]>, date: Option<&str>) -> FetchData {
         FetchData {
             uid: Some(uid),

@@ -595,7 +595,15 @@ fn messages_flagged_deleted_are_copied_by_default_and_left_behind_with_skip() {
     // Undeleted at the source: copied on the next pass; the other stays behind.
     tb.source
         .doveadm(&[
-            "flags", "remove", "-u", "hana", "\\Deleted", "mailbox", "INBOX", "uid", "2",
+            "flags",
+            "remove",
+            "-u",
+            "hana",
+            "\\Deleted",
+            "mailbox",
+            "INBOX",
+            "uid",
+            "2",
         ])
         .unwrap();
     let out = cutover(&config, &["sync", "--once"]);
@@ -610,7 +618,10 @@ fn messages_flagged_deleted_are_copied_by_default_and_left_behind_with_skip() {
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
-        text.replace("deleted_messages = \"skip\"\n", "deleted_messages = \"copy\"\n"),
+        text.replace(
+            "deleted_messages = \"skip\"\n",
+            "deleted_messages = \"copy\"\n",
+        ),
     )
     .unwrap();
     let out = cutover(&config, &["sync", "--once"]);
@@ -630,12 +641,19 @@ fn messages_flagged_deleted_are_copied_by_default_and_left_behind_with_skip() {
     // A bad value is a config error, not the default.
     std::fs::write(
         &config,
-        text.replace("deleted_messages = \"skip\"\n", "deleted_messages = \"drop\"\n"),
+        text.replace(
+            "deleted_messages = \"skip\"\n",
+            "deleted_messages = \"drop\"\n",
+        ),
     )
     .unwrap();
     let out = cutover(&config, &["sync", "--once"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("deleted_messages"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("deleted_messages"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// `cutover status` after `sync --once` (no daemon) shows what the spool holds: items,

@@ -445,7 +445,8 @@ fn cyrus_altnamespace_other_users_and_shared_folders_only_when_asked() {
     };
     bed.source.add_folder("tom", "Team").unwrap();
     let mut s = bed.source.user_session("tom").unwrap();
-    s.append("Team", &common::message("team"), &[], None).unwrap();
+    s.append("Team", &common::message("team"), &[], None)
+        .unwrap();
     s.command("SETACL Team sara lrs").unwrap();
     s.logout();
     // A shared folder, made by the admin and readable by everyone.
@@ -471,8 +472,10 @@ fn cyrus_altnamespace_other_users_and_shared_folders_only_when_asked() {
     bed.source.add_folder("sara", "Work").unwrap();
     bed.source.add_folder("sara", "Work/Deep").unwrap();
     let mut s = bed.source.user_session("sara").unwrap();
-    s.append("INBOX", &common::message("own"), &[], None).unwrap();
-    s.append("Work", &common::message("work"), &[], None).unwrap();
+    s.append("INBOX", &common::message("own"), &[], None)
+        .unwrap();
+    s.append("Work", &common::message("work"), &[], None)
+        .unwrap();
     s.append("Work/Deep", &common::message("deep"), &[], None)
         .unwrap();
     let ns = s.command("NAMESPACE").unwrap();
@@ -493,7 +496,10 @@ fn cyrus_altnamespace_other_users_and_shared_folders_only_when_asked() {
     let out = cutover(&config, &["sync", "--once"]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert_eq!(copied(&out, "sara@example.test"), 3, "{}", stdout(&out));
-    assert_eq!(filled(&bed, "sara@example.test"), ["INBOX", "Work", "Work/Deep"]);
+    assert_eq!(
+        filled(&bed, "sara@example.test"),
+        ["INBOX", "Work", "Work/Deep"]
+    );
 
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(

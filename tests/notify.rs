@@ -626,7 +626,10 @@ fn a_new_uidvalidity_at_the_source_does_not_migrate_the_notice() {
     };
     let before = uv();
     let digits: String = before.chars().filter(char::is_ascii_digit).collect();
-    let new = digits.parse::<u64>().unwrap_or_else(|e| panic!("{before:?}: {e}")) + 1000;
+    let new = digits
+        .parse::<u64>()
+        .unwrap_or_else(|e| panic!("{before:?}: {e}"))
+        + 1000;
     tb.source
         .doveadm(&[
             "mailbox",
@@ -645,7 +648,11 @@ fn a_new_uidvalidity_at_the_source_does_not_migrate_the_notice() {
 
     let out = cutover(&config, &["sync", "--once"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("UIDVALIDITY changed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("UIDVALIDITY changed"),
+        "{}",
+        stderr(&out)
+    );
     let dest = inbox(&tb, &tb.dest, "alice@example.test");
     assert_eq!(dest.len(), 3, "the new message, nothing twice");
     assert!(!dest.iter().any(|m| is_letter(&m.3, "before")));
