@@ -475,6 +475,32 @@ impl Engine {
         }
     }
 
+    /// Tells the admin, once per folder (when the spool first sees it), of a source folder
+    /// whose name is not modified UTF-7 on the wire: it is read by the server's bytes and
+    /// copied under those bytes read as UTF-8, which may not be what the user sees.
+    fn note_raw_names(
+        &self,
+        mailbox: &str,
+        folders: &[ListedFolder],
+        raw: &std::collections::HashSet<String>,
+    ) {
+        for f in folders.iter().filter(|f| raw.contains(&f.name)) {
+            if matches!(self.spool.folder(mailbox, &f.name), Ok(Some(_))) {
+                continue;
+            }
+            let text = format!(
+                "source folder {:?} is not named in modified UTF-7 on the wire (the server \
+                 sent {}): it is read by those bytes and copied under that name",
+                f.name,
+                f.name.as_bytes().escape_ascii()
+            );
+            tracing::warn!(mailbox, "{text}");
+            if let Err(e) = self.spool.add_notice(mailbox, &text) {
+                tracing::error!(mailbox, error = %e, "cannot record the notice");
+            }
+        }
+    }
+
     /// Records what the spool holds for `mailbox` after a pass, for `cutover status` and
     /// the report. The daemon's scheduler keeps the same counters, but `sync --once` has
     /// no scheduler: without this, its status would show 0 items.
@@ -537,6 +563,7 @@ impl Engine {
                     .into_iter()
                     .filter(|f| !self.excluded(f, &prefix))
                     .collect();
+                self.note_raw_names(mailbox, &folders, client.raw_names());
                 source::read_mailbox_with(
                     &mut client,
                     &self.spool,
@@ -559,7 +586,18 @@ impl Engine {
             }
             .await;
             match r {
-                Ok(report) => {
+                Ok(mut report) => {
+                    // A folder LIST showed but imap-codec could not read is in no list:
+                    // the pass must not look complete without it.
+                    for line in client.unreadable_folders() {
+                        let msg = format!(
+                            "the source lists a folder that cannot be read ({line}): its name \
+                             is not valid IMAP (raw 8-bit bytes instead of modified UTF-7); \
+                             that folder is not copied"
+                        );
+                        tracing::error!(mailbox, "{msg}");
+                        report.errors.push(msg);
+                    }
                     client.logout().await;
                     return Ok(report);
                 }

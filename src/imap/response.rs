@@ -139,6 +139,9 @@ pub enum Untagged {
         uid: Option<u32>,
         detail: String,
     },
+    /// A `* LIST` (or `* LSUB`) response imap-codec cannot decode, typically a folder
+    /// name in raw 8-bit bytes instead of modified UTF-7: the line, for the admin.
+    UnreadableList(String),
     /// `* OK [code] text` and friends (`* NO`, `* BAD`).
     State {
         kind: Kind,
