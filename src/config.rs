@@ -491,6 +491,21 @@ pub struct SyncConfig {
     /// 100; 0 refuses every deletion.
     #[serde(default = "default_max_delete_percent")]
     pub max_delete_percent: u8,
+    /// Messages flagged `\Deleted` at the source but not expunged: `"copy"` (default)
+    /// copies them with the flag, as they are: not deleted yet, and the user may still
+    /// take them back, so skipping them would lose them for good once the legacy server is
+    /// gone. `"skip"` leaves them at the source while they are flagged (reported in each
+    /// pass; one undeleted before the final pass is copied then).
+    #[serde(default)]
+    pub deleted_messages: crate::source::DeletedMessages,
+    /// Also copy the folders of the source's other namespaces (NAMESPACE: other users'
+    /// and shared folders), which the user can see but does not own. Off by default:
+    /// they belong to other mailboxes (or to everyone), and would be copied into every
+    /// mailbox that can see them. On, they keep their full source name at the top of the
+    /// destination (`user/bob/Team`, `Shared Folders/Announcements`); `exclude_folders`
+    /// and `folder_map` apply to them as to any folder.
+    #[serde(default)]
+    pub other_namespaces: bool,
 }
 
 impl Default for SyncConfig {
@@ -506,6 +521,8 @@ impl Default for SyncConfig {
             interval: default_interval(),
             propagate_deletes: false,
             max_delete_percent: default_max_delete_percent(),
+            deleted_messages: Default::default(),
+            other_namespaces: false,
         }
     }
 }

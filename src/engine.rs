@@ -449,8 +449,10 @@ impl Engine {
         summary.rate = stats.rate;
         let counts = self
             .scan_blocking(&mailbox, |spool, m| spool.counts(m))
-            .await;
-        if let Ok(Ok(c)) = counts {
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if let Some(c) = &counts {
             summary.skipped = c.skipped;
             summary.failed = c.failed + c.spooled + c.appending;
         }
@@ -461,6 +463,9 @@ impl Engine {
             .clone()
             .or_else(|| summary.errors.first().cloned());
         self.set_status(&mailbox, status, error);
+        if let Some(c) = &counts {
+            self.set_counters(&mailbox, c);
+        }
         let _ = self.spool.flush();
         if let Some(o) = self.observer.get() {
             o.finished(&summary);
@@ -485,6 +490,48 @@ impl Engine {
         }
         if let Err(e) = self.spool.put_mailbox(&st) {
             tracing::error!(mailbox, error = %e, "cannot record the mailbox status");
+        }
+    }
+
+    /// Tells the admin, once per folder (when the spool first sees it), of a source folder
+    /// whose name is not modified UTF-7 on the wire: it is read by the server's bytes and
+    /// copied under those bytes read as UTF-8, which may not be what the user sees.
+    fn note_raw_names(
+        &self,
+        mailbox: &str,
+        folders: &[ListedFolder],
+        raw: &std::collections::HashSet<String>,
+    ) {
+        for f in folders.iter().filter(|f| raw.contains(&f.name)) {
+            if matches!(self.spool.folder(mailbox, &f.name), Ok(Some(_))) {
+                continue;
+            }
+            let text = format!(
+                "source folder {:?} is not named in modified UTF-7 on the wire (the server \
+                 sent {}): it is read by those bytes and copied under that name",
+                f.name,
+                f.name.as_bytes().escape_ascii()
+            );
+            tracing::warn!(mailbox, "{text}");
+            if let Err(e) = self.spool.add_notice(mailbox, &text) {
+                tracing::error!(mailbox, error = %e, "cannot record the notice");
+            }
+        }
+    }
+
+    /// Records what the spool holds for `mailbox` after a pass, for `cutover status` and
+    /// the report. The daemon's scheduler keeps the same counters, but `sync --once` has
+    /// no scheduler: without this, its status would show 0 items.
+    fn set_counters(&self, mailbox: &str, c: &crate::spool::MessageCounts) {
+        let Ok(Some(mut st)) = self.spool.mailbox(mailbox) else {
+            return;
+        };
+        st.items_synced = c.appended;
+        st.items_skipped = c.skipped;
+        st.items_failed = c.failed + c.spooled + c.appending;
+        st.bytes = c.bytes_appended;
+        if let Err(e) = self.spool.put_mailbox(&st) {
+            tracing::error!(mailbox, error = %e, "cannot record the mailbox counters");
         }
     }
 
@@ -519,6 +566,7 @@ impl Engine {
                 propagate: self.config.sync.propagate_deletes,
                 max_percent: self.config.sync.max_delete_percent,
             },
+            deleted: self.config.sync.deleted_messages,
         };
         let mut attempt = 0;
         loop {
@@ -526,11 +574,14 @@ impl Engine {
             let mut client = self.source.session(creds).await?;
             client.set_budget(Some(self.budget.clone()));
             let r = async {
-                let (folders, prefix) = source::list_folders(&mut client).await?;
+                let (folders, prefix) =
+                    source::list_folders_with(&mut client, self.config.sync.other_namespaces)
+                        .await?;
                 let folders: Vec<ListedFolder> = folders
                     .into_iter()
                     .filter(|f| !self.excluded(f, &prefix))
                     .collect();
+                self.note_raw_names(mailbox, &folders, client.raw_names());
                 source::read_mailbox_with(
                     &mut client,
                     &self.spool,
@@ -553,7 +604,18 @@ impl Engine {
             }
             .await;
             match r {
-                Ok(report) => {
+                Ok(mut report) => {
+                    // A folder LIST showed but imap-codec could not read is in no list:
+                    // the pass must not look complete without it.
+                    for line in client.unreadable_folders() {
+                        let msg = format!(
+                            "the source lists a folder that cannot be read ({line}): its name \
+                             is not valid IMAP (raw 8-bit bytes instead of modified UTF-7); \
+                             that folder is not copied"
+                        );
+                        tracing::error!(mailbox, "{msg}");
+                        report.errors.push(msg);
+                    }
                     client.logout().await;
                     return Ok(report);
                 }

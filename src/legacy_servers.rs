@@ -147,6 +147,21 @@ pub struct LegacyServer {
     pid: u32,
     /// (login, password)
     users: Vec<(String, String)>,
+    layout: Layout,
+}
+
+/// How the server names folders. Only Cyrus has a choice; Courier is always
+/// [`Layout::Standard`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Debian's default: personal folders under `INBOX.`, `.` separator, other users'
+    /// under `user.`, shared ones at the top.
+    #[default]
+    Standard,
+    /// Cyrus with `altnamespace` and `unixhierarchysep`, as Cyrus 3 upstream defaults:
+    /// personal folders at the top beside INBOX, `/` separator, other users' under
+    /// `Other Users/`, shared ones under `Shared Folders/`.
+    CyrusAlt,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -155,6 +170,19 @@ impl LegacyServer {
     /// Starts `kind` with its files in `dir` (created; must be reachable by `nobody`) and
     /// the given users (login, password), plus [`ADMIN_USER`]. Waits until the port answers.
     pub fn start(kind: Kind, dir: &Path, users: &[(&str, &str)]) -> Result<LegacyServer> {
+        Self::start_with(kind, dir, users, Layout::Standard)
+    }
+
+    /// [`LegacyServer::start`] with the folder naming `layout` (Cyrus only).
+    pub fn start_with(
+        kind: Kind,
+        dir: &Path,
+        users: &[(&str, &str)],
+        layout: Layout,
+    ) -> Result<LegacyServer> {
+        if layout == Layout::CyrusAlt && kind != Kind::Cyrus {
+            bail!("{} has no other folder naming", kind.name());
+        }
         if let Some(why) = unavailable(kind) {
             bail!("{} cannot run: {why}", kind.name());
         }
@@ -175,7 +203,7 @@ impl LegacyServer {
             }
         }
         let child = match kind {
-            Kind::Cyrus => start_cyrus(&dir, port, &users)?,
+            Kind::Cyrus => start_cyrus(&dir, port, &users, layout)?,
             Kind::Courier => start_courier(&dir, port, &users)?,
         };
         let pid = child.id();
@@ -186,13 +214,15 @@ impl LegacyServer {
             child: Some(child),
             pid,
             users,
+            layout,
         };
         server.wait_ready()?;
         if kind == Kind::Cyrus {
             // Cyrus has no mailbox for a user until an admin creates it.
             let mut admin = server.session(ADMIN_USER, ADMIN_PASSWORD)?;
+            let sep = server.separator();
             for (u, _) in server.users.clone() {
-                admin.command(&format!("CREATE {}", quote(&format!("user.{u}"))))?;
+                admin.command(&format!("CREATE {}", quote(&format!("user{sep}{u}"))))?;
             }
             admin.logout();
         }
@@ -247,14 +277,31 @@ impl LegacyServer {
         &self.dir
     }
 
-    /// The server's own output (its logs go to stderr or a file in the instance directory).
+    /// The server's own output: its stderr, and Courier's `syslog` file (imapd's lines).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+        let mut text = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        text.push_str(&std::fs::read_to_string(self.dir.join("syslog")).unwrap_or_default());
+        text
     }
 
-    /// The personal namespace prefix and separator as both servers are configured here.
+    /// A personal folder's full name, from its path below the personal namespace.
     pub fn folder_name(&self, components: &[&str]) -> String {
-        format!("INBOX.{}", components.join("."))
+        match self.layout {
+            Layout::Standard => format!("INBOX.{}", components.join(".")),
+            Layout::CyrusAlt => components.join("/"),
+        }
+    }
+
+    /// The hierarchy separator.
+    pub fn separator(&self) -> char {
+        match self.layout {
+            Layout::Standard => '.',
+            Layout::CyrusAlt => '/',
+        }
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// A seeding session as `user` (LOGIN).
@@ -414,9 +461,15 @@ fn log_file(dir: &Path) -> Result<(Stdio, Stdio)> {
     Ok((Stdio::from(f.try_clone()?), Stdio::from(f)))
 }
 
-/// Cyrus: Debian's default hierarchy (`.` separator, personal folders under `INBOX.`),
-/// plaintext logins allowed (loopback), the admin may act for users (authzid).
-fn start_cyrus(dir: &Path, port: u16, users: &[(String, String)]) -> Result<Child> {
+/// Cyrus: Debian's default hierarchy (`.` separator, personal folders under `INBOX.`) or
+/// the upstream one ([`Layout::CyrusAlt`]), plaintext logins allowed (loopback), the admin
+/// may act for users (authzid).
+fn start_cyrus(dir: &Path, port: u16, users: &[(String, String)], layout: Layout) -> Result<Child> {
+    let alt = if layout == Layout::CyrusAlt {
+        "yes"
+    } else {
+        "no"
+    };
     let root = legacy_root();
     for sub in ["conf", "part", "sock", "run"] {
         std::fs::create_dir_all(dir.join(sub))?;
@@ -439,8 +492,8 @@ fn start_cyrus(dir: &Path, port: u16, users: &[(String, String)]) -> Result<Chil
              sasl_sasldb_path: {d}/sasldb2\n\
              sasl_mech_list: PLAIN LOGIN\n\
              allowplaintext: yes\n\
-             unixhierarchysep: no\n\
-             altnamespace: no\n\
+             unixhierarchysep: {alt}\n\
+             altnamespace: {alt}\n\
              specialusealways: yes\n\
              lmtpsocket: {d}/sock/lmtp\n\
              idlesocket: {d}/sock/idle\n\
@@ -491,6 +544,7 @@ fn start_cyrus(dir: &Path, port: u16, users: &[(String, String)]) -> Result<Chil
     chown_tree(dir)?;
     let (out, err) = log_file(dir)?;
     Command::new(bin.join("master"))
+        .current_dir(dir)
         .arg("-C")
         .arg(&conf)
         .arg("-M")
@@ -528,7 +582,7 @@ set -a
 . /etc/courier/imapd
 IMAP_CAPABILITY="IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT THREAD=REFERENCES SORT QUOTA IDLE AUTH=PLAIN"
 set +a
-/usr/sbin/couriertcpd -address=127.0.0.1 -maxprocs=50 -maxperip=50 -nodnslookup -noidentlookup "$P" /usr/lib/courier/courier/imaplogin /usr/bin/imapd Maildir &
+/usr/sbin/couriertcpd -address=127.0.0.1 -maxprocs=50 -maxperip=50 -nodnslookup -noidentlookup -stderr=syslog "$P" /usr/lib/courier/courier/imaplogin /usr/bin/imapd Maildir &
 TCPD=$!
 wait $TCPD || true
 kill $AUTH 2>/dev/null || true
@@ -582,7 +636,11 @@ fn start_courier(dir: &Path, port: u16, users: &[(String, String)]) -> Result<Ch
         chown_tree(&dir.join("home"))?;
     }
     let (out, err) = log_file(dir)?;
+    // imapd's log lines go to `syslog` (`-stderr=syslog`, a path relative to the working
+    // directory): that must be the instance's directory, never the caller's (a test's
+    // is the checkout).
     Command::new("unshare")
+        .current_dir(dir)
         .arg("-m")
         .arg("sh")
         .arg(&script)

@@ -47,6 +47,9 @@ pub struct SourceReport {
     /// Messages found expunged at the source in this read and recorded as such (with
     /// `propagate_deletes`; the upstream deletes those that reached the destination).
     pub expunged: u64,
+    /// Messages left at the source in this read because they are flagged `\Deleted`
+    /// (`[sync] deleted_messages = "skip"`); not recorded, so seen again next time.
+    pub deleted_left: u64,
 }
 
 /// Microsoft's per-mailbox limits, applied while reading (see [`read_mailbox_with`]).
@@ -62,6 +65,28 @@ pub struct MailboxLimits {
     pub max_line_length: usize,
     /// What to do about messages the source expunged (`[sync] propagate_deletes`).
     pub deletes: DeletePolicy,
+    /// What to do about messages flagged `\Deleted` but not expunged
+    /// (`[sync] deleted_messages`).
+    pub deleted: DeletedMessages,
+}
+
+/// `[sync] deleted_messages`: messages the source holds flagged `\Deleted`, not expunged.
+///
+/// The default copies them, with the flag: such a message is not deleted yet (a client
+/// in "mark as deleted" mode shows it struck through, and the user can still take it
+/// back); skipping it would lose it for good once the legacy server is switched off.
+/// Copied with its flag, it is in the same state at the destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeletedMessages {
+    /// Copied like any other message, `\Deleted` included.
+    #[default]
+    Copy,
+    /// Not copied while flagged `\Deleted`. Nothing is recorded for it, and its folder is
+    /// listed in full on every pass while it is there: undeleted at the source before the
+    /// final pass (or the policy set back to `Copy`), it is copied then. A message already
+    /// copied keeps following the source's flags.
+    Skip,
 }
 
 /// Source expunges (`[sync] propagate_deletes`, `max_delete_percent`). The default
@@ -135,6 +160,9 @@ async fn beyond_max_items(
 struct ReadContext<'a> {
     limits: &'a MailboxLimits,
     beyond: HashMap<String, HashSet<u32>>,
+    /// `<Message-ID>` of cutover's own notice to the user (`cutover notify before`), when
+    /// one was sent.
+    own_notice: Option<Vec<u8>>,
 }
 
 /// Errors that stop the read of the whole mailbox (a folder-level problem is only reported).
@@ -146,32 +174,76 @@ pub enum SourceError {
     Spool(#[from] crate::spool::SpoolError),
 }
 
-/// Lists the selectable source folders and the personal namespace prefix.
+/// Lists the selectable source folders of the personal namespace, and its prefix.
 pub async fn list_folders(client: &mut Client) -> Result<(Vec<ListedFolder>, String), SourceError> {
-    let prefix = client
-        .namespace()
-        .await?
-        .map(|(p, _)| p)
+    list_folders_with(client, false).await
+}
+
+/// [`list_folders`], with the folders of the other namespaces (other users', shared) as
+/// well when `other_namespaces` is set (`[sync] other_namespaces`).
+pub async fn list_folders_with(
+    client: &mut Client,
+    other_namespaces: bool,
+) -> Result<(Vec<ListedFolder>, String), SourceError> {
+    let ns = client.namespaces().await?.unwrap_or_default();
+    let prefix = ns
+        .personal
+        .first()
+        .map(|(p, _)| p.clone())
         .unwrap_or_default();
+    let others: Vec<String> = ns
+        .other
+        .iter()
+        .chain(&ns.shared)
+        .map(|(p, _)| p.clone())
+        .collect();
     let folders = client
         .list()
         .await?
         .into_iter()
-        .filter(|f| f.selectable() && personal(f, &prefix) && !virtual_folder(f))
+        .filter(|f| f.selectable() && !virtual_folder(f))
+        .filter(|f| other_namespaces || personal(f, &prefix, &others))
         .collect();
     Ok((folders, prefix))
 }
 
-/// True for INBOX and the folders under the personal namespace prefix. `LIST "" "*"` also
-/// returns other users' folders and shared ones (Cyrus: `user.bob.Team`,
-/// `Announcements`), which belong to other mailboxes. Where the personal prefix is empty,
-/// nothing tells them apart here and every folder is kept.
-fn personal(f: &ListedFolder, prefix: &str) -> bool {
-    prefix.is_empty()
-        || f.name.eq_ignore_ascii_case("INBOX")
-        || f.name
-            .get(..prefix.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+/// True for INBOX and the folders of the personal namespace. `LIST "" "*"` also returns
+/// other users' folders and shared ones (Cyrus: `user.bob.Team`, `Announcements`; with
+/// `altnamespace`, `Other Users/bob/Team` and `Shared Folders/Announcements`), which
+/// belong to other mailboxes and would be copied into every mailbox that can see them.
+/// A folder is personal when it is under the personal prefix and under no other
+/// namespace's prefix (the personal prefix may be empty, as with Cyrus's `altnamespace`
+/// and Dovecot, and then only the others' prefixes tell them apart). A shared namespace
+/// with an empty prefix (Cyrus's default `Announcements`) tells nothing apart: those
+/// folders look personal here.
+fn personal(f: &ListedFolder, prefix: &str, others: &[String]) -> bool {
+    let under = |p: &str| {
+        f.name
+            .get(..p.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(p))
+    };
+    if f.name.eq_ignore_ascii_case("INBOX") {
+        return true;
+    }
+    // The longest prefix that fits decides: `INBOX.` personal, `INBOX.shared.` not.
+    let own = (prefix.is_empty() || under(prefix)).then_some(prefix.len());
+    let other = others
+        .iter()
+        .filter(|p| !p.is_empty() && under(p))
+        .map(String::len)
+        .max();
+    match (own, other) {
+        (Some(a), Some(b)) => a > b,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// True if the listing says the message is flagged `\Deleted`.
+fn flagged_deleted(m: &FetchData) -> bool {
+    m.flags
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f.eq_ignore_ascii_case("\\Deleted")))
 }
 
 /// Views of messages kept elsewhere (RFC 6154 `\All`, `\Flagged`; Gmail's `\Important`):
@@ -251,7 +323,17 @@ pub async fn read_mailbox_with(
             "mailbox over max_items_per_mailbox: only the newest messages are copied"
         );
     }
-    let ctx = ReadContext { limits, beyond };
+    // The notice is excluded by its UID as well (see `spool/notified.rs`), but a UID means
+    // nothing once the INBOX gets a new UIDVALIDITY: then only its Message-ID tells it.
+    let own_notice = spool
+        .notified(mailbox, crate::notify::Kind::Before.as_str())?
+        .filter(|n| !n.message_id.is_empty())
+        .map(|n| format!("<{}>", n.message_id).into_bytes());
+    let ctx = ReadContext {
+        limits,
+        beyond,
+        own_notice,
+    };
     let known: Vec<FolderState> = spool.folders(mailbox)?;
     for folder in folders {
         report.folders += 1;
@@ -302,6 +384,7 @@ async fn read_folder(
 ) -> Result<(), SourceError> {
     let info = client.select(&folder.name, true).await?;
     let errors_before = report.errors.total();
+    let deleted_before = report.deleted_left;
     let previous = spool.folder(mailbox, &folder.name)?;
     let mut state = previous.clone().unwrap_or_default();
     state.name = folder.name.clone();
@@ -397,6 +480,16 @@ async fn read_folder(
                     report.flag_changes += 1;
                     updates.push((uid, flags));
                 }
+                continue;
+            }
+            if ctx.limits.deleted == DeletedMessages::Skip && flagged_deleted(&m) {
+                // Not recorded: a later pass sees it again, and copies it once undeleted.
+                report.deleted_left += 1;
+                report.skipped_details.push(format!(
+                    "folder {:?} UID {uid}: not copied: flagged \\Deleted at the source \
+                     ([sync] deleted_messages = \"skip\"); copied if it is undeleted",
+                    folder.name
+                ));
                 continue;
             }
             let size = m.size.unwrap_or(0) as u64;
@@ -535,10 +628,15 @@ async fn read_folder(
                         )
                     });
                     let size = body.len() as u64;
+                    let own_notice =
+                        carries_message_id(header_block(&body), ctx.own_notice.as_deref());
                     // A body the upstream will send is also handed to it in memory.
-                    let spooled = crate::spool::in_place_if_large(body.len(), || match too_long {
-                        Some(_) => spool.put_body(&body),
-                        None => spool.put_body_kept(body),
+                    let spooled = crate::spool::in_place_if_large(body.len(), || {
+                        if too_long.is_some() || own_notice {
+                            spool.put_body(&body)
+                        } else {
+                            spool.put_body_kept(body)
+                        }
                     });
                     let listed = listed.get(&uid);
                     let (internal_date, internal_ts) = match (f.internal_date, f.internal_ts) {
@@ -565,6 +663,13 @@ async fn read_folder(
                                 flags,
                                 state: MessageState::Spooled,
                             };
+                            if own_notice {
+                                rec.state = MessageState::Skipped {
+                                    reason: crate::spool::OWN_NOTICE_REASON.into(),
+                                };
+                                records.push(rec);
+                                return Ok(());
+                            }
                             if let Some(old) = carried.take(&hash, internal_ts) {
                                 carries.push((old, rec));
                                 return Ok(());
@@ -754,7 +859,14 @@ async fn read_folder(
         };
         state.uidvalidity = info.uidvalidity;
         state.uidnext = uidnext;
-        state.highestmodseq = modseq;
+        // A message left behind for its \Deleted flag is not recorded: without a
+        // HIGHESTMODSEQ the next pass lists the whole folder and sees it again, whether it
+        // was undeleted or the policy changed.
+        state.highestmodseq = if report.deleted_left > deleted_before {
+            0
+        } else {
+            modseq
+        };
     }
     put_folder_keeping_dest(spool, mailbox, &mut state)?;
     on_progress(Progress::Spooled {
@@ -959,6 +1071,12 @@ fn skipped_record(m: &FetchData, uid: u32, size: u64, reason: String) -> Message
 }
 
 /// The header block of a message (up to the first empty line).
+/// True if `head` (a message's header block) carries the Message-ID `own` of cutover's
+/// notice to the user.
+fn carries_message_id(head: &[u8], own: Option<&[u8]>) -> bool {
+    own.is_some_and(|id| head.windows(id.len()).any(|w| w == id))
+}
+
 fn header_block(body: &[u8]) -> &[u8] {
     let end = body
         .windows(4)
@@ -1033,6 +1151,30 @@ fn merge_by_uid(meta: Vec<FetchData>) -> Vec<FetchData> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn personal_folders_by_every_namespace_prefix() {
+        let f = |name: &str| ListedFolder {
+            name: name.into(),
+            delimiter: Some('/'),
+            attributes: Vec::new(),
+        };
+        // Cyrus with altnamespace: no personal prefix, the others tell them apart.
+        let others = ["Other Users/".to_string(), "Shared Folders/".to_string()];
+        assert!(personal(&f("INBOX"), "", &others));
+        assert!(personal(&f("Work/Deep"), "", &others));
+        assert!(!personal(&f("Other Users/tom/Team"), "", &others));
+        assert!(!personal(&f("shared folders/News"), "", &others));
+        // Debian's Cyrus: `INBOX.` personal, `user.` others, shared with no prefix.
+        let others = ["user.".to_string(), String::new()];
+        assert!(personal(&f("INBOX.Work"), "INBOX.", &others));
+        assert!(!personal(&f("user.tom.Team"), "INBOX.", &others));
+        assert!(!personal(&f("Announcements"), "INBOX.", &others));
+        // A prefix of another namespace inside the personal one: the longer decides.
+        let others = ["INBOX.shared.".to_string()];
+        assert!(!personal(&f("INBOX.shared.Team"), "INBOX.", &others));
+        assert!(personal(&f("INBOX.sharedstuff"), "INBOX.", &others));
+    }
 
     fn meta(uid: u32, flags: Option<&[&str]>, date: Option<&str>) -> FetchData {
         FetchData {

@@ -544,3 +544,158 @@ fn expunged_before_it_was_copied_is_not_copied() {
     assert_eq!(states.get("Appended"), Some(&4), "{states:?}");
     assert_eq!(states.get("Expunged"), Some(&1), "{states:?}");
 }
+
+/// The flags of every message in `folder` of `user` at `server`, by position in the
+/// snapshot (sorted by content).
+fn flags_in(s: &Snapshot, folder: &str) -> Vec<Vec<String>> {
+    s.get(folder)
+        .map(|m| m.iter().map(|m| m.flags.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// `[sync] deleted_messages`: by default a message flagged \Deleted (not expunged) is
+/// copied with its flag; with "skip" it is left at the source while flagged, reported,
+/// and copied once it is undeleted.
+#[test]
+fn messages_flagged_deleted_are_copied_by_default_and_left_behind_with_skip() {
+    let users = [("hana", "hana-pw", "hana@example.test")];
+    let Some(tb) = testbed(&users) else { return };
+    // UIDs 2 and 4 of 5 flagged \Deleted.
+    fill(&tb, "hana", "INBOX", 5, |i| {
+        if i % 2 == 1 {
+            vec!["\\Seen", "\\Deleted"]
+        } else {
+            vec!["\\Seen"]
+        }
+    });
+    let config = demo_config(&tb, &users, "[sync]\ndeleted_messages = \"skip\"\n");
+    let rt = rt();
+
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(copied(&out, "hana@example.test"), 3, "{}", stdout(&out));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        all.contains("flagged \\Deleted at the source"),
+        "the admin is told: {all}"
+    );
+    let dst = rt.block_on(snapshot(&tb, &tb.dest, "hana@example.test"));
+    assert_eq!(total(&dst), 3);
+    assert!(
+        flags_in(&dst, "INBOX")
+            .iter()
+            .all(|f| !f.iter().any(|f| f == "\\Deleted")),
+        "{dst:#?}"
+    );
+    // Nothing is recorded for them: not counted as skipped for good.
+    let states = spool_states(&work_dir(&tb), "hana@example.test");
+    assert_eq!(states.get("Appended"), Some(&3), "{states:?}");
+    assert_eq!(states.len(), 1, "{states:?}");
+
+    // Undeleted at the source: copied on the next pass; the other stays behind.
+    tb.source
+        .doveadm(&[
+            "flags",
+            "remove",
+            "-u",
+            "hana",
+            "\\Deleted",
+            "mailbox",
+            "INBOX",
+            "uid",
+            "2",
+        ])
+        .unwrap();
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(copied(&out, "hana@example.test"), 1, "{}", stdout(&out));
+    assert_eq!(
+        total(&rt.block_on(snapshot(&tb, &tb.dest, "hana@example.test"))),
+        4
+    );
+
+    // The default, "copy": the last one comes too, still flagged \Deleted.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "deleted_messages = \"skip\"\n",
+            "deleted_messages = \"copy\"\n",
+        ),
+    )
+    .unwrap();
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(copied(&out, "hana@example.test"), 1, "{}", stdout(&out));
+    let src = rt.block_on(snapshot(&tb, &tb.source, "hana"));
+    let dst = rt.block_on(snapshot(&tb, &tb.dest, "hana@example.test"));
+    assert_same(&src, &dst);
+    assert_eq!(
+        flags_in(&dst, "INBOX")
+            .iter()
+            .filter(|f| f.iter().any(|f| f == "\\Deleted"))
+            .count(),
+        1,
+        "{dst:#?}"
+    );
+    // A bad value is a config error, not the default.
+    std::fs::write(
+        &config,
+        text.replace(
+            "deleted_messages = \"skip\"\n",
+            "deleted_messages = \"drop\"\n",
+        ),
+    )
+    .unwrap();
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("deleted_messages"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `cutover status` after `sync --once` (no daemon) shows what the spool holds: items,
+/// skipped and bytes, as the daemon's would.
+#[test]
+fn status_after_sync_once_shows_the_counters() {
+    let users = [("ines", "ines-pw", "ines@example.test")];
+    let Some(tb) = testbed(&users) else { return };
+    fill(&tb, "ines", "INBOX", 4, |_| vec![]);
+    fill(&tb, "ines", "INBOX.Work", 2, |_| vec![]);
+    // One over the size limit: skipped.
+    let mut big = cutover::demo::sample_message("ines", 99, "big");
+    big.extend(std::iter::repeat_n(b'x', 300_000));
+    big.extend_from_slice(b"\r\n");
+    tb.source
+        .deliver("ines", "INBOX", &big, &[], Some(1_600_000_000))
+        .unwrap();
+    let config = demo_config(&tb, &users, "[sync]\nmax_message_bytes = 200000\n");
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let rt = rt();
+    let dst = rt.block_on(snapshot(&tb, &tb.dest, "ines@example.test"));
+    assert_eq!(total(&dst), 6);
+    let bytes: u64 = {
+        let spool = Spool::open(&work_dir(&tb).join("spool")).unwrap();
+        spool.counts("ines@example.test").unwrap().bytes_appended
+    };
+    assert!(bytes > 0);
+    let status = cutover(&config, &["status", "--json"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let snap: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let row = &snap["mailboxes"][0];
+    assert_eq!(row["mailbox"], "ines@example.test", "{row}");
+    assert_eq!(row["items_synced"], 6, "{row}");
+    assert_eq!(row["items_skipped"], 1, "{row}");
+    assert_eq!(row["items_failed"], 0, "{row}");
+    assert_eq!(row["bytes"], bytes, "{row}");
+    // And in the table.
+    let table = stdout(&cutover(&config, &["status"]));
+    let line = table
+        .lines()
+        .find(|l| l.contains("ines@example.test"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(line.split_whitespace().any(|w| w == "6"), "{table}");
+}

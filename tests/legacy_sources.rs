@@ -7,20 +7,20 @@ mod common;
 mod legacy_support;
 
 use common::{assert_same, copied, corpus, cutover, rt, stdout};
-use cutover::legacy_servers::Kind;
+use cutover::legacy_servers::{Kind, Layout};
 use legacy_support::{Bed, Login};
-
-const CORPUS_FOLDER: &str = "INBOX.Corpus";
 
 /// Puts the corpus into `user`'s source (a third in INBOX, the rest in Corpus), with
 /// flags, keywords and dates in the past. Returns the names the server refused at APPEND,
 /// with its words (the comparison then covers what the server holds).
 fn seed_corpus(bed: &Bed, user: &str, messages: &[(String, Vec<u8>)]) -> Vec<String> {
-    bed.source.add_folder(user, CORPUS_FOLDER).unwrap();
+    let corpus_folder = bed.source.folder_name(&["Corpus"]);
+    let corpus_folder = corpus_folder.as_str();
+    bed.source.add_folder(user, corpus_folder).unwrap();
     let mut s = bed.source.user_session(user).unwrap();
     let mut refused = Vec::new();
     for (i, (name, body)) in messages.iter().enumerate() {
-        let folder = if i % 3 == 0 { "INBOX" } else { CORPUS_FOLDER };
+        let folder = if i % 3 == 0 { "INBOX" } else { corpus_folder };
         let flags: &[&str] = match i % 4 {
             0 => &["\\Seen"],
             1 => &["\\Seen", "\\Flagged"],
@@ -54,7 +54,7 @@ fn seed_corpus(bed: &Bed, user: &str, messages: &[(String, Vec<u8>)]) -> Vec<Str
     }
     s.logout();
     if bed.source.kind() == Kind::Courier {
-        for folder in ["INBOX", CORPUS_FOLDER] {
+        for folder in ["INBOX", corpus_folder] {
             bed.source.record_uids(user, folder).unwrap();
         }
     }
@@ -81,10 +81,10 @@ fn crlf(body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn corpus_rerun_delta(kind: Kind) {
+fn corpus_rerun_delta(kind: Kind, layout: Layout) {
     let users = [("alice", "alice-pw", "alice@example.test")];
     let Some(messages) = corpus() else { return };
-    let Some(bed) = Bed::start(kind, &users) else {
+    let Some(bed) = Bed::start_with(kind, &users, layout) else {
         return;
     };
     let t = std::time::Instant::now();
@@ -118,7 +118,8 @@ fn corpus_rerun_delta(kind: Kind) {
         s.append("INBOX", &body, &[], Some(1_700_000_000 + i as i64))
             .unwrap();
     }
-    s.command(&format!("SELECT {CORPUS_FOLDER}")).unwrap();
+    s.command(&format!("SELECT {}", bed.source.folder_name(&["Corpus"])))
+        .unwrap();
     s.command("STORE 1:3 +FLAGS (\\Answered $Done)").unwrap();
     s.logout();
     let out = cutover(&config, &["sync", "--once"]);
@@ -132,12 +133,19 @@ fn corpus_rerun_delta(kind: Kind) {
 
 #[test]
 fn cyrus_corpus_rerun_and_delta() {
-    corpus_rerun_delta(Kind::Cyrus);
+    corpus_rerun_delta(Kind::Cyrus, Layout::Standard);
+}
+
+/// Cyrus as upstream sets it up by default (`altnamespace`, `unixhierarchysep`): personal
+/// folders at the top beside INBOX, `/` as separator.
+#[test]
+fn cyrus_altnamespace_corpus_rerun_and_delta() {
+    corpus_rerun_delta(Kind::Cyrus, Layout::CyrusAlt);
 }
 
 #[test]
 fn courier_corpus_rerun_and_delta() {
-    corpus_rerun_delta(Kind::Courier);
+    corpus_rerun_delta(Kind::Courier, Layout::Standard);
 }
 
 /// A message with NUL bytes, as Courier serves it from its Maildir.
@@ -411,4 +419,138 @@ fn cyrus_other_users_folders_are_not_copied() {
         .map(|(n, _)| n)
         .collect();
     assert_eq!(names, ["INBOX"], "{dst:#?}");
+}
+
+/// Names of the destination folders of `address` that hold messages.
+fn filled(bed: &Bed, address: &str) -> Vec<String> {
+    rt().block_on(bed.dest_snapshot(address))
+        .into_iter()
+        .filter(|(_, m)| !m.is_empty())
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// Cyrus with `altnamespace`: the personal namespace has no prefix, so only NAMESPACE's
+/// other prefixes (`Other Users/`, `Shared Folders/`) tell another user's folder and a
+/// shared one from the user's own. Neither is copied by default; `[sync]
+/// other_namespaces = true` copies both, under their source names.
+#[test]
+fn cyrus_altnamespace_other_users_and_shared_folders_only_when_asked() {
+    let users = [
+        ("sara", "sara-pw", "sara@example.test"),
+        ("tom", "tom-pw", "tom@example.test"),
+    ];
+    let Some(bed) = Bed::start_with(Kind::Cyrus, &users, Layout::CyrusAlt) else {
+        return;
+    };
+    bed.source.add_folder("tom", "Team").unwrap();
+    let mut s = bed.source.user_session("tom").unwrap();
+    s.append("Team", &common::message("team"), &[], None)
+        .unwrap();
+    s.command("SETACL Team sara lrs").unwrap();
+    s.logout();
+    // A shared folder, made by the admin and readable by everyone.
+    let mut admin = bed
+        .source
+        .session(
+            cutover::legacy_servers::ADMIN_USER,
+            cutover::legacy_servers::ADMIN_PASSWORD,
+        )
+        .unwrap();
+    admin.command("CREATE Announcements").unwrap();
+    admin
+        .command(&format!(
+            "SETACL Announcements {} lrswipkxtecda",
+            cutover::legacy_servers::ADMIN_USER
+        ))
+        .unwrap();
+    admin.command("SETACL Announcements anyone lrs").unwrap();
+    admin
+        .append("Announcements", &common::message("news"), &[], None)
+        .unwrap();
+    admin.logout();
+    bed.source.add_folder("sara", "Work").unwrap();
+    bed.source.add_folder("sara", "Work/Deep").unwrap();
+    let mut s = bed.source.user_session("sara").unwrap();
+    s.append("INBOX", &common::message("own"), &[], None)
+        .unwrap();
+    s.append("Work", &common::message("work"), &[], None)
+        .unwrap();
+    s.append("Work/Deep", &common::message("deep"), &[], None)
+        .unwrap();
+    let ns = s.command("NAMESPACE").unwrap();
+    let listed = s.command("LIST \"\" \"*\"").unwrap();
+    s.logout();
+    assert!(
+        ns.iter().any(|l| l.contains("Other Users/")),
+        "altnamespace is on: {ns:?}"
+    );
+    for want in ["Other Users/tom/Team", "Shared Folders/Announcements"] {
+        assert!(
+            listed.iter().any(|l| l.contains(want)),
+            "sara sees {want}: {listed:?}"
+        );
+    }
+
+    let config = bed.config(Login::User, "[sync]\nexclude_folders = []\n");
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(copied(&out, "sara@example.test"), 3, "{}", stdout(&out));
+    assert_eq!(
+        filled(&bed, "sara@example.test"),
+        ["INBOX", "Work", "Work/Deep"]
+    );
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "exclude_folders = []\n",
+            "exclude_folders = []\nother_namespaces = true\n",
+        ),
+    )
+    .unwrap();
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(copied(&out, "sara@example.test"), 2, "{}", stdout(&out));
+    assert_eq!(
+        filled(&bed, "sara@example.test"),
+        [
+            "INBOX",
+            "Other Users/tom/Team",
+            "Shared Folders/Announcements",
+            "Work",
+            "Work/Deep"
+        ]
+    );
+    // Tom's own copy of his folder is his: the personal one.
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(filled(&bed, "tom@example.test").contains(&"Team".to_string()));
+}
+
+/// Courier's log (`syslog`, relative to its working directory) is written in the
+/// instance's own directory, never in the checkout the tests run in.
+#[test]
+fn courier_writes_its_log_into_its_own_directory() {
+    let users = [("uma", "uma-pw", "uma@example.test")];
+    let checkout_log = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("syslog");
+    let before = std::fs::metadata(&checkout_log).ok().map(|m| m.len());
+    let Some(bed) = Bed::start(Kind::Courier, &users) else {
+        return;
+    };
+    // A refused and an accepted login: both are logged.
+    assert!(bed.source.session("uma", "wrong").is_err());
+    small_fill(&bed, "uma");
+    let config = bed.config(Login::User, "");
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let after = std::fs::metadata(&checkout_log).ok().map(|m| m.len());
+    assert_eq!(before, after, "{} was written", checkout_log.display());
+    let logged = std::fs::read_to_string(bed.source.dir().join("syslog")).unwrap_or_default();
+    assert!(
+        logged.contains("LOGIN FAILED"),
+        "the log is kept in the instance: {logged:?}\n{}",
+        bed.source.log()
+    );
 }

@@ -4,8 +4,13 @@
 //! broken template stops the start with its line number.
 
 mod common;
+#[path = "common/proxy.rs"]
+mod proxy;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use common::*;
@@ -460,4 +465,205 @@ fn a_notice_appended_by_a_run_that_stopped_is_found_not_sent_again_and_not_migra
         "{}",
         stdout(&out)
     );
+}
+
+fn start_daemon(config: &Path, log: &Path) -> Daemon {
+    Daemon(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env("CUTOVER_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// `cutover notify` while the daemon holds the spool is refused with what to do, and
+/// writes nothing; a welcome whose delivery a kill cut short (Completed is recorded, the
+/// welcome is not) is sent by the next daemon by itself, once.
+#[test]
+fn notify_is_refused_while_the_daemon_runs_and_a_welcome_lost_to_a_kill_is_sent_once() {
+    let Some(tb) = testbed(&USERS) else { return };
+    fill(&tb, "alice", "INBOX", 2, |_| vec![]);
+    fill(&tb, "bob", "INBOX", 1, |_| vec![]);
+    let config = setup(&tb);
+    let rt = rt();
+    // The destination through a proxy that, once told, holds every APPEND back (the
+    // welcomes: the final pass has nothing left to append) and forgets it when the client
+    // is gone, as a crash during the APPEND would leave it.
+    let stall = Arc::new(AtomicBool::new(false));
+    let schedule: proxy::Schedule = {
+        let stall = stall.clone();
+        Arc::new(move |_: &str, _| {
+            if stall.load(Ordering::SeqCst) {
+                proxy::Action::Delay { ms: 600_000 }
+            } else {
+                proxy::Action::Forward
+            }
+        })
+    };
+    let px = rt.block_on(proxy::Proxy::start_with(
+        tb.dest.plain_port(),
+        proxy::Options::new(schedule).drain_limit(Duration::from_millis(500)),
+    ));
+    upstream_via(&config, px.port());
+    let log = config.parent().unwrap().join("daemon.log");
+    let mut daemon = start_daemon(&config, &log);
+    let synced = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let s = statuses(&config);
+        s.len() == 2 && s.iter().all(|s| s == "Synced" || s == "IncrementalSyncing")
+    });
+    assert!(synced, "{}", std::fs::read_to_string(&log).unwrap());
+
+    // While it runs: refused, with what to do, and nothing written.
+    for kind in ["before", "after"] {
+        let out = cutover(&config, &["notify", kind]);
+        assert!(!out.status.success(), "{}", stdout(&out));
+        let err = stderr(&out);
+        assert!(err.contains("the daemon is running"), "{err}");
+        assert!(err.contains("stop it"), "{err}");
+        assert!(err.contains(&format!("cutover notify {kind}")), "{err}");
+    }
+    assert!(!inbox(&tb, &tb.source, "alice")
+        .iter()
+        .any(|m| is_letter(&m.3, "before")));
+    assert_eq!(inbox(&tb, &tb.dest, "alice@example.test").len(), 2);
+
+    stall.store(true, Ordering::SeqCst);
+    let out = cutover(&config, &["complete"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let held = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        px.events()
+            .iter()
+            .filter(|e| matches!(e.action, proxy::Action::Delay { .. }))
+            .count()
+            >= 2
+    });
+    assert!(held, "{}", std::fs::read_to_string(&log).unwrap());
+    let _ = daemon.0.kill();
+    let _ = daemon.0.wait();
+    stall.store(false, Ordering::SeqCst);
+    // The kill left both Completed, without a welcome.
+    let snap: serde_json::Value =
+        serde_json::from_slice(&cutover(&config, &["status", "--json"]).stdout).unwrap();
+    for row in snap["mailboxes"].as_array().unwrap() {
+        assert_eq!(row["status"], "Completed", "{row}");
+        assert!(row["welcome_delivered_unix"].is_null(), "{row}");
+    }
+    for email in ["alice@example.test", "bob@example.test"] {
+        assert!(!inbox(&tb, &tb.dest, email)
+            .iter()
+            .any(|m| is_letter(&m.3, "after")));
+    }
+
+    // The next daemon sends them by itself, and ends: every mailbox is Completed.
+    let log2 = config.parent().unwrap().join("daemon2.log");
+    let mut daemon = start_daemon(&config, &log2);
+    let exited = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        matches!(daemon.0.try_wait(), Ok(Some(_)))
+    });
+    let text = std::fs::read_to_string(&log2).unwrap();
+    assert!(exited, "the daemon did not finish\n{text}");
+    assert!(text.contains("welcome delivered"), "{text}");
+    for (email, n) in [("alice@example.test", 2), ("bob@example.test", 1)] {
+        let dest = inbox(&tb, &tb.dest, email);
+        assert_eq!(dest.len(), n + 1, "{email}");
+        assert_eq!(
+            dest.iter().filter(|m| is_letter(&m.3, "after")).count(),
+            1,
+            "{email}"
+        );
+    }
+    // Once: a third start sends nothing.
+    let log3 = config.parent().unwrap().join("daemon3.log");
+    let mut daemon = start_daemon(&config, &log3);
+    let exited = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        matches!(daemon.0.try_wait(), Ok(Some(_)))
+    });
+    assert!(exited, "{}", std::fs::read_to_string(&log3).unwrap());
+    assert_eq!(inbox(&tb, &tb.dest, "alice@example.test").len(), 3);
+    assert_eq!(inbox(&tb, &tb.dest, "bob@example.test").len(), 2);
+}
+
+/// The notice is excluded by its UID; when the source gives the INBOX a new UIDVALIDITY
+/// every UID is new, and the notice is still known by its Message-ID and left behind.
+#[test]
+fn a_new_uidvalidity_at_the_source_does_not_migrate_the_notice() {
+    let Some(tb) = testbed(&USERS) else { return };
+    fill(&tb, "alice", "INBOX", 2, |_| vec![]);
+    let config = setup(&tb);
+    let out = cutover(
+        &config,
+        &["notify", "before", "--mailbox", "alice@example.test"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cutover(&config, &["sync", "--once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(inbox(&tb, &tb.dest, "alice@example.test").len(), 2);
+
+    let uv = || {
+        tb.source
+            .doveadm(&[
+                "-f",
+                "flow",
+                "mailbox",
+                "status",
+                "-u",
+                "alice",
+                "uidvalidity",
+                "INBOX",
+            ])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let before = uv();
+    let digits: String = before.chars().filter(char::is_ascii_digit).collect();
+    let new = digits
+        .parse::<u64>()
+        .unwrap_or_else(|e| panic!("{before:?}: {e}"))
+        + 1000;
+    tb.source
+        .doveadm(&[
+            "mailbox",
+            "update",
+            "-u",
+            "alice",
+            "--uid-validity",
+            &new.to_string(),
+            "INBOX",
+        ])
+        .unwrap();
+    assert_ne!(before, uv(), "the INBOX really has a new UIDVALIDITY");
+    tb.source
+        .deliver("alice", "INBOX", &message("after-uidvalidity"), &[], None)
+        .unwrap();
+
+    let out = cutover(&config, &["sync", "--once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("UIDVALIDITY changed"),
+        "{}",
+        stderr(&out)
+    );
+    let dest = inbox(&tb, &tb.dest, "alice@example.test");
+    assert_eq!(dest.len(), 3, "the new message, nothing twice");
+    assert!(!dest.iter().any(|m| is_letter(&m.3, "before")));
+    let snap: serde_json::Value =
+        serde_json::from_slice(&cutover(&config, &["status", "--json"]).stdout).unwrap();
+    let row = snap["mailboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["mailbox"] == "alice@example.test")
+        .unwrap()
+        .clone();
+    assert_eq!(row["items_skipped"], 0, "the notice is not counted: {row}");
 }

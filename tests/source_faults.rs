@@ -460,3 +460,95 @@ fn retry_errors_with_nothing_failed() {
     );
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
 }
+
+/// Rewrites `from` (a folder name as Dovecot sends it: an atom, or inside quotes) into
+/// `to` in every LIST response: a source that sends that name otherwise.
+fn list_name(from: &'static [u8], to: &'static [u8]) -> proxy::Respond {
+    Arc::new(move |resp: Vec<u8>| {
+        if resp.starts_with(b"* LIST ") {
+            if let Some(i) = resp.windows(from.len()).position(|w| w == from) {
+                let mut out = resp[..i].to_vec();
+                out.extend_from_slice(to);
+                out.extend_from_slice(&resp[i + from.len()..]);
+                return vec![out];
+            }
+        }
+        vec![resp]
+    })
+}
+
+/// A source that sends a folder name in raw UTF-8, not modified UTF-7 (as some servers
+/// do; imap-codec refuses such a LIST line): the folder is read by the bytes the server
+/// sent, copied under that name, and the admin gets a notice. The proxy stands for such a
+/// server: it renames the folder in LIST, and takes only the raw name back (Dovecot itself
+/// refuses it), so the folder is read only if cutover names it by the bytes it was given,
+/// not by an encoding of them.
+#[test]
+fn a_folder_listed_in_raw_utf8_is_read_by_its_bytes_and_copied_with_a_notice() {
+    let users = [("lea", "lea-pw", "lea@example.test")];
+    let Some(tb) = testbed(&users) else { return };
+    fill(&tb, "lea", "INBOX", 2, |_| vec![]);
+    fill(&tb, "lea", "INBOX.Entwürfe", 1, |_| vec![]);
+    fill(&tb, "lea", "INBOX.Work", 1, |_| vec![]);
+    let rt = rt();
+    let proxy = rt.block_on(Proxy::start_with(
+        tb.source.plain_port(),
+        Options::forward_all()
+            .respond(list_name(
+                b"INBOX.Entw&APw-rfe",
+                "\"INBOX.Entwürfe\"".as_bytes(),
+            ))
+            .rename("INBOX.Entwürfe".as_bytes(), b"INBOX.Entw&APw-rfe"),
+    ));
+    let config = demo_config(&tb, &users, "");
+    source_via(&config, proxy.port());
+    let out = cutover(&config, &["sync", "--once"]);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert_eq!(copied(&out, "lea@example.test"), 4, "{all}");
+    let s = rt.block_on(snapshot(&tb, &tb.source, "lea"));
+    let d = rt.block_on(snapshot(&tb, &tb.dest, "lea@example.test"));
+    assert_same(&s, &d);
+    let report = stdout(&cutover(&config, &["report", "--csv"]));
+    assert!(
+        report.contains("not named in modified UTF-7"),
+        "a notice: {report}"
+    );
+    let out = cutover(&config, &["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(copied(&out, "lea@example.test"), 0);
+}
+
+/// A LIST line whose name is neither modified UTF-7 nor UTF-8 (Latin-1 bytes) cannot be
+/// named by cutover at all: the folder must not drop out of the migration unnoticed. The
+/// pass names it by its bytes and does not pass as finished; the other folders are copied.
+#[test]
+fn a_folder_listed_in_raw_latin1_is_named_and_the_pass_is_not_finished() {
+    let users = [("mia", "mia-pw", "mia@example.test")];
+    let Some(tb) = testbed(&users) else { return };
+    fill(&tb, "mia", "INBOX", 2, |_| vec![]);
+    fill(&tb, "mia", "INBOX.Entwürfe", 1, |_| vec![]);
+    fill(&tb, "mia", "INBOX.Work", 1, |_| vec![]);
+    let rt = rt();
+    let proxy = rt.block_on(Proxy::start_with(
+        tb.source.plain_port(),
+        Options::forward_all().respond(list_name(b"INBOX.Entw&APw-rfe", b"\"INBOX.Entw\xfcrfe\"")),
+    ));
+    let config = demo_config(&tb, &users, "");
+    source_via(&config, proxy.port());
+    let out = cutover(&config, &["sync", "--once"]);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "not finished:\n{all}");
+    assert!(
+        all.contains("cannot be read") && all.contains("Entw\\xfcrfe"),
+        "the folder is named by its bytes:\n{all}"
+    );
+    assert_eq!(copied(&out, "mia@example.test"), 3, "{all}");
+    let d = rt.block_on(snapshot(&tb, &tb.dest, "mia@example.test"));
+    assert_eq!(d.get("INBOX").map(Vec::len), Some(2), "{d:#?}");
+    assert_eq!(d.get("Work").map(Vec::len), Some(1), "{d:#?}");
+    let snap: serde_json::Value =
+        serde_json::from_slice(&cutover(&config, &["status", "--json"]).stdout).unwrap();
+    let row = &snap["mailboxes"][0];
+    assert_eq!(row["status"], "Failed", "{row}");
+}

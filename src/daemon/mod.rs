@@ -162,6 +162,14 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
         total: sched.entries.len(),
     });
     let mut scan_rx = start_scan(&engine, &sched);
+    // A welcome lost to a stop between Completed and its delivery (a crash, a kill, the
+    // 30 s wait running out) is sent now: the spool says Completed and no delivery.
+    // `send::after` first looks for one that was appended but not recorded, so it still
+    // arrives once.
+    let ids: Vec<String> = sched.entries.keys().cloned().collect();
+    for id in ids {
+        welcome_if_completed(&engine, &sched, &id, &mut welcomes);
+    }
     let mut last_status = hand_over(&writer, &mut sched, scan, &snap_tx);
     tracing::info!(
         mailboxes = accounts.len(),
@@ -398,6 +406,15 @@ fn welcome_if_completed(
     let Some(entry) = sched.entries.get(mailbox) else {
         return;
     };
+    let delivered = engine
+        .spool
+        .notified(mailbox, crate::notify::Kind::After.as_str())
+        .ok()
+        .flatten()
+        .is_some_and(|n| n.delivered_unix.is_some());
+    if delivered {
+        return;
+    }
     let at = entry.st.completed_unix.unwrap_or_else(|| now_ms() / 1000);
     welcomes.spawn(crate::notify::send::welcome_completed(
         engine.clone(),

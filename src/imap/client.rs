@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::framer::{Frame, FrameError, Framer, Skipped};
-use super::response::{parse_internal_date, FetchData, Kind, Resp, RespCode, Untagged};
+use super::response::{parse_internal_date, FetchData, Kind, RawList, Resp, RespCode, Untagged};
 use super::transport::{ByteStream, Stream, TlsSettings};
 use super::{Credentials, ListedFolder};
 use crate::budget::{Budget, Permit};
@@ -495,6 +495,63 @@ fn excerpt(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// True for a raw `* LIST` or `* LSUB` response.
+fn is_raw_list(bytes: &[u8]) -> bool {
+    bytes
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"* LIST ") || p.eq_ignore_ascii_case(b"* LSUB "))
+}
+
+/// A `* LIST (attrs) "d" name` line imap-codec refused, read by hand: a name some
+/// servers send in raw UTF-8 (quoted or as an atom) instead of modified UTF-7. None
+/// unless the whole line is that shape and the name is UTF-8.
+fn parse_raw_list(bytes: &[u8]) -> Option<RawList> {
+    let line = bytes.strip_suffix(b"\r\n").unwrap_or(bytes);
+    let rest = line.get(7..)?.strip_prefix(b"(")?;
+    let close = rest.iter().position(|&b| b == b')')?;
+    let attributes = std::str::from_utf8(&rest[..close])
+        .ok()?
+        .split_ascii_whitespace()
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let rest = rest[close + 1..].strip_prefix(b" ")?;
+    let (delimiter, rest) = if let Some(r) = rest.strip_prefix(b"NIL ") {
+        (None, r)
+    } else {
+        let r = rest.strip_prefix(b"\"")?;
+        let (d, r) = match r {
+            [b'\\', d, b'"', b' ', r @ ..] => (*d, r),
+            [d, b'"', b' ', r @ ..] if *d != b'\\' => (*d, r),
+            _ => return None,
+        };
+        (Some(char::from(d)), r)
+    };
+    let name = match rest.strip_prefix(b"\"") {
+        Some(q) => {
+            let mut out = Vec::with_capacity(q.len());
+            let mut it = q.iter();
+            loop {
+                match it.next()? {
+                    b'"' => break,
+                    b'\\' => out.push(*it.next()?),
+                    b => out.push(*b),
+                }
+            }
+            if it.next().is_some() {
+                return None;
+            }
+            out
+        }
+        None if !rest.is_empty() && !rest.iter().any(|b| b" (){\"\\".contains(b)) => rest.to_vec(),
+        None => return None,
+    };
+    Some(RawList {
+        name: String::from_utf8(name).ok()?,
+        delimiter,
+        attributes,
+    })
+}
+
 /// The message number and (where the bytes show it) the UID of a raw `* n FETCH (...)`
 /// response that could not be decoded; None if it is not a FETCH response.
 fn raw_fetch(bytes: &[u8]) -> Option<(u32, Option<u32>)> {
@@ -584,6 +641,11 @@ pub struct Client {
     /// [`Client::set_budget`]), and what the last response's bodies hold of it.
     budget: Option<Budget>,
     held: Vec<Permit>,
+    /// See [`Client::unreadable_folders`].
+    unreadable_folders: Vec<String>,
+    /// Names LIST gave that are not modified UTF-7: sent back as they came
+    /// ([`Client::raw_names`]).
+    raw_names: std::collections::HashSet<String>,
 }
 
 impl Client {
@@ -662,6 +724,8 @@ impl Client {
             frames: Framer::new(max_response_bytes as usize),
             wbuf: Vec::with_capacity(READ_CHUNK),
             stash: VecDeque::new(),
+            unreadable_folders: Vec::new(),
+            raw_names: Default::default(),
             caps: Capabilities::default(),
             tag: 0,
             host: host.to_string(),
@@ -862,6 +926,13 @@ impl Client {
                         seq: Some(seq),
                         uid,
                         detail: detail.clone(),
+                    },
+                    None if is_raw_list(bytes) => match parse_raw_list(bytes) {
+                        // A name in raw UTF-8: kept by its bytes (see `Client::list`).
+                        Some(l) => return (Resp::Untagged(Untagged::List(l)), None),
+                        None => Untagged::UnreadableList(
+                            bytes[..bytes.len().min(300)].escape_ascii().to_string(),
+                        ),
                     },
                     None => Untagged::Other,
                 };
@@ -1309,16 +1380,38 @@ impl Client {
 
     /// The personal namespace (prefix, delimiter), if the server has NAMESPACE.
     pub async fn namespace(&mut self) -> Result<Option<(String, Option<char>)>> {
+        Ok(self
+            .namespaces()
+            .await?
+            .and_then(|ns| ns.personal.into_iter().next()))
+    }
+
+    /// All three namespaces (RFC 2342), or None when the server has no NAMESPACE.
+    pub async fn namespaces(&mut self) -> Result<Option<crate::imap::response::Namespaces>> {
         if !self.caps.has("NAMESPACE") {
             return Ok(None);
         }
         let out = self.run_raw("NAMESPACE", "NAMESPACE").await?;
         for u in out.untagged {
             if let Untagged::Namespace(ns) = u {
-                return Ok(ns.into_iter().next());
+                return Ok(Some(ns));
             }
         }
         Ok(None)
+    }
+
+    /// The `* LIST` lines of the last [`Client::list`] that could not be read (a folder
+    /// name in raw 8-bit bytes, not modified UTF-7), escaped: those folders are not in
+    /// its result, and the caller must say so.
+    pub fn unreadable_folders(&self) -> &[String] {
+        &self.unreadable_folders
+    }
+
+    /// The folder names [`Client::list`] found not to be modified UTF-7 on the wire (raw
+    /// UTF-8, or ASCII that does not decode): this session names them to the server by
+    /// those exact bytes, never by an encoding of them, which would be another folder.
+    pub fn raw_names(&self) -> &std::collections::HashSet<String> {
+        &self.raw_names
     }
 
     /// Every folder, with special-use attributes when the server has them.
@@ -1330,12 +1423,24 @@ impl Client {
         };
         let out = self.run_raw(line, "LIST").await?;
         let mut folders = Vec::new();
+        self.unreadable_folders.clear();
         for u in out.untagged {
+            if let Untagged::UnreadableList(line) = &u {
+                self.unreadable_folders.push(line.clone());
+            }
             if let Untagged::List(l) = u {
                 let name = if l.name.eq_ignore_ascii_case("INBOX") {
                     "INBOX".to_string()
                 } else {
-                    decode_mutf7(&l.name).unwrap_or(l.name)
+                    match decode_mutf7(&l.name) {
+                        Ok(n) => n,
+                        // Not modified UTF-7 (raw UTF-8, a stray `&`): the name is the
+                        // server's bytes, and commands must send those, not an encoding.
+                        Err(_) => {
+                            self.raw_names.insert(l.name.clone());
+                            l.name
+                        }
+                    }
                 };
                 folders.push(ListedFolder {
                     name,
@@ -1347,17 +1452,23 @@ impl Client {
         Ok(folders)
     }
 
-    fn mailbox(name: &str) -> Result<Mailbox<'static>> {
+    fn mailbox(&self, name: &str) -> Result<Mailbox<'static>> {
         if name.eq_ignore_ascii_case("INBOX") {
             return Ok(Mailbox::Inbox);
         }
-        Mailbox::try_from(encode_mutf7(name))
+        // imap-codec sends non-ASCII bytes as a literal, which carries any byte.
+        let wire = if self.raw_names.contains(name) {
+            name.to_string()
+        } else {
+            encode_mutf7(name)
+        };
+        Mailbox::try_from(wire)
             .map_err(|_| ImapError::Unsupported(format!("folder name {name:?} cannot be sent")))
     }
 
     /// CREATE; an existing folder is not an error.
     pub async fn create(&mut self, name: &str) -> Result<()> {
-        let body = CommandBody::create(Self::mailbox(name)?)
+        let body = CommandBody::create(self.mailbox(name)?)
             .map_err(|_| ImapError::Unsupported(format!("folder name {name:?}")))?;
         match self.run(body, &format!("CREATE {name}")).await {
             Ok(_) => Ok(()),
@@ -1373,7 +1484,7 @@ impl Client {
 
     /// SELECT (or EXAMINE when `read_only`).
     pub async fn select(&mut self, name: &str, read_only: bool) -> Result<SelectInfo> {
-        let mailbox = Self::mailbox(name)?;
+        let mailbox = self.mailbox(name)?;
         let mut body = if read_only {
             CommandBody::examine(mailbox)
         } else {
@@ -1442,7 +1553,7 @@ impl Client {
 
     async fn status_once(&mut self, name: &str) -> Result<StatusInfo> {
         let body = CommandBody::status(
-            Self::mailbox(name)?,
+            self.mailbox(name)?,
             vec![
                 StatusDataItemName::Messages,
                 StatusDataItemName::UidNext,
@@ -1754,7 +1865,7 @@ impl Client {
             };
             let mut literal = Literal::unvalidated(item.body);
             literal.set_mode(LiteralMode::Sync);
-            let body = CommandBody::append(Self::mailbox(folder)?, flags, date, literal)
+            let body = CommandBody::append(self.mailbox(folder)?, flags, date, literal)
                 .map_err(|_| ImapError::Unsupported(format!("folder name {folder:?}")))?;
             match self.send(body).await? {
                 Ok(tag) => sent.sent(tag),
@@ -1879,7 +1990,7 @@ impl Client {
     ) -> Result<(Vec<u8>, Vec<u8>)> {
         let mut literal = Literal::unvalidated(&b"x"[..]);
         literal.set_mode(LiteralMode::NonSync);
-        let body = CommandBody::append(Self::mailbox(folder)?, flags, date, literal)
+        let body = CommandBody::append(self.mailbox(folder)?, flags, date, literal)
             .map_err(|_| ImapError::Unsupported(format!("folder name {folder:?}")))?;
         let cmd = Command::new(tag, body).map_err(|_| self.protocol("bad tag"))?;
         let (mut head, mut after, mut seen) = (Vec::new(), Vec::new(), false);
@@ -2222,6 +2333,23 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_lines_with_raw_utf8_names_are_read_by_hand() {
+        let l = parse_raw_list("* LIST (\\HasNoChildren) \".\" \"INBOX.Entwürfe\"\r\n".as_bytes())
+            .unwrap();
+        assert_eq!(l.name, "INBOX.Entwürfe");
+        assert_eq!(l.delimiter, Some('.'));
+        assert_eq!(l.attributes, ["\\hasnochildren"]);
+        let l = parse_raw_list("* LIST () NIL Entwürfe\r\n".as_bytes()).unwrap();
+        assert_eq!((l.name.as_str(), l.delimiter), ("Entwürfe", None));
+        let l = parse_raw_list(b"* LIST () \"\\\\\" \"a\\\"b\xc3\xbc\"\r\n").unwrap();
+        assert_eq!((l.name.as_str(), l.delimiter), ("a\"bü", Some('\\')));
+        // Not UTF-8, or not the whole line: left to the caller to report.
+        assert!(parse_raw_list(b"* LIST () \".\" \"INBOX.Entw\xfcrfe\"\r\n").is_none());
+        assert!(parse_raw_list("* LIST () \".\" \"Entwürfe\" junk\r\n".as_bytes()).is_none());
+        assert!(parse_raw_list("* LIST () \".\" {9}\r\n".as_bytes()).is_none());
+    }
     use crate::secret::Secret;
     use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
 

@@ -125,8 +125,8 @@ pub enum Untagged {
         messages: Option<u32>,
         highestmodseq: Option<u64>,
     },
-    /// Personal namespaces: (prefix, delimiter).
-    Namespace(Vec<(String, Option<char>)>),
+    /// NAMESPACE: personal, other users' and shared, each as (prefix, delimiter).
+    Namespace(Namespaces),
     /// `* SEARCH n n n`: UIDs after a UID SEARCH, sequence numbers after a SEARCH.
     Search(Vec<u32>),
     /// `* n EXPUNGE`: sequence numbers above n move down by one.
@@ -139,6 +139,9 @@ pub enum Untagged {
         uid: Option<u32>,
         detail: String,
     },
+    /// A `* LIST` (or `* LSUB`) response imap-codec cannot decode, typically a folder
+    /// name in raw 8-bit bytes instead of modified UTF-7: the line, for the admin.
+    UnreadableList(String),
     /// `* OK [code] text` and friends (`* NO`, `* BAD`).
     State {
         kind: Kind,
@@ -472,22 +475,42 @@ impl Resp {
                         highestmodseq: st.3,
                     }
                 }
-                Data::Namespace { personal, .. } => Untagged::Namespace(
-                    personal
-                        .iter()
-                        .map(|ns| {
-                            (
-                                istring(&ns.prefix),
-                                ns.delimiter.as_ref().map(|d| d.inner()),
-                            )
-                        })
-                        .collect(),
-                ),
+                Data::Namespace {
+                    personal,
+                    other,
+                    shared,
+                } => {
+                    let list = |l: &[imap_codec::imap_types::extensions::namespace::Namespace<'_>]| -> Vec<(String, Option<char>)> {
+                        l.iter()
+                            .map(|ns| {
+                                (
+                                    istring(&ns.prefix),
+                                    ns.delimiter.as_ref().map(|d| d.inner()),
+                                )
+                            })
+                            .collect()
+                    };
+                    Untagged::Namespace(Namespaces {
+                        personal: list(personal.as_ref()),
+                        other: list(other.as_ref()),
+                        shared: list(shared.as_ref()),
+                    })
+                }
                 Data::Search(nums, ..) => Untagged::Search(nums.iter().map(|n| n.get()).collect()),
                 _ => Untagged::Other,
             }),
         })
     }
+}
+
+/// The three namespaces of RFC 2342, each as (prefix, delimiter).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Namespaces {
+    pub personal: Vec<(String, Option<char>)>,
+    /// Other users' mailboxes (Cyrus: `user.`, or `Other Users/` with `altnamespace`).
+    pub other: Vec<(String, Option<char>)>,
+    /// Shared folders (Cyrus with `altnamespace`: `Shared Folders/`).
+    pub shared: Vec<(String, Option<char>)>,
 }
 
 #[allow(dead_code)]

@@ -146,6 +146,11 @@ pub struct Options {
     pub drain_limit: Duration,
     /// Applied to every server response, after the Exchange view.
     pub respond: Option<Respond>,
+    /// (what the client sends, what the server gets): a folder name the client sends as
+    /// a literal (not in an APPEND) and equal to the first is sent on as the second. With
+    /// a `respond` that renames the folder in LIST, the server then looks like one that
+    /// names it otherwise.
+    pub renames: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Options {
@@ -158,7 +163,14 @@ impl Options {
             hold: Duration::ZERO,
             drain_limit: Duration::from_secs(10),
             respond: None,
+            renames: Vec::new(),
         }
+    }
+
+    /// Adds a rename (see [`Options::renames`]).
+    pub fn rename(mut self, client: &[u8], server: &[u8]) -> Options {
+        self.renames.push((client.to_vec(), server.to_vec()));
+        self
     }
 
     pub fn respond(mut self, f: Respond) -> Options {
@@ -605,6 +617,26 @@ async fn client_to_server_inner(
                 }
                 if is_append {
                     flow.appends.lock().unwrap().insert(tag.clone());
+                }
+                let rename = match literal {
+                    Some((n, _)) if !is_append => ctx
+                        .opts
+                        .renames
+                        .iter()
+                        .find(|(client, _)| client.len() == n)
+                        .cloned(),
+                    _ => None,
+                };
+                if let Some((client, server)) = rename {
+                    let open = line.iter().rposition(|&b| b == b'{').unwrap_or(line.len());
+                    let mut head = line[..open].to_vec();
+                    head.extend_from_slice(format!("{{{}}}\r\n", server.len()).as_bytes());
+                    send(tx, hold, head).await?;
+                    let mut got = vec![0u8; client.len()];
+                    cr.read_exact(&mut got).await?;
+                    send(tx, hold, if got == client { server } else { got }).await?;
+                    open_command = Some(tag);
+                    continue;
                 }
                 send(tx, hold, line.clone()).await?;
                 match literal {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cutover::imap::client::{Client, Endpoint, Security};
 use cutover::imap::Credentials;
-use cutover::legacy_servers::{self, Kind, LegacyServer, ADMIN_PASSWORD, ADMIN_USER};
+use cutover::legacy_servers::{self, Kind, Layout, LegacyServer, ADMIN_PASSWORD, ADMIN_USER};
 use cutover::secret::Secret;
 use cutover::testbed::{Dovecot, DovecotOptions, Flavor, TestCa, MASTER_PASSWORD, MASTER_USER};
 
@@ -38,6 +38,11 @@ impl Bed {
     /// Starts `kind` and a destination Dovecot, or None (after a loud notice) where one of
     /// them cannot run and CI is not set.
     pub fn start(kind: Kind, users: &[(&str, &str, &str)]) -> Option<Bed> {
+        Self::start_with(kind, users, Layout::Standard)
+    }
+
+    /// [`Bed::start`] with the source's folder naming `layout`.
+    pub fn start_with(kind: Kind, users: &[(&str, &str, &str)], layout: Layout) -> Option<Bed> {
         if !cutover::testbed::require_dovecot() || !legacy_servers::require(kind) {
             return None;
         }
@@ -48,7 +53,7 @@ impl Bed {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let ca = TestCa::new(dir.path()).unwrap();
         let pairs: Vec<(&str, &str)> = users.iter().map(|(l, p, _)| (*l, *p)).collect();
-        let source = LegacyServer::start(kind, &dir.path().join("source"), &pairs)
+        let source = LegacyServer::start_with(kind, &dir.path().join("source"), &pairs, layout)
             .unwrap_or_else(|e| panic!("{} starts: {e:#}", kind.name()));
         let dest = Dovecot::start_in(
             &dir.path().join("dest"),
