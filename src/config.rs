@@ -1290,6 +1290,23 @@ host = "outlook.office365.com"
         assert_eq!(c.file, dir.path().join("cutover.toml"));
     }
 
+    #[test]
+    fn spool_cache_bytes() {
+        let (_d, r) = load_str(MINIMAL);
+        assert_eq!(
+            r.unwrap().spool.cache_bytes,
+            crate::spool::DEFAULT_CACHE_BYTES
+        );
+        let (_d, r) = load_str(&format!("{MINIMAL}\n[spool]\ncache_bytes = 8388608\n"));
+        assert_eq!(r.unwrap().spool.cache_bytes, 8 * 1024 * 1024);
+        let (_d, r) = load_str(&format!("{MINIMAL}\n[spool]\ncache_bytes = 4096\n"));
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("spool.cache_bytes") && e.contains("at least 1048576"),
+            "{e}"
+        );
+    }
+
     /// config.example.toml must stay loadable and document every key.
     #[test]
     fn example_file() {
