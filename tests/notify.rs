@@ -667,3 +667,80 @@ fn a_new_uidvalidity_at_the_source_does_not_migrate_the_notice() {
         .clone();
     assert_eq!(row["items_skipped"], 0, "the notice is not counted: {row}");
 }
+
+/// A welcome whose APPEND the server executes only after the daemon that sent it was
+/// killed, and after the next daemon first looked for it, is found, not sent again: a
+/// server goes on with a dead session's commands, so the next daemon looks again once the
+/// INBOX has stood still.
+#[test]
+fn a_welcome_still_on_its_way_after_a_kill_is_found_not_sent_twice() {
+    let Some(tb) = testbed(&USERS) else { return };
+    fill(&tb, "alice", "INBOX", 2, |_| vec![]);
+    fill(&tb, "bob", "INBOX", 1, |_| vec![]);
+    let config = setup(&tb);
+    let rt = rt();
+    // Once told, the proxy holds every APPEND (the welcomes) 2.5 s and then forwards it,
+    // whether its client is still there or not.
+    let late = Arc::new(AtomicBool::new(false));
+    let schedule: proxy::Schedule = {
+        let late = late.clone();
+        Arc::new(move |_: &str, _| {
+            if late.load(Ordering::SeqCst) {
+                proxy::Action::Delay { ms: 2_500 }
+            } else {
+                proxy::Action::Forward
+            }
+        })
+    };
+    let px = rt.block_on(proxy::Proxy::start_with(
+        tb.dest.plain_port(),
+        proxy::Options::new(schedule).drain_limit(Duration::from_secs(10)),
+    ));
+    upstream_via(&config, px.port());
+    let log = config.parent().unwrap().join("daemon.log");
+    let mut daemon = start_daemon(&config, &log);
+    let synced = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let s = statuses(&config);
+        s.len() == 2 && s.iter().all(|s| s == "Synced" || s == "IncrementalSyncing")
+    });
+    assert!(synced, "{}", std::fs::read_to_string(&log).unwrap());
+    late.store(true, Ordering::SeqCst);
+    let out = cutover(&config, &["complete"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let held = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        px.events()
+            .iter()
+            .filter(|e| matches!(e.action, proxy::Action::Delay { .. }))
+            .count()
+            >= 2
+    });
+    assert!(held, "{}", std::fs::read_to_string(&log).unwrap());
+    let _ = daemon.0.kill();
+    let _ = daemon.0.wait();
+    late.store(false, Ordering::SeqCst);
+    // At once: the held APPENDs reach the server while the next daemon starts.
+    let log2 = config.parent().unwrap().join("daemon2.log");
+    let mut daemon = start_daemon(&config, &log2);
+    let exited = (0..900).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        matches!(daemon.0.try_wait(), Ok(Some(_)))
+    });
+    let text = std::fs::read_to_string(&log2).unwrap();
+    assert!(exited, "the daemon did not finish\n{text}");
+    for (email, n) in [("alice@example.test", 2), ("bob@example.test", 1)] {
+        let dest = inbox(&tb, &tb.dest, email);
+        assert_eq!(
+            dest.iter().filter(|m| is_letter(&m.3, "after")).count(),
+            1,
+            "{email}: {text}"
+        );
+        assert_eq!(dest.len(), n + 1, "{email}");
+    }
+    let snap: serde_json::Value =
+        serde_json::from_slice(&cutover(&config, &["status", "--json"]).stdout).unwrap();
+    for row in snap["mailboxes"].as_array().unwrap() {
+        assert!(!row["welcome_delivered_unix"].is_null(), "{row}");
+    }
+}

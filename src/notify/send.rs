@@ -129,6 +129,28 @@ async fn find(client: &mut Client, message_id: &str) -> anyhow::Result<Option<u3
     Ok(uids.last().copied())
 }
 
+/// The UID of a letter a stopped run recorded as pending, if it reached the INBOX.
+///
+/// Looked for at once; if it is not there, the killed run's APPEND may still be on its
+/// way into the folder (a server goes on with a dead session's commands), so it is
+/// looked for again once the INBOX has stood still, as the recovery of interrupted
+/// messages does (`upstream::recover`), at most `bound` (the client's timeout). Returns
+/// the UIDVALIDITY of the INBOX with it.
+async fn find_pending(
+    client: &mut Client,
+    message_id: &str,
+    bound: std::time::Duration,
+) -> anyhow::Result<(u32, Option<u32>)> {
+    let info = client.select(INBOX, true).await?;
+    if let Some(uid) = find(client, message_id).await? {
+        return Ok((info.uidvalidity, Some(uid)));
+    }
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    crate::upstream::recover::settled_status(client, INBOX, now_ms, bound).await?;
+    let info = client.select(INBOX, true).await?;
+    Ok((info.uidvalidity, find(client, message_id).await?))
+}
+
 /// Appends `body` to the INBOX of `client` unread, dated `at`; returns (UIDVALIDITY, UID),
 /// by APPENDUID or else by its Message-ID.
 async fn append(
@@ -232,18 +254,18 @@ async fn before_in(
     let id = &account.email;
     let lang = engine.config.notify.language;
     if let Some(pending) = recorded.filter(|n| n.delivered_unix.is_none() && !again) {
-        let info = client.select(INBOX, true).await?;
-        if let Some(uid) = find(client, &pending.message_id).await? {
+        let bound = engine.config.source.timeout();
+        if let (uidvalidity, Some(uid)) = find_pending(client, &pending.message_id, bound).await? {
             let now = chrono::Utc::now().timestamp();
             // The body is not at hand: the record only needs to exist for the reader.
-            spool.exclude_own_notice(id, INBOX, info.uidvalidity, uid, b"", now)?;
+            spool.exclude_own_notice(id, INBOX, uidvalidity, uid, b"", now)?;
             spool.set_notified(
                 id,
                 Kind::Before.as_str(),
                 &Notified {
                     delivered_unix: Some(now),
                     folder: INBOX.into(),
-                    uidvalidity: info.uidvalidity,
+                    uidvalidity: uidvalidity,
                     uid,
                     ..pending
                 },
@@ -333,8 +355,8 @@ async fn after_in(
     let id = &account.email;
     let lang = engine.config.notify.language;
     if let Some(pending) = recorded.filter(|n| n.delivered_unix.is_none()) {
-        let info = client.select(INBOX, true).await?;
-        if let Some(uid) = find(client, &pending.message_id).await? {
+        let bound = engine.config.upstream.timeout();
+        if let (uidvalidity, Some(uid)) = find_pending(client, &pending.message_id, bound).await? {
             let now = chrono::Utc::now().timestamp();
             spool.set_notified(
                 id,
@@ -342,7 +364,7 @@ async fn after_in(
                 &Notified {
                     delivered_unix: Some(now),
                     folder: INBOX.into(),
-                    uidvalidity: info.uidvalidity,
+                    uidvalidity: uidvalidity,
                     uid,
                     ..pending
                 },

@@ -131,7 +131,7 @@ fn not_there(group: &Group<'_>) -> Vec<(u32, Resolution)> {
 
 /// STATUS of `dest` once nothing is being saved into it any more (rule 1 of the module
 /// doc): at once when the newest claim is older than `bound`.
-async fn settled_status(
+pub(crate) async fn settled_status(
     client: &mut Client,
     dest: &str,
     newest_ms: i64,
