@@ -109,8 +109,10 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
     let per_user = cfg.source.max_connections_per_user;
     let max_passes = cfg.source.max_connections.max(1);
     let web = cfg.web.clone();
+    let fleet = cfg.fleet.enabled();
     let engine = Arc::new(open_engine(cfg).await?);
     crate::cli::adopt_spool_ids(&engine.spool, &mut accounts)?;
+    crate::fleet::owner::record(&engine.spool, fleet, &accounts)?;
     // Compresses the bodies spooled raw while the daemon waits between passes.
     let _compactor = crate::spool::Compactor::start(engine.spool.clone());
     let spool_dir = engine.spool.path().to_path_buf();
