@@ -645,6 +645,15 @@ impl Config {
             resolve(p);
         }
         self.notify.resolve_paths(base);
+        for p in [
+            &mut self.fleet.peer_password_file,
+            &mut self.fleet.peer_ca_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(p);
+        }
         for server in [&mut self.source, &mut self.upstream] {
             for p in [
                 &mut server.tls_ca_file,

@@ -26,6 +26,13 @@ pub struct FleetConfig {
     /// shows their `/api/status` next to its own.
     #[serde(default)]
     pub peers: Vec<String>,
+    /// The plain password of the peers' pages (HTTP Basic), when they have one.
+    #[serde(default)]
+    pub peer_password_file: Option<std::path::PathBuf>,
+    /// A CA certificate (PEM) the peers' HTTPS certificates are checked against, besides
+    /// the system roots: the fleet's own certificate when every page uses it.
+    #[serde(default)]
+    pub peer_ca_file: Option<std::path::PathBuf>,
 }
 
 impl FleetConfig {

@@ -20,6 +20,7 @@ pub mod controls;
 pub mod disk;
 pub mod downloads;
 pub mod events;
+pub mod fleet;
 pub mod history;
 pub mod http;
 pub mod inventory;
@@ -180,6 +181,7 @@ pub async fn start(cfg: &WebConfig, shared: Arc<Shared>) -> Option<tokio::task::
         login = shared.auth.is_some(),
         "status page on {scheme}://{addr}/"
     );
+    fleet::start(&shared);
     let sampler = shared.clone();
     tokio::spawn(async move {
         loop {

@@ -96,6 +96,8 @@ pub struct Overview {
     pub now_unix: i64,
     /// The page asks for a password (it then offers to log out).
     pub login: bool,
+    /// This appliance's shard and, with `[fleet] peers`, the others.
+    pub fleet: super::fleet::Fleet,
 }
 
 /// The overview, from what the server holds now.
@@ -159,6 +161,7 @@ pub fn build(shared: &Shared) -> Overview {
         counted_unix: inv.at_unix,
         now_unix: now,
         login: shared.auth.is_some(),
+        fleet: super::fleet::build(shared, snap.mailboxes.len()),
     }
 }
 
