@@ -11,9 +11,9 @@
 #
 # Environment (all optional):
 #   IMAGE=path        the qcow2 to boot; unset: built with image/build.sh (needs root)
-#   BIN=path          the cutover binary for the build, and on this machine to hash the
-#                     status page's password (default: target/release/cutover, else
-#                     target/debug/cutover)
+#   BIN=path          the cutover binary for the build (default: build.sh's release
+#                     build), and on this machine to hash the status page's password
+#                     (default: target/release/cutover, else target/debug/cutover)
 #   ACCEL=tcg         qemu accelerator: tcg (software, the default) or kvm
 #   BOOT_TIMEOUT=900  seconds for the VM to boot and /healthz to answer
 #   KEEP=0            1: keep the work directory (console log, overlay)
@@ -37,6 +37,8 @@ command -v qemu-img >/dev/null || die "qemu-img is missing: apt-get install -y q
 command -v curl >/dev/null || die "curl is missing"
 command -v python3 >/dev/null || die "python3 is missing (QMP and JSON)"
 
+# The binary the image is built with: BIN if given, else build.sh's release build.
+IMAGE_BIN=${BIN:-}
 if [[ -z ${BIN:-} ]]; then
     for b in "$REPO/target/release/cutover" "$REPO/target/debug/cutover"; do
         [[ -x $b ]] && BIN=$b && break
@@ -64,9 +66,9 @@ trap cleanup EXIT
 # --- The image ---------------------------------------------------------------------------
 if [[ -z ${IMAGE:-} ]]; then
     [[ $(id -u) == 0 ]] || die "building the image needs root (or give IMAGE=)"
-    log "building the image (image/build.sh, BIN=$BIN)"
+    log "building the image (image/build.sh${IMAGE_BIN:+, BIN=$IMAGE_BIN})"
     IMAGE="$WORK/cutover.qcow2"
-    BIN="$BIN" COMPRESS=0 EXPIRE_ROOT_PASSWORD=0 "$REPO/image/build.sh" "$IMAGE" >"$WORK/build.log" 2>&1 ||
+    BIN="$IMAGE_BIN" COMPRESS=0 EXPIRE_ROOT_PASSWORD=0 "$REPO/image/build.sh" "$IMAGE" >"$WORK/build.log" 2>&1 ||
         { tail -n 40 "$WORK/build.log" >&2; die "image/build.sh failed (log above)"; }
     log "built $(du -h "$IMAGE" | cut -f1) in ${SECONDS}s"
 fi
