@@ -98,7 +98,15 @@ struct PassDone {
 /// `cutover run`. Returns Ok(true) when stopped by a signal or when every mailbox is
 /// Completed.
 pub async fn run(config: &Path) -> anyhow::Result<bool> {
-    let (cfg, mut accounts) = load(config)?;
+    let (cfg, accts, own) = crate::cli::load_sharded(config)?;
+    let mut accounts = accts.accounts;
+    if accounts.is_empty() && own.total > 0 {
+        anyhow::bail!(
+            "{} of {}: this shard owns none of them (more shards than needed?)",
+            own.line(),
+            cfg.mailboxes.display()
+        );
+    }
     if accounts.is_empty() {
         anyhow::bail!("no mailboxes to migrate in {}", cfg.mailboxes.display());
     }
