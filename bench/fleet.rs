@@ -64,7 +64,7 @@ impl Settings {
                     .map_err(|_| anyhow!("FLEET_SHARDS: {s:?}"))
             })
             .collect::<Result<Vec<_>>>()?;
-        if shards.iter().any(|&k| k == 0) {
+        if shards.contains(&0) {
             bail!("FLEET_SHARDS: 0 shards");
         }
         Ok(Settings {
@@ -284,7 +284,8 @@ fn run_mbsync(s: &Settings, tb: &Testbed, users: &[User], parallel: usize) -> Re
                     if !st.success() {
                         bail!("mbsync exited with {st}");
                     }
-                    running.remove(i);
+                    // Exited already: wait() only reaps it.
+                    let _ = running.remove(i).wait();
                 } else {
                     i += 1;
                 }
