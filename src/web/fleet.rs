@@ -1,6 +1,8 @@
 //! The fleet on the status page: this appliance's shard, and with `[fleet] peers` what
 //! the other appliances' `/api/status` says, read every [`POLL`] by one task.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -53,12 +55,15 @@ fn peers() -> &'static Mutex<Vec<Peer>> {
 
 /// The fleet section of the overview.
 pub fn build(shared: &Shared, owned: usize) -> Fleet {
-    static TOTAL: OnceLock<Option<usize>> = OnceLock::new();
-    let total = *TOTAL.get_or_init(|| {
-        crate::accounts::load(&shared.config.mailboxes)
-            .ok()
-            .map(|a| a.accounts.len())
-    });
+    // The CSV is read once per file: the daemon reads it only at start-up too.
+    static TOTALS: OnceLock<Mutex<HashMap<PathBuf, Option<usize>>>> = OnceLock::new();
+    let path = &shared.config.mailboxes;
+    let total = *TOTALS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(path.clone())
+        .or_insert_with(|| crate::accounts::load(path).ok().map(|a| a.accounts.len()));
     Fleet {
         shard: shared
             .config
