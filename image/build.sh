@@ -411,7 +411,41 @@ ExecStart=/usr/local/sbin/appliance-growfs
 WantedBy=multi-user.target
 EOF
 
-in_root systemctl enable cutover.service appliance-ssh-keygen.service appliance-growfs.service \
+# Configuration handed over by the hypervisor: qemu's fw_cfg entries opt/cutover/<file>
+# (qemu -fw_cfg name=opt/cutover/cutover.toml,file=...) are written to /etc/cutover at
+# boot, before the daemon starts. A fleet of appliances (and image/test.sh) is configured
+# this way without logging in to each. Nothing happens on other hypervisors.
+cat >"$ROOT/usr/local/sbin/appliance-seed" <<'EOF'
+#!/bin/sh
+# Copy qemu fw_cfg entries opt/cutover/* into /etc/cutover (root:cutover 0640).
+set -eu
+modprobe qemu_fw_cfg 2>/dev/null || true
+dir=/sys/firmware/qemu_fw_cfg/by_name/opt/cutover
+[ -d "$dir" ] || { echo "no opt/cutover fw_cfg entries"; exit 0; }
+for entry in "$dir"/*; do
+    name=$(basename "$entry")
+    case $name in *[!A-Za-z0-9._-]* | .*) echo "skipping fw_cfg entry $name"; continue ;; esac
+    install -m 0640 -o root -g cutover "$entry/raw" "/etc/cutover/$name"
+    echo "wrote /etc/cutover/$name from fw_cfg"
+done
+EOF
+chmod 0755 "$ROOT/usr/local/sbin/appliance-seed"
+cat >"$ROOT/usr/lib/systemd/system/appliance-seed.service" <<'EOF'
+[Unit]
+Description=Write the configuration given by the hypervisor (qemu fw_cfg) to /etc/cutover
+DefaultDependencies=no
+After=local-fs.target
+Before=cutover.service cutover-sync.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/appliance-seed
+
+[Install]
+WantedBy=multi-user.target
+EOF
+
+in_root systemctl enable cutover.service appliance-ssh-keygen.service appliance-growfs.service appliance-seed.service \
     systemd-networkd.service systemd-resolved.service ssh.service chrony.service
 for u in "${units[@]}"; do
     [[ $u == cutover.service ]] || in_root systemctl disable "$u" 2>/dev/null || true

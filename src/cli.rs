@@ -14,8 +14,16 @@ macro_rules! say {
     };
 }
 
-/// Loads the config and the CSV (printing the CSV's bad rows).
+/// Loads the config and the CSV (printing the CSV's bad rows), keeping the mailboxes of
+/// this appliance's shard (`[fleet] shard`).
 pub(crate) fn load(config: &Path) -> anyhow::Result<(Config, accounts::Accounts)> {
+    load_sharded(config).map(|(cfg, accts, _)| (cfg, accts))
+}
+
+/// [`load`], with what this shard took of the CSV.
+pub(crate) fn load_sharded(
+    config: &Path,
+) -> anyhow::Result<(Config, accounts::Accounts, crate::fleet::owner::Ownership)> {
     let cfg = Config::load(config)?;
     let accts = accounts::load(&cfg.mailboxes).map_err(|e| {
         anyhow::anyhow!(
@@ -26,7 +34,16 @@ pub(crate) fn load(config: &Path) -> anyhow::Result<(Config, accounts::Accounts)
     for e in &accts.errors {
         eprintln!("error: {e}");
     }
-    Ok((cfg, accts))
+    let mut accts = accts;
+    let shard = cfg
+        .fleet
+        .shard()
+        .map_err(|e| anyhow::anyhow!("[fleet] shard: {e}"))?;
+    let own = crate::fleet::owner::keep_owned(shard, &mut accts.accounts);
+    if cfg.fleet.enabled() {
+        tracing::info!("{}", own.line());
+    }
+    Ok((cfg, accts, own))
 }
 
 /// Points each account at the id the spool already uses for its mailbox, where an
@@ -51,8 +68,10 @@ pub(crate) fn adopt_spool_ids(
 /// `cutover sync --once`: one pass; true if every mailbox (and every CSV row) is fine.
 pub async fn sync_once(config: &Path) -> anyhow::Result<bool> {
     let (cfg, mut accts) = load(config)?;
+    let fleet = cfg.fleet.enabled();
     let engine = Arc::new(Engine::new(cfg)?);
     adopt_spool_ids(&engine.spool, &mut accts.accounts)?;
+    crate::fleet::owner::record(&engine.spool, fleet, &accts.accounts)?;
     // Compresses what earlier runs spooled raw, on CPU time nothing else wants; stopped
     // (after the body at hand) when this returns.
     let _compactor = crate::spool::Compactor::start(engine.spool.clone());
@@ -93,12 +112,13 @@ pub async fn sync_once(config: &Path) -> anyhow::Result<bool> {
 /// `cutover check`: logs in to both sides for every mailbox and lists the source folders
 /// with their message counts and sizes. Changes nothing (EXAMINE only).
 pub async fn check(config: &Path) -> anyhow::Result<bool> {
-    let (cfg, accts) = load(config)?;
+    let (cfg, accts, own) = load_sharded(config)?;
     let engine = Engine::new(cfg)?;
     let mut all_ok = accts.errors.is_empty();
     // On a terminal, a bar over the mailboxes; the lines print above it.
     let bar =
         crate::progress::terminal::count_bar(accts.accounts.len() as u64, "mailboxes checked");
+    say!(bar, "fleet: {}", own.line());
     // With xoauth2, the token first: without it no destination login can work.
     if let Some(line) = engine.preflight().await? {
         say!(bar, "{line}");
@@ -122,7 +142,7 @@ pub async fn check(config: &Path) -> anyhow::Result<bool> {
                 continue;
             }
         };
-        match check_source(&engine, &src).await {
+        match check_source(&engine.source, &src).await {
             Ok(lines) => {
                 say!(bar, "{} (source login {}): ok", a.email, a.username);
                 for l in lines {
@@ -156,10 +176,22 @@ pub async fn check(config: &Path) -> anyhow::Result<bool> {
 }
 
 async fn check_source(
-    engine: &Engine,
+    source: &crate::engine::Side,
     creds: &crate::imap::Credentials,
 ) -> Result<Vec<String>, crate::imap::ImapError> {
-    let mut c = engine.source.session(creds).await?;
+    Ok(source_folders(source, creds)
+        .await?
+        .into_iter()
+        .map(|(name, count, bytes)| format!("{name:<40} {count:>8} messages {bytes:>14} bytes"))
+        .collect())
+}
+
+/// The selectable folders of a source mailbox: name, messages and bytes (EXAMINE only).
+pub(crate) async fn source_folders(
+    source: &crate::engine::Side,
+    creds: &crate::imap::Credentials,
+) -> Result<Vec<(String, usize, u64)>, crate::imap::ImapError> {
+    let mut c = source.session(creds).await?;
     let mut lines = Vec::new();
     for f in c.list().await? {
         if !f.selectable() {
@@ -175,10 +207,7 @@ async fn check_source(
                 meta.iter().map(|m| m.size.unwrap_or(0) as u64).sum(),
             )
         };
-        lines.push(format!(
-            "{:<40} {:>8} messages {:>14} bytes",
-            f.name, count, bytes
-        ));
+        lines.push((f.name.clone(), count, bytes));
     }
     c.logout().await;
     Ok(lines)

@@ -37,8 +37,8 @@ pub const ENV_PREFIX: &str = "CUTOVER_";
 /// or `CUTOVER_CONFIG` (used by the command line) share the prefix but are not
 /// configuration keys; without this filter `deny_unknown_fields` would reject them.
 /// A new section must be added here to be overridable from the environment.
-const ENV_SECTIONS: [&str; 7] = [
-    "spool", "source", "upstream", "sync", "cutover", "web", "notify",
+const ENV_SECTIONS: [&str; 8] = [
+    "spool", "source", "upstream", "sync", "cutover", "web", "notify", "fleet",
 ];
 const ENV_TOP_KEYS: [&str; 1] = ["mailboxes"];
 
@@ -173,6 +173,10 @@ pub struct Config {
     /// `[notify]`: the letters to the users (see [`crate::notify`]).
     #[serde(default)]
     pub notify: crate::notify::NotifyConfig,
+    /// `[fleet]`: this appliance's shard of a migration spread over several (see
+    /// [`crate::fleet`]).
+    #[serde(default)]
+    pub fleet: crate::fleet::FleetConfig,
     /// The file this was loaded from (absolute if it was given as such); not a key.
     #[serde(skip)]
     pub file: PathBuf,
@@ -639,6 +643,13 @@ impl Config {
         config.finish_server("upstream", &figment, true)?;
         config.validate_sync(&figment)?;
         config.check_notify()?;
+        if let Err(message) = config.fleet.shard() {
+            return Err(ConfigError::Invalid {
+                origin: origin(&figment, "fleet.shard", &config.file),
+                key: "fleet.shard".into(),
+                message,
+            });
+        }
         Ok(config)
     }
 
@@ -661,6 +672,15 @@ impl Config {
             resolve(p);
         }
         self.notify.resolve_paths(base);
+        for p in [
+            &mut self.fleet.peer_password_file,
+            &mut self.fleet.peer_ca_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(p);
+        }
         for server in [&mut self.source, &mut self.upstream] {
             for p in [
                 &mut server.tls_ca_file,

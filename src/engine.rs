@@ -457,6 +457,13 @@ impl Engine {
             summary.failed = c.failed + c.spooled + c.appending;
         }
         summary.seconds = started.elapsed().as_secs_f64();
+        // A mailbox taken over from another shard: after a whole pass without a fault,
+        // every message at the source has been paired with its copy or sent.
+        if summary.ok() {
+            if let Err(e) = self.spool.adopted(&mailbox) {
+                tracing::warn!(mailbox, error = %e, "cannot record the first pass of a mailbox new to this shard");
+            }
+        }
         let status = if summary.ok() { "Synced" } else { "Failed" };
         let error = summary
             .fatal

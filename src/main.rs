@@ -109,6 +109,28 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         rate: f64,
     },
+    /// A migration spread over several appliances (`[fleet] shard`).
+    Fleet {
+        #[command(subcommand)]
+        fleet: FleetCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Which shard of N would migrate which mailboxes, and their bytes at the source
+    /// (one EXAMINE login per mailbox), before anything starts. Reads the whole CSV.
+    Plan {
+        /// The number of shards (appliances).
+        #[arg(long)]
+        shards: u32,
+        /// Count mailboxes only; do not log in to the source to measure them.
+        #[arg(long)]
+        no_sizes: bool,
+        /// Also list every mailbox with its shard.
+        #[arg(long)]
+        list: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -271,6 +293,14 @@ fn main() -> ExitCode {
                     .await
                 }
             }
+            Command::Fleet {
+                fleet:
+                    FleetCommand::Plan {
+                        shards,
+                        no_sizes,
+                        list,
+                    },
+            } => cutover::fleet::plan::run(&cli.config, shards, !no_sizes, list).await,
         }
     });
     match result {

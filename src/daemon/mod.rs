@@ -98,7 +98,15 @@ struct PassDone {
 /// `cutover run`. Returns Ok(true) when stopped by a signal or when every mailbox is
 /// Completed.
 pub async fn run(config: &Path) -> anyhow::Result<bool> {
-    let (cfg, mut accounts) = load(config)?;
+    let (cfg, accts, own) = crate::cli::load_sharded(config)?;
+    let mut accounts = accts.accounts;
+    if accounts.is_empty() && own.total > 0 {
+        anyhow::bail!(
+            "{} of {}: this shard owns none of them (more shards than needed?)",
+            own.line(),
+            cfg.mailboxes.display()
+        );
+    }
     if accounts.is_empty() {
         anyhow::bail!("no mailboxes to migrate in {}", cfg.mailboxes.display());
     }
@@ -109,8 +117,10 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
     let per_user = cfg.source.max_connections_per_user;
     let max_passes = cfg.source.max_connections.max(1);
     let web = cfg.web.clone();
+    let fleet = cfg.fleet.enabled();
     let engine = Arc::new(open_engine(cfg).await?);
     crate::cli::adopt_spool_ids(&engine.spool, &mut accounts)?;
+    crate::fleet::owner::record(&engine.spool, fleet, &accounts)?;
     // Compresses the bodies spooled raw while the daemon waits between passes.
     let _compactor = crate::spool::Compactor::start(engine.spool.clone());
     let spool_dir = engine.spool.path().to_path_buf();

@@ -65,6 +65,7 @@ mod legacy;
 mod messages;
 mod notices;
 mod notified;
+mod owned;
 mod pauses;
 mod recent;
 mod records;

@@ -31,6 +31,7 @@
 //! deleted at the destination after the folder's APPENDs and flag changes, by UID and
 //! nothing else (see `deletes.rs`).
 
+mod adopt;
 mod deletes;
 pub mod fingerprint;
 mod flags;
@@ -221,12 +222,16 @@ async fn push_generation(
     // recovery pairs what it finds at the destination with what nobody owns yet, which
     // new APPENDs must not change under it. Only those records are held.
     let mut uncertain = Vec::new();
+    let adopt = adoption(client, spool, mailbox, dest).await?;
     let mut from = 0u32;
     loop {
-        let records = records_from(spool, mailbox, folder, uv, from, RANGE_RECORDS).await?;
+        let mut records = records_from(spool, mailbox, folder, uv, from, RANGE_RECORDS).await?;
         let Some(last) = records.last().map(|r| r.uid) else {
             break;
         };
+        if let Some(claim) = &adopt {
+            records = adopt::claim_all(spool, mailbox, folder, uv, records, claim).await?;
+        }
         uncertain.extend(
             records
                 .into_iter()
@@ -270,6 +275,35 @@ async fn push_generation(
         deletes::delete_expunged(client, spool, mailbox, folder, uv, report).await?;
     }
     Ok(())
+}
+
+/// For a mailbox this appliance took over from another shard (`spool/owned.rs`), the claim
+/// under which its messages are taken as possibly sent already: from the destination
+/// folder's first UID on, now. None when the mailbox is not adopting, or the folder holds
+/// nothing (or does not exist) at the destination: then nothing can be there twice.
+async fn adoption(
+    client: &mut Client,
+    spool: &Spool,
+    mailbox: &str,
+    dest: &str,
+) -> Result<Option<Claim>, UpstreamError> {
+    if !spool.is_adopting(mailbox)? {
+        return Ok(None);
+    }
+    let st = match client.status(dest).await {
+        Ok(st) => st,
+        Err(e @ ImapError::Refused { .. }) if !is_throttle(&e) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if st.messages == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Claim {
+        dest_folder: dest.to_string(),
+        dest_uidvalidity: st.uidvalidity,
+        dest_uidnext: 1,
+        marked_ms: chrono::Utc::now().timestamp_millis(),
+    }))
 }
 
 /// [`push_generation`] of the `records` read from UID `from` on.

@@ -8,6 +8,7 @@ use super::http::{self, Resp};
 const INDEX: &str = include_str!("assets/index.html");
 const STYLE: &str = include_str!("assets/style.css");
 const APP: &str = include_str!("assets/app.js");
+const FLEET: &str = include_str!("assets/fleet.js");
 const LOGIN: &str = include_str!("assets/login.html");
 
 /// The asset at `path`, if there is one.
@@ -16,6 +17,7 @@ pub fn get(path: &str) -> Option<Resp> {
         "/" | "/index.html" => ("text/html; charset=utf-8", INDEX),
         "/style.css" => ("text/css; charset=utf-8", STYLE),
         "/app.js" => ("text/javascript; charset=utf-8", APP),
+        "/fleet.js" => ("text/javascript; charset=utf-8", FLEET),
         _ => return None,
     };
     Some(http::full(StatusCode::OK, ty, body))

@@ -20,6 +20,7 @@ pub mod controls;
 pub mod disk;
 pub mod downloads;
 pub mod events;
+pub mod fleet;
 pub mod history;
 pub mod http;
 pub mod inventory;
@@ -197,6 +198,7 @@ pub async fn start(cfg: &WebConfig, shared: Arc<Shared>) -> Option<tokio::task::
     if let Err(e) = write_address(&shared.spool_dir, &url) {
         tracing::warn!(error = %e, "cannot write the status page's address to the spool directory");
     }
+    fleet::start(&shared);
     let sampler = shared.clone();
     tokio::spawn(async move {
         loop {

@@ -108,6 +108,8 @@ pub struct Overview {
     pub now_unix: i64,
     /// The page asks for a password (it then offers to log out).
     pub login: bool,
+    /// This appliance's shard and, with `[fleet] peers`, the others.
+    pub fleet: super::fleet::Fleet,
     /// Which letters of `[notify]` are set up: a mailbox without one was not forgotten.
     pub letters: Letters,
 }
@@ -193,6 +195,7 @@ pub fn build(shared: &Shared) -> Overview {
             before: shared.config.notify.before.is_some(),
             after: shared.config.notify.after.is_some(),
         },
+        fleet: super::fleet::build(shared, snap.mailboxes.len()),
     }
 }
 
