@@ -1899,11 +1899,9 @@ tls_ca_file = "/abs/ca.pem"
                 other => panic!("{source}: {other:?}"),
             }
         }
-        let text = format!(
-            "mailboxes = \"m.csv\"\n[source]\nhost = \"imap.example\"\n\
-             [upstream]\nkind = \"maildir\"\npath = \"/x/{{user}}\"\nhost = \"h.example\"\n"
-        );
-        let (_dir, r) = load_str(&text);
+        let text = "mailboxes = \"m.csv\"\n[source]\nhost = \"imap.example\"\n\
+             [upstream]\nkind = \"maildir\"\npath = \"/x/{user}\"\nhost = \"h.example\"\n";
+        let (_dir, r) = load_str(text);
         assert!(
             matches!(r, Err(ConfigError::Invalid { ref key, .. }) if key == "upstream.kind"),
             "{r:?}"

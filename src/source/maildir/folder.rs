@@ -579,3 +579,69 @@ fn note_skip(
         folder.name
     ));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_moved_to_cur_while_read_is_found_again_with_its_new_flags() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("Maildir");
+        for s in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(dir.join(s)).unwrap();
+        }
+        let spool = Spool::open(&d.path().join("spool")).unwrap();
+        std::fs::write(dir.join("new/1700.M1.h"), b"Subject: a\r\n\r\nbody\r\n").unwrap();
+        let mut listing = Listing::new(&dir);
+        let mut window = listing.next_window(WINDOW);
+        assert_eq!(window.len(), 1);
+        // A mail client reads it now: new/ -> cur/, seen.
+        std::fs::rename(dir.join("new/1700.M1.h"), dir.join("cur/1700.M1.h:2,S")).unwrap();
+        let opts = SourceOptions {
+            max_message_bytes: 1 << 20,
+            fetch_batch_bytes: 1 << 20,
+            fetch_batch_count: 10,
+        };
+        let limits = MailboxLimits::default();
+        let cx = FolderContext {
+            spool: &spool,
+            mailbox: "m",
+            opts: &opts,
+            limits: &limits,
+            ns_prefix: "INBOX.",
+            beyond: None,
+        };
+        let folder = Folder {
+            name: "INBOX".into(),
+            dir: dir.clone(),
+            delimiter: '.',
+        };
+        let mut batch = Batch::default();
+        let mut report = SourceReport::default();
+        let entry = window.remove(0);
+        let flags = names::flags(entry.letters.as_deref(), &entry.base, &Keywords::default());
+        read_one(
+            &cx,
+            &folder,
+            1,
+            entry,
+            flags,
+            &Keywords::default(),
+            &mut Carried::default(),
+            &mut batch,
+            &mut report,
+        )
+        .unwrap();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(batch.records.len(), 1);
+        assert_eq!(batch.records[0].flags, ["\\Seen"]);
+        assert_eq!(
+            spool.get_body(&batch.records[0].hash).unwrap(),
+            b"Subject: a\r\n\r\nbody\r\n"
+        );
+        // The source was not touched: the file is where the client put it.
+        assert!(dir.join("cur/1700.M1.h:2,S").is_file());
+        assert_eq!(std::fs::read_dir(dir.join("new")).unwrap().count(), 0);
+    }
+}

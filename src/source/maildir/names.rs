@@ -137,10 +137,7 @@ mod tests {
         let l = letters(&fl, &mut kw);
         assert_eq!(l, "PRSab");
         let back = flags(Some(&l), "x", &kw);
-        assert!(crate::spool::same_flag_set(
-            &back,
-            &fl[..4].iter().cloned().collect::<Vec<_>>()
-        ));
+        assert!(crate::spool::same_flag_set(&back, &fl[..4]));
     }
 
     #[test]
