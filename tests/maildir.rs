@@ -668,4 +668,12 @@ fn bad_input_is_reported_and_the_other_mailboxes_go_on() {
         !text.contains("hidden") && !text.contains("leftover"),
         "{text}"
     );
+
+    // `cutover check` lists what it would read, and names the same problems.
+    let out = cutover(&config, &["check"]);
+    let text = stdout(&out);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("alice@example.test (Maildir): FAILED"), "{text}");
+    assert!(text.contains("carol@example.test (Maildir): ok"), "{text}");
+    assert!(text.contains("notice:") && text.contains(".Linked"), "{text}");
 }
