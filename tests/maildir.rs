@@ -673,7 +673,13 @@ fn bad_input_is_reported_and_the_other_mailboxes_go_on() {
     let out = cutover(&config, &["check"]);
     let text = stdout(&out);
     assert_ne!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("alice@example.test (Maildir): FAILED"), "{text}");
+    assert!(
+        text.contains("alice@example.test (Maildir): FAILED"),
+        "{text}"
+    );
     assert!(text.contains("carol@example.test (Maildir): ok"), "{text}");
-    assert!(text.contains("notice:") && text.contains(".Linked"), "{text}");
+    assert!(
+        text.contains("notice:") && text.contains(".Linked"),
+        "{text}"
+    );
 }

@@ -155,3 +155,138 @@ fn beyond_max_items(folders: &[Folder], max: u64) -> HashMap<String, HashSet<Str
     }
     beyond
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MaildirLayout;
+    use crate::spool::MessageState;
+
+    fn put(dir: &Path, name: &str, body: &str, mtime: i64) {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime as u64))
+            .unwrap();
+    }
+
+    fn read(spool: &Spool, root: &Path, limits: &MailboxLimits) -> SourceReport {
+        let layout = Layout {
+            layout: MaildirLayout::MaildirPlusPlus,
+            list: vec![],
+            prefix: None,
+        };
+        let opts = SourceOptions {
+            max_message_bytes: 1 << 20,
+            fetch_batch_bytes: 1 << 20,
+            fetch_batch_count: 100,
+        };
+        read_mailbox(
+            spool,
+            "m",
+            root,
+            &layout,
+            &|_, _| true,
+            &opts,
+            limits,
+            &mut |_| {},
+        )
+        .unwrap()
+    }
+
+    fn records(spool: &Spool) -> Vec<crate::spool::MessageRecord> {
+        let st = spool.folder("m", "INBOX").unwrap().unwrap();
+        spool.messages("m", "INBOX", st.uidvalidity).unwrap()
+    }
+
+    #[test]
+    fn limits_stable_uids_and_a_uidlist_that_appears_later() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("Maildir");
+        for s in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(root.join(s)).unwrap();
+        }
+        let spool = Spool::open(&d.path().join("spool")).unwrap();
+        put(
+            &root.join("cur"),
+            "1.M1.h:2,S",
+            "Subject: old\r\n\r\nx\r\n",
+            1_000,
+        );
+        put(
+            &root.join("cur"),
+            "2.M2.h:2,",
+            "Subject: mid\r\n\r\ny\r\n",
+            2_000,
+        );
+        let long = format!("Subject: long\r\n\r\n{}\r\n", "z".repeat(3000));
+        put(&root.join("new"), "3.M3.h", &long, 3_000);
+        let limits = MailboxLimits {
+            max_items: 2,
+            max_line_length: 1000,
+            ..Default::default()
+        };
+        let r = read(&spool, &root, &limits);
+        assert_eq!(r.skipped, 2, "{:?}", r.skipped_details);
+        let recs = records(&spool);
+        assert_eq!(recs.len(), 3);
+        let state = |ts: i64| &recs.iter().find(|r| r.internal_ts == ts).unwrap().state;
+        assert!(
+            matches!(state(1_000), MessageState::Skipped { reason } if reason.contains("max_items_per_mailbox")),
+            "the oldest is beyond the limit"
+        );
+        assert!(matches!(state(2_000), MessageState::Spooled));
+        assert!(
+            matches!(state(3_000), MessageState::Skipped { reason } if reason.contains("max_line_length"))
+        );
+        let uids: Vec<(u32, i64)> = recs.iter().map(|r| (r.uid, r.internal_ts)).collect();
+
+        // Renamed (flags) and moved (new/ -> cur/): same UIDs, flags follow, nothing new.
+        std::fs::rename(root.join("cur/2.M2.h:2,"), root.join("cur/2.M2.h:2,FS")).unwrap();
+        std::fs::rename(root.join("new/3.M3.h"), root.join("cur/3.M3.h:2,S")).unwrap();
+        let r = read(&spool, &root, &limits);
+        assert_eq!((r.new_messages, r.flag_changes), (0, 2), "{r:?}");
+        let again = records(&spool);
+        assert_eq!(
+            again
+                .iter()
+                .map(|r| (r.uid, r.internal_ts))
+                .collect::<Vec<_>>(),
+            uids
+        );
+        let mid = again.iter().find(|r| r.internal_ts == 2_000).unwrap();
+        assert!(crate::spool::same_flag_set(
+            &mid.flags,
+            &["\\Flagged".to_string(), "\\Seen".to_string()]
+        ));
+
+        // Dovecot starts on these files and writes its uidlist: a new UIDVALIDITY, whose
+        // messages take over the records of the old one by content (nothing sent twice).
+        let old_uv = spool.folder("m", "INBOX").unwrap().unwrap().uidvalidity;
+        std::fs::write(
+            root.join("dovecot-uidlist"),
+            "3 V4242 N11 G0\n7 :1.M1.h\n8 :2.M2.h\n9 :3.M3.h\n",
+        )
+        .unwrap();
+        let r = read(&spool, &root, &limits);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        let st = spool.folder("m", "INBOX").unwrap().unwrap();
+        assert_eq!((st.uidvalidity, st.uidnext), (4242, 11));
+        assert_ne!(old_uv, 4242);
+        assert_eq!(spool.generations("m", "INBOX").unwrap(), vec![4242]);
+        let recs = records(&spool);
+        let uids: Vec<u32> = recs.iter().map(|r| r.uid).collect();
+        assert_eq!(uids, vec![7, 8, 9], "Dovecot's UIDs");
+        // The one spooled message is carried over by content (counted as read, as over
+        // IMAP); the two skipped ones are decided again, the same way.
+        assert_eq!((r.new_messages, r.skipped), (1, 2), "{r:?}");
+        let spooled = recs
+            .iter()
+            .filter(|r| matches!(r.state, MessageState::Spooled))
+            .count();
+        assert_eq!(spooled, 1);
+    }
+}
