@@ -255,6 +255,10 @@ pub fn read_folder(
             on_progress(Progress::Fetching);
         }
         for (uid, entry, flags) in wanted {
+            // Read in an earlier window and not written yet (moved to cur/ meanwhile).
+            if !batch.uids.insert(uid) {
+                continue;
+            }
             read_one(
                 cx,
                 folder,
@@ -369,6 +373,8 @@ pub fn read_folder(
 struct Batch {
     records: Vec<MessageRecord>,
     carries: Vec<((u32, u32), MessageRecord)>,
+    /// The UIDs of `records` and `carries`.
+    uids: HashSet<u32>,
     bytes: u64,
     ramp: u32,
 }
@@ -409,6 +415,7 @@ impl Batch {
         }
         self.records.clear();
         self.carries.clear();
+        self.uids.clear();
         self.bytes = 0;
         Ok(())
     }
