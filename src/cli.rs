@@ -126,6 +126,42 @@ pub async fn check(config: &Path) -> anyhow::Result<bool> {
     for a in &accts.accounts {
         bar.set_message(a.email.clone());
         bar.inc(1);
+        if engine.config.source.kind == crate::config::SourceKind::Maildir {
+            match check_maildir(&engine, a) {
+                Ok(lines) => {
+                    say!(bar, "{} (Maildir): ok", a.email);
+                    for l in lines {
+                        say!(bar, "  {l}");
+                    }
+                }
+                Err(e) => {
+                    say!(bar, "{} (Maildir): FAILED: {e}", a.email);
+                    all_ok = false;
+                    continue;
+                }
+            }
+            let dst = match engine.dest_login(&a.email) {
+                Ok(login) => login.credentials().await,
+                Err(e) => Err(e),
+            };
+            match dst {
+                Ok(dst) => match engine.upstream.session(&dst).await {
+                    Ok(c) => {
+                        say!(bar, "  destination login as {}: ok", a.email);
+                        c.logout().await;
+                    }
+                    Err(e) => {
+                        say!(bar, "  destination login as {}: FAILED: {e}", a.email);
+                        all_ok = false;
+                    }
+                },
+                Err(e) => {
+                    say!(bar, "  destination login as {}: FAILED: {e}", a.email);
+                    all_ok = false;
+                }
+            }
+            continue;
+        }
         let src = engine
             .config
             .source
@@ -173,6 +209,79 @@ pub async fn check(config: &Path) -> anyhow::Result<bool> {
     }
     bar.finish_and_clear();
     Ok(all_ok)
+}
+
+/// `cutover check` of a Maildir source: its folders with their file counts and sizes.
+fn check_maildir(engine: &Engine, a: &accounts::Account) -> anyhow::Result<Vec<String>> {
+    let root = engine.config.source.maildir_root(&a.username, &a.email)?;
+    let mut problems = Vec::new();
+    let folders =
+        crate::source::maildir::tree::folders(&root, &engine.maildir_layout(), &mut problems)
+            .map_err(anyhow::Error::msg)?;
+    let mut lines = vec![format!("root {}", root.display())];
+    for f in folders {
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for sub in ["cur", "new"] {
+            for e in std::fs::read_dir(f.dir.join(sub))?.flatten() {
+                let name = e.file_name();
+                let is_mail = name
+                    .to_str()
+                    .is_some_and(|n| crate::source::maildir::names::not_mail(n).is_none());
+                if is_mail && e.file_type().is_ok_and(|t| t.is_file()) {
+                    count += 1;
+                    bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+            }
+        }
+        lines.push(format!(
+            "{:<40} {:>8} messages {:>14} bytes",
+            f.name, count, bytes
+        ));
+    }
+    lines.extend(problems.into_iter().map(|p| format!("notice: {p}")));
+    Ok(lines)
+}
+
+/// `cutover export`: the spool's copy of a mailbox as a Maildir++ tree at `to`.
+pub fn export(
+    config: &Path,
+    mailbox: &str,
+    to: &Path,
+    folder: Option<&str>,
+) -> anyhow::Result<bool> {
+    let (cfg, _) = load(config)?;
+    let spool = crate::spool::Spool::open(&cfg.spool.path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the spool at {} (is the daemon running? stop it for the export): {e}",
+            cfg.spool.path.display()
+        )
+    })?;
+    let id = mailbox.trim().to_ascii_lowercase();
+    let id = if spool.mailbox(&id)?.is_some() || spool.folders(&id).map(|f| !f.is_empty())? {
+        id
+    } else {
+        mailbox.to_string()
+    };
+    let r = crate::export::export(&spool, &id, to, folder)?;
+    for (name, dir, n) in &r.folders {
+        println!("{name:<40} {n:>8} messages  {}", dir.display());
+    }
+    println!(
+        "{} messages, {} bytes written to {}",
+        r.messages,
+        r.bytes,
+        to.display()
+    );
+    if r.without_body > 0 {
+        println!(
+            "{} message(s) skipped during the migration have no body in the spool and are not in the export",
+            r.without_body
+        );
+    }
+    for n in &r.notes {
+        println!("notice: {n}");
+    }
+    Ok(true)
 }
 
 async fn check_source(

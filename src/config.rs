@@ -278,10 +278,65 @@ pub enum AuthMech {
     XOAuth2,
 }
 
-/// `[source]` and `[upstream]`: one IMAP server.
+/// Where `[source]` reads mail from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum SourceKind {
+    /// An IMAP server (`host`, `port`, logins). The default.
+    #[default]
+    #[serde(rename = "imap")]
+    Imap,
+    /// Maildir trees on a local (or mounted) disk, one per mailbox at `path`: for a
+    /// legacy server whose IMAP daemon is gone, slow or limited, or a backup of its disk.
+    /// No passwords are needed. See [`crate::source::maildir`].
+    #[serde(rename = "maildir")]
+    Maildir,
+}
+
+/// How the folders of a Maildir source are laid out below its root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum MaildirLayout {
+    /// Maildir++ (Courier, Dovecot's default, qmail/vpopmail): INBOX is the root, the
+    /// other folders are `.Name` directories beside `cur/`, hierarchy with `.`
+    /// (`.Work.Projects`), names in modified UTF-7.
+    #[default]
+    #[serde(rename = "maildir++")]
+    MaildirPlusPlus,
+    /// Dovecot's `LAYOUT=fs`: folders are subdirectories (`Work/Projects`), each a
+    /// Maildir of its own; INBOX is the root (or `INBOX/` where it exists).
+    #[serde(rename = "fs")]
+    Fs,
+    /// Only the folders of `folders` (name -> directory relative to the root).
+    #[serde(rename = "list")]
+    List,
+}
+
+/// `[source]` and `[upstream]`: one IMAP server (or, `[source]` only, Maildir trees).
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
+    /// `[source]` only: `"imap"` (the default) or `"maildir"`.
+    #[serde(default)]
+    pub kind: SourceKind,
+    /// `kind = "maildir"`: the Maildir root of each mailbox, a template with `{user}`
+    /// (the CSV's UserName), `{localpart}` and `{domain}` (of UserName when it holds an
+    /// `@`, else of EmailAddress), e.g. `/srv/vmail/{domain}/{localpart}/Maildir`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `kind = "maildir"`: the folder layout below the root.
+    #[serde(default)]
+    pub layout: MaildirLayout,
+    /// `kind = "maildir"`, `layout = "list"`: folder name -> directory (relative to the
+    /// root, `"."` for the root itself). Names use `folder_delimiter`.
+    #[serde(default)]
+    pub folders: std::collections::BTreeMap<String, String>,
+    /// `kind = "maildir"`: the folder names given to the spool are those an IMAP server
+    /// on the same files would list, so that a later switch to reading over IMAP
+    /// continues where the Maildir read stopped. Default `"INBOX."` for Maildir++
+    /// (Courier's namespace; Dovecot's with `prefix = INBOX.`), `""` otherwise.
+    #[serde(default)]
+    pub folder_prefix: Option<String>,
+    /// Required for `kind = "imap"`.
+    #[serde(default)]
     pub host: String,
     /// Unset means the standard port for [`ServerConfig::tls`]; use [`ServerConfig::port`].
     #[serde(default, rename = "port")]
@@ -384,6 +439,11 @@ impl fmt::Debug for ServerConfig {
     // Hand-written only to keep the field order readable; secrets are `Secret` anyway.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerConfig")
+            .field("kind", &self.kind)
+            .field("path", &self.path)
+            .field("layout", &self.layout)
+            .field("folders", &self.folders)
+            .field("folder_prefix", &self.folder_prefix)
             .field("host", &self.host)
             .field("port", &self.port())
             .field("tls", &self.tls)
@@ -681,6 +741,11 @@ impl Config {
         {
             resolve(p);
         }
+        if let Some(t) = &mut self.source.path {
+            if Path::new(t.as_str()).is_relative() && !base.as_os_str().is_empty() {
+                *t = base.join(t.as_str()).to_string_lossy().into_owned();
+            }
+        }
         for server in [&mut self.source, &mut self.upstream] {
             for p in [
                 &mut server.tls_ca_file,
@@ -716,6 +781,36 @@ impl Config {
                 message,
             }
         };
+        if server.kind == SourceKind::Maildir {
+            if is_upstream {
+                return Err(invalid(
+                    "kind",
+                    "\"maildir\" is only supported for [source]; the destination is IMAP".into(),
+                ));
+            }
+            let Some(path) = &server.path else {
+                return Err(invalid(
+                    "path",
+                    "is required with kind = \"maildir\": the Maildir root of each mailbox, \
+                     e.g. \"/srv/vmail/{domain}/{localpart}/Maildir\""
+                        .into(),
+                ));
+            };
+            check_path_template(path).map_err(|m| invalid("path", m))?;
+            if server.layout == MaildirLayout::List && server.folders.is_empty() {
+                return Err(invalid(
+                    "folders",
+                    "layout = \"list\" needs at least one folder (name = \"directory\")".into(),
+                ));
+            }
+            if server.max_connections == 0 {
+                return Err(invalid(
+                    "max_connections",
+                    "must be at least 1 (mailboxes read at once from the disk)".into(),
+                ));
+            }
+            return Ok(());
+        }
         if server.host.trim().is_empty() {
             return Err(invalid("host", "must not be empty".into()));
         }
@@ -1116,7 +1211,79 @@ fn check_template(template: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a Maildir `path` template: known placeholders, and one per mailbox (a fixed
+/// path would read the same Maildir into every mailbox).
+fn check_path_template(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    let mut per_user = false;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unclosed '{{' in {template:?}"));
+        };
+        match &after[..end] {
+            "user" | "localpart" => per_user = true,
+            "domain" => {}
+            other => {
+                return Err(format!(
+                    "unknown placeholder {{{other}}} in {template:?} \
+                     (known: {{user}}, {{localpart}}, {{domain}})"
+                ))
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    if !per_user {
+        return Err(format!(
+            "{template:?} contains neither {{user}} nor {{localpart}}, so every mailbox \
+             would be read from the same Maildir"
+        ));
+    }
+    Ok(())
+}
+
 impl ServerConfig {
+    /// `kind = "maildir"`: the Maildir root of one mailbox (`user` is the CSV's UserName,
+    /// `email` its EmailAddress). A value that would leave the directory the template
+    /// names (`/`, `..`, NUL) is refused: the CSV must not be able to point the source
+    /// at another user's mail or anywhere else on the disk.
+    pub fn maildir_root(&self, user: &str, email: &str) -> Result<PathBuf, ConfigError> {
+        let fail = |message: String| ConfigError::Credentials {
+            user: user.to_string(),
+            message,
+        };
+        let Some(template) = &self.path else {
+            return Err(fail("[source] path is not set".into()));
+        };
+        let (localpart, domain) = match user.rsplit_once('@') {
+            Some(parts) => parts,
+            None => email.rsplit_once('@').unwrap_or((user, "")),
+        };
+        for (what, v) in [("user", user), ("localpart", localpart), ("domain", domain)] {
+            if v.contains('/') || v.contains('\0') || v == "." || v == ".." {
+                return Err(fail(format!(
+                    "{{{what}}} would be {v:?}, which cannot name one directory of the Maildir path"
+                )));
+            }
+        }
+        let mut out = String::new();
+        let mut rest = template.as_str();
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 1..];
+            let end = after.find('}').unwrap_or(after.len());
+            out.push_str(match &after[..end] {
+                "user" => user,
+                "localpart" => localpart,
+                "domain" => domain,
+                _ => "",
+            });
+            rest = after.get(end + 1..).unwrap_or("");
+        }
+        out.push_str(rest);
+        Ok(PathBuf::from(out))
+    }
+
     /// The port to connect to: `port` if set, else 993 for implicit TLS and 143 otherwise.
     pub fn port(&self) -> u16 {
         self.port_override.unwrap_or(match self.tls {
@@ -1757,6 +1924,60 @@ tls_ca_file = "/abs/ca.pem"
             let err = r.unwrap_err().to_string();
             assert!(err.contains("max_delete_percent"), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn maildir_source() {
+        let upstream = "[upstream]\nhost = \"outlook.office365.com\"\n";
+        let text = format!(
+            "mailboxes = \"m.csv\"\n[source]\nkind = \"maildir\"\n\
+             path = \"/srv/vmail/{{domain}}/{{localpart}}/Maildir\"\n{upstream}"
+        );
+        let (_dir, r) = load_str(&text);
+        let c = r.unwrap();
+        assert_eq!(c.source.kind, SourceKind::Maildir);
+        assert_eq!(c.source.layout, MaildirLayout::MaildirPlusPlus);
+        assert_eq!(
+            c.source.maildir_root("alice", "alice@example.com").unwrap(),
+            PathBuf::from("/srv/vmail/example.com/alice/Maildir")
+        );
+        assert_eq!(
+            c.source
+                .maildir_root("bob@other.example", "b@example.com")
+                .unwrap(),
+            PathBuf::from("/srv/vmail/other.example/bob/Maildir")
+        );
+        // A CSV value must not lead out of the directory the template names.
+        for user in ["../root", "a/b", ".."] {
+            let e = c.source.maildir_root(user, "x@example.com").unwrap_err();
+            assert!(e.to_string().contains("cannot name one directory"), "{e}");
+        }
+        for (source, key) in [
+            ("kind = \"maildir\"\n", "source.path"),
+            (
+                "kind = \"maildir\"\npath = \"/srv/{domain}\"\n",
+                "source.path",
+            ),
+            ("kind = \"maildir\"\npath = \"/srv/{usr}\"\n", "source.path"),
+            (
+                "kind = \"maildir\"\npath = \"/srv/{user}\"\nlayout = \"list\"\n",
+                "source.folders",
+            ),
+        ] {
+            let text = format!("mailboxes = \"m.csv\"\n[source]\n{source}{upstream}");
+            let (_dir, r) = load_str(&text);
+            match r {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{source}"),
+                other => panic!("{source}: {other:?}"),
+            }
+        }
+        let text = "mailboxes = \"m.csv\"\n[source]\nhost = \"imap.example\"\n\
+             [upstream]\nkind = \"maildir\"\npath = \"/x/{user}\"\nhost = \"h.example\"\n";
+        let (_dir, r) = load_str(text);
+        assert!(
+            matches!(r, Err(ConfigError::Invalid { ref key, .. }) if key == "upstream.kind"),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -34,6 +34,11 @@ impl Details {
         self.omitted += other.omitted;
     }
 
+    /// Counts `n` more lines that are not kept.
+    pub fn add_omitted(&mut self, n: u64) {
+        self.omitted += n;
+    }
+
     /// The first line, if any was pushed.
     pub fn first(&self) -> Option<&String> {
         self.lines.first()

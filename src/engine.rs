@@ -15,7 +15,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::accounts::Account;
 use crate::budget::Budget;
-use crate::config::{Config, ServerConfig, TlsMode};
+use crate::config::{Config, ServerConfig, SourceKind, TlsMode};
 use crate::details::Details;
 use crate::imap::client::{Client, Endpoint, Security};
 use crate::imap::transport::TlsSettings;
@@ -163,6 +163,27 @@ where
         }
     }
     unreachable!("the last attempt returns")
+}
+
+/// True if `f` is excluded by `[sync] exclude_folders` (see [`Engine::excluded`]).
+fn excluded(config: &Config, f: &ListedFolder, source_prefix: &str) -> bool {
+    let mapper = FolderMapper::new(
+        Namespace {
+            prefix: source_prefix.to_string(),
+            delimiter: f.delimiter,
+        },
+        Namespace::exchange(),
+        &[],
+        &config.sync.folder_map,
+        &config.sync.exclude_folders,
+    );
+    matches!(mapper.map(|m| m.map(f)), Ok(Mapped::Excluded { .. }))
+}
+
+/// How a mailbox's source is read: IMAP with a login, or a Maildir on disk.
+enum SourceAccess {
+    Imap(Credentials),
+    Maildir(std::path::PathBuf),
 }
 
 /// How the destination session of a mailbox logs in: fixed credentials, or an OAuth token
@@ -362,12 +383,17 @@ impl Engine {
             mailbox: mailbox.clone(),
             ..Default::default()
         };
-        let creds = self
-            .config
-            .source
-            .credentials(&account.username, account.password.as_ref())
-            .map_err(anyhow::Error::from)
-            .and_then(|s| self.dest_login(&account.email).map(|d| (s, d)));
+        let source = &self.config.source;
+        let creds = match source.kind {
+            SourceKind::Imap => source
+                .credentials(&account.username, account.password.as_ref())
+                .map(SourceAccess::Imap),
+            SourceKind::Maildir => source
+                .maildir_root(&account.username, &account.email)
+                .map(SourceAccess::Maildir),
+        }
+        .map_err(anyhow::Error::from)
+        .and_then(|s| self.dest_login(&account.email).map(|d| (s, d)));
         let (src_creds, dst_creds) = match creds {
             Ok(c) => c,
             Err(e) => {
@@ -421,6 +447,7 @@ impl Engine {
                 summary.folders = r.folders;
                 summary.errors.extend(r.errors);
                 summary.skipped_details.extend(r.skipped_details);
+                summary.notices.extend(r.notices);
             }
             Ok(Err(e)) => summary.fatal = Some(format!("source: {e}")),
             Err(e) => summary.fatal = Some(format!("source task: {e}")),
@@ -545,28 +572,11 @@ impl Engine {
     /// True if `f` is excluded by `[sync] exclude_folders`, judged with the source's own
     /// namespace so that both `INBOX.Junk` and `Junk` match on a Courier-style server.
     fn excluded(&self, f: &ListedFolder, source_prefix: &str) -> bool {
-        let mapper = FolderMapper::new(
-            Namespace {
-                prefix: source_prefix.to_string(),
-                delimiter: f.delimiter,
-            },
-            Namespace::exchange(),
-            &[],
-            &self.config.sync.folder_map,
-            &self.config.sync.exclude_folders,
-        );
-        matches!(mapper.map(|m| m.map(f)), Ok(Mapped::Excluded { .. }))
+        excluded(&self.config, f, source_prefix)
     }
 
-    async fn run_source(
-        &self,
-        mailbox: &str,
-        creds: &Credentials,
-        handoff: &Handoff,
-    ) -> anyhow::Result<source::SourceReport> {
-        let _slot = self.source.slots.acquire().await?;
-        let opts = self.source_options();
-        let limits = source::MailboxLimits {
+    fn mailbox_limits(&self) -> source::MailboxLimits {
+        source::MailboxLimits {
             max_items: self.config.sync.max_items_per_mailbox,
             max_line_length: self.config.sync.max_line_length,
             deletes: source::DeletePolicy {
@@ -574,7 +584,38 @@ impl Engine {
                 max_percent: self.config.sync.max_delete_percent,
             },
             deleted: self.config.sync.deleted_messages,
+        }
+    }
+
+    /// `[source]`'s Maildir layout.
+    pub fn maildir_layout(&self) -> source::maildir::Layout {
+        let s = &self.config.source;
+        source::maildir::Layout {
+            layout: s.layout,
+            list: s
+                .folders
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            prefix: s.folder_prefix.clone(),
+        }
+    }
+
+    async fn run_source(
+        &self,
+        mailbox: &str,
+        access: &SourceAccess,
+        handoff: &Arc<Handoff>,
+    ) -> anyhow::Result<source::SourceReport> {
+        let creds = match access {
+            SourceAccess::Imap(c) => c,
+            SourceAccess::Maildir(root) => {
+                return self.run_maildir_source(mailbox, root, handoff).await
+            }
         };
+        let _slot = self.source.slots.acquire().await?;
+        let opts = self.source_options();
+        let limits = self.mailbox_limits();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -633,6 +674,46 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// The source of a mailbox read from its Maildir at `root`, on a blocking thread
+    /// (it reads the disk); `[source] max_connections` mailboxes are read at once.
+    async fn run_maildir_source(
+        &self,
+        mailbox: &str,
+        root: &std::path::Path,
+        handoff: &Arc<Handoff>,
+    ) -> anyhow::Result<source::SourceReport> {
+        let _slot = self.source.slots.acquire().await?;
+        let (opts, limits, layout) = (
+            self.source_options(),
+            self.mailbox_limits(),
+            self.maildir_layout(),
+        );
+        let (spool, config, handoff) = (self.spool.clone(), self.config.clone(), handoff.clone());
+        let (mailbox, root) = (mailbox.to_string(), root.to_path_buf());
+        let r = tokio::task::spawn_blocking(move || {
+            source::maildir::read_mailbox(
+                &spool,
+                &mailbox,
+                &root,
+                &layout,
+                &|f, prefix| !excluded(&config, f, prefix),
+                &opts,
+                &limits,
+                &mut |p| {
+                    match p {
+                        source::Progress::Fetching => {
+                            handoff.fetching.store(true, Ordering::SeqCst)
+                        }
+                        source::Progress::Spooled { folder } => handoff.dirty(folder),
+                    }
+                    handoff.wake.notify_one()
+                },
+            )
+        })
+        .await?;
+        Ok(r?)
     }
 
     /// Pushes the mailbox's spool to the destination until the source is done and

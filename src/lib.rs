@@ -15,6 +15,7 @@ pub mod demo;
 pub mod details;
 pub mod duration;
 pub mod engine;
+pub mod export;
 pub mod fleet;
 pub mod imap;
 pub mod legacy_servers;

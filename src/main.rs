@@ -93,6 +93,19 @@ enum Command {
         #[command(subcommand)]
         letter: NotifyCommand,
     },
+    /// Write what the spool holds for a mailbox as a Maildir++ tree (folders, flags,
+    /// INTERNALDATE as mtime): an archive of what was migrated, without the destination.
+    Export {
+        /// The mailbox (EmailAddress).
+        #[arg(long)]
+        mailbox: String,
+        /// A new or empty directory, the Maildir root.
+        #[arg(long)]
+        to: PathBuf,
+        /// Only this folder (its source name, as `cutover status` shows it).
+        #[arg(long)]
+        folder: Option<String>,
+    },
     /// Start a local source and destination Dovecot with sample mailboxes and migrate
     /// them with the daemon, its status page on http://127.0.0.1:8080, until Ctrl-C.
     Demo {
@@ -301,6 +314,11 @@ fn main() -> ExitCode {
                         list,
                     },
             } => cutover::fleet::plan::run(&cli.config, shards, !no_sizes, list).await,
+            Command::Export {
+                mailbox,
+                to,
+                folder,
+            } => cutover::cli::export(&cli.config, &mailbox, &to, folder.as_deref()),
         }
     });
     match result {

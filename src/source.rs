@@ -11,6 +11,8 @@
 //! upstream to delete at the destination, unless that would be more than
 //! `max_delete_percent` of the folder: then nothing is recorded and the read reports it.
 
+pub mod maildir;
+
 use std::collections::{HashMap, HashSet};
 
 use crate::details::Details;
@@ -44,6 +46,9 @@ pub struct SourceReport {
     pub skipped_details: Details,
     /// Per-folder problems, already phrased for the admin (folder and server text).
     pub errors: Details,
+    /// What the admin should know although nothing failed (a Maildir's files that are
+    /// not mail, symbolic links not followed), one line each (the first ones).
+    pub notices: Details,
     /// Messages found expunged at the source in this read and recorded as such (with
     /// `propagate_deletes`; the upstream deletes those that reached the destination).
     pub expunged: u64,
@@ -172,6 +177,10 @@ pub enum SourceError {
     Imap(#[from] crate::imap::ImapError),
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
+    /// A Maildir source's mailbox that cannot be read at all (its root is missing or is
+    /// not a Maildir), with the path.
+    #[error("{0}")]
+    Maildir(String),
 }
 
 /// Lists the selectable source folders of the personal namespace, and its prefix.
@@ -256,8 +265,8 @@ fn virtual_folder(f: &ListedFolder) -> bool {
 
 /// Size of a folder's first body batch, in bytes and messages; each next batch doubles,
 /// up to `fetch_batch_bytes` and `fetch_batch_count`.
-const FIRST_BATCH_BYTES: u64 = 256 * 1024;
-const FIRST_BATCH_COUNT: usize = 16;
+pub(crate) const FIRST_BATCH_BYTES: u64 = 256 * 1024;
+pub(crate) const FIRST_BATCH_COUNT: usize = 16;
 
 /// What the source reports while it reads (see [`read_mailbox`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -877,7 +886,7 @@ async fn read_folder(
 
 /// Writes the folder's state, keeping the destination the upstream may have recorded
 /// for it meanwhile (`dest_name` is the upstream's to set).
-fn put_folder_keeping_dest(
+pub(crate) fn put_folder_keeping_dest(
     spool: &Spool,
     mailbox: &str,
     state: &mut FolderState,
@@ -894,7 +903,7 @@ fn put_folder_keeping_dest(
 /// `Expunged` where none is. Over the policy's percentage nothing is recorded and the
 /// refusal is reported, every read, until the limit is raised or the mail comes back.
 #[allow(clippy::too_many_arguments)]
-fn record_expunges(
+pub(crate) fn record_expunges(
     spool: &Spool,
     mailbox: &str,
     folder: &str,
@@ -1077,7 +1086,7 @@ fn carries_message_id(head: &[u8], own: Option<&[u8]>) -> bool {
     own.is_some_and(|id| head.windows(id.len()).any(|w| w == id))
 }
 
-fn header_block(body: &[u8]) -> &[u8] {
+pub(crate) fn header_block(body: &[u8]) -> &[u8] {
     let end = body
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -1090,7 +1099,7 @@ fn header_block(body: &[u8]) -> &[u8] {
 /// by content, for the new generation's messages to take over what reached the
 /// destination (see [`Spool::carry`]).
 #[derive(Default)]
-struct Carried {
+pub(crate) struct Carried {
     /// Content hash -> (UIDVALIDITY, UID, INTERNALDATE) of the old records, in UID order.
     by_hash: HashMap<BodyHash, Vec<(u32, u32, i64)>>,
 }
@@ -1099,7 +1108,7 @@ impl Carried {
     /// Every old record with a body counts, whatever its state: [`Spool::carry`] reads the
     /// state it takes over at the moment it moves the record, and the old record is then
     /// gone, so the upstream cannot also send it under its old UID.
-    fn add(&mut self, uv: u32, rec: &MessageRecord) {
+    pub(crate) fn add(&mut self, uv: u32, rec: &MessageRecord) {
         if rec.state.is_live() && !matches!(rec.state, MessageState::Skipped { .. }) {
             self.by_hash
                 .entry(rec.hash)
@@ -1111,7 +1120,7 @@ impl Carried {
     /// The old record a new message with this content and INTERNALDATE takes over: of
     /// identical copies, the first in UID order with the same INTERNALDATE, else the first,
     /// so that copies pair up in the order they were filed and keep their own flags.
-    fn take(&mut self, hash: &BodyHash, internal_ts: i64) -> Option<(u32, u32)> {
+    pub(crate) fn take(&mut self, hash: &BodyHash, internal_ts: i64) -> Option<(u32, u32)> {
         let list = self.by_hash.get_mut(hash)?;
         let i = list
             .iter()

@@ -222,6 +222,12 @@ pub async fn before(
             return Ok(Delivery::Already(at));
         }
     }
+    if engine.config.source.kind == crate::config::SourceKind::Maildir {
+        anyhow::bail!(
+            "the notice is put into the INBOX at the source over IMAP, and this [source] is a \
+             Maildir, which cutover only reads (never writes); deliver the notice by mail instead"
+        );
+    }
     let creds = engine
         .config
         .source

@@ -17,6 +17,8 @@
 //!   value (see `chunks.rs` for why and how). Spools of older versions kept one record
 //!   per value in the `messages` tree; they are packed when the spool is opened
 //!   (`legacy.rs`).
+//! - `maildir_ids`: the UIDs given to the files of Maildir sources (see
+//!   `maildir_ids.rs`).
 //! - the default tree holds `body_hash`, the name of the spool's [`BodyHasher`].
 //!   The big-endian integers make a prefix scan return a folder's messages in UID order.
 //!
@@ -62,6 +64,7 @@ mod body_log;
 mod chunks;
 mod compact;
 mod legacy;
+mod maildir_ids;
 mod messages;
 mod notices;
 mod notified;
@@ -73,6 +76,7 @@ mod records;
 use bincode::Options;
 use body_log::{BodyLog, Stored};
 pub use compact::{CompactReport, Compactor};
+pub use maildir_ids::MaildirName;
 pub use messages::OwnedAtDest;
 pub use notices::MAX_NOTICES;
 pub use notified::{is_own_notice, Notified, OWN_NOTICE_REASON};
@@ -269,6 +273,8 @@ pub struct Spool {
     folders: sled::Tree,
     /// The packed message records (`chunks.rs`).
     messages: sled::Tree,
+    /// UIDs given to the files of Maildir sources (`maildir_ids.rs`).
+    maildir_ids: sled::Tree,
     /// The segment files that hold the bodies; `bodies` is their index.
     body_log: Arc<BodyLog>,
     /// See [`Spool::set_compress_inline`].
@@ -393,6 +399,7 @@ impl Spool {
             bodies,
             mailboxes: db.open_tree("mailboxes")?,
             folders: db.open_tree("folders")?,
+            maildir_ids: db.open_tree("maildir_ids")?,
             messages,
             body_log,
             compress_inline: Arc::new(AtomicBool::new(false)),
