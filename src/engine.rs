@@ -828,6 +828,9 @@ impl Engine {
                     );
                 }
                 Fault::Transient => {
+                    // The reconnect and the recovery after it are no rate the destination
+                    // set: the limiter measures afresh from the next send.
+                    limiter.on_interrupted();
                     if backoff.attempts() >= UPSTREAM_RETRY_LIMIT {
                         return Err(e.context(format!(
                             "destination connection lost {} times without progress; giving up",

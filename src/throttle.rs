@@ -9,11 +9,12 @@
 //! - [`TokenBucket`]: messages/s and bytes/s, with a burst allowance. [`Limits`] holds the
 //!   global buckets (all mailboxes together) and makes a [`MailboxLimiter`] per mailbox,
 //!   which waits on its own buckets first and then on the global ones.
-//! - AIMD per mailbox: every throttle halves that mailbox's message rate (multiplicative
-//!   decrease; without a configured rate, the first throttle starts from the rate actually
-//!   observed), every batch that goes through raises it by 5 % of that starting point (at
-//!   least 1 msg/s; additive increase), up to the configured rate if there is one. Other
-//!   mailboxes are not slowed down by one mailbox's throttling.
+//! - Per mailbox, a [`controller::Controller`] learns the destination's budget from its
+//!   throttles and settles under it instead of sawing across it: a throttle's rate, measured
+//!   only while nothing but the limiter (or full speed) held the mailbox back, becomes a
+//!   ceiling the mailbox holds 5 % under, floored by what it recently sustained and probed
+//!   upwards now and then (see that module). Other mailboxes are not slowed down by one
+//!   mailbox's throttling.
 //! - [`Backoff`]: capped exponential backoff with jitter for transient faults.
 
 use std::sync::{Arc, Mutex};
@@ -23,12 +24,15 @@ use tokio::time::Instant;
 
 use crate::imap::client::ImapError;
 
+pub mod controller;
+
+use controller::Controller;
+pub use controller::MIN_RATE;
+
 /// The longest suggested backoff honoured as given; longer ones are cut to this (and logged).
 pub const MAX_SUGGESTED_BACKOFF: Duration = Duration::from_secs(600);
 /// Backoff used when Exchange says "throttled" without suggesting a time.
 pub const DEFAULT_THROTTLE_BACKOFF: Duration = Duration::from_secs(5);
-/// AIMD never goes below this many messages per second.
-pub const MIN_RATE: f64 = 0.2;
 
 /// What an error from the destination means for the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +200,13 @@ impl TokenBucket {
         self.capacity
     }
 
+    /// Spends everything saved: after a throttle the destination's own bucket is empty,
+    /// and a burst saved here would only be throttled again.
+    fn drain(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens = self.tokens.min(0.0);
+    }
+
     fn refill(&mut self, now: Instant) {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + dt * self.rate).min(self.capacity);
@@ -204,7 +215,11 @@ impl TokenBucket {
 
     /// Changes the rate (tokens already saved are kept, up to the new capacity).
     pub fn set_rate(&mut self, rate: f64, capacity: f64) {
-        self.refill(Instant::now());
+        self.set_rate_at(rate, capacity, Instant::now());
+    }
+
+    fn set_rate_at(&mut self, rate: f64, capacity: f64, now: Instant) {
+        self.refill(now);
         self.rate = rate;
         self.capacity = capacity.max(1.0);
         self.tokens = self.tokens.min(self.capacity);
@@ -295,7 +310,7 @@ impl Limits {
         &self.settings
     }
 
-    /// A limiter for one mailbox (its own buckets and AIMD state).
+    /// A limiter for one mailbox (its own buckets and controller).
     pub fn mailbox(self: &Arc<Self>) -> MailboxLimiter {
         let s = &self.settings;
         MailboxLimiter {
@@ -305,12 +320,9 @@ impl Limits {
                     .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner())),
                 bytes: bucket(s.bytes_per_second, s.burst)
                     .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner())),
-                ceiling: (s.messages_per_second > 0.0).then_some(s.messages_per_second),
-                step: (s.messages_per_second * 0.05).max(1.0),
+                control: Controller::new(Some(s.messages_per_second)),
                 throttled: 0,
                 backoff_total: Duration::ZERO,
-                window_start: Instant::now(),
-                window_msgs: 0,
             }),
         }
     }
@@ -320,15 +332,36 @@ impl Limits {
 struct MailboxState {
     msgs: Option<TokenBucket>,
     bytes: Option<TokenBucket>,
-    /// The rate AIMD climbs back to: the configured one (None: no upper bound).
-    ceiling: Option<f64>,
-    /// Additive increase per clean batch, messages/s.
-    step: f64,
+    /// Decides the message rate; `msgs` follows it.
+    control: Controller,
     throttled: u64,
     backoff_total: Duration,
-    /// For the observed rate (used when a throttle hits a mailbox without a configured rate).
-    window_start: Instant,
-    window_msgs: u64,
+}
+
+impl MailboxState {
+    /// Puts the controller's rate into the message bucket (made on the first limit).
+    fn apply(&mut self, burst: f64, now: Instant, drain: bool) {
+        let Some(rate) = self.control.rate() else {
+            return;
+        };
+        match self.msgs.as_mut() {
+            Some(b) => {
+                if b.rate() != rate {
+                    b.set_rate_at(rate, rate * burst, now);
+                }
+            }
+            None => {
+                let mut b = TokenBucket::new(rate, rate * burst);
+                b.last = now;
+                self.msgs = Some(b);
+            }
+        }
+        if drain {
+            if let Some(b) = self.msgs.as_mut() {
+                b.drain(now);
+            }
+        }
+    }
 }
 
 /// Throttling state of one mailbox, as shown in the summary.
@@ -340,9 +373,11 @@ pub struct ThrottleStats {
     pub backoff: Duration,
     /// The mailbox's current message rate limit (None: unlimited).
     pub rate: Option<f64>,
+    /// The learned ceiling: a rate the destination refused, raised by probes since.
+    pub ceiling: Option<f64>,
 }
 
-/// One mailbox's buckets and AIMD state, plus the global buckets.
+/// One mailbox's buckets and controller, plus the global buckets.
 #[derive(Debug)]
 pub struct MailboxLimiter {
     limits: Arc<Limits>,
@@ -365,6 +400,8 @@ impl MailboxLimiter {
 
     /// Waits until one message of `bytes` may be sent (mailbox buckets, then global ones).
     pub async fn acquire(&self, bytes: u64) {
+        let asked = Instant::now();
+        let mut held = false;
         loop {
             let wait = {
                 let mut st = self.lock();
@@ -394,7 +431,10 @@ impl MailboxLimiter {
                 }
             };
             match wait {
-                Some(w) => tokio::time::sleep(w).await,
+                Some(w) => {
+                    held = true;
+                    tokio::time::sleep(w).await
+                }
                 None => break,
             }
         }
@@ -404,56 +444,41 @@ impl MailboxLimiter {
         if let Some(b) = &self.limits.global_bytes {
             take(b, bytes as f64).await;
         }
+        let now = Instant::now();
+        self.lock()
+            .control
+            .on_send(now, now.saturating_duration_since(asked), held);
     }
 
-    /// `n` messages were appended; `clean`: their batch met no throttle, so the rate goes up
-    /// by one step (additive increase), up to the configured rate if any.
+    /// `n` messages were appended; `clean`: their batch met no throttle, so the rate may
+    /// go up (see [`Controller::on_clean`]).
     pub fn on_appended(&self, n: u64, clean: bool) {
-        let burst = self.limits.settings.burst;
-        let mut st = self.lock();
-        st.window_msgs += n;
         if !clean || n == 0 {
             return;
         }
-        let (step, ceiling) = (st.step, st.ceiling.unwrap_or(f64::INFINITY));
-        if let Some(b) = st.msgs.as_mut() {
-            if b.rate() < ceiling {
-                let rate = (b.rate() + step).min(ceiling);
-                b.set_rate(rate, rate * burst);
-            }
-        }
+        let burst = self.limits.settings.burst;
+        let mut st = self.lock();
+        let now = Instant::now();
+        st.control.on_clean(now, n);
+        st.apply(burst, now, false);
     }
 
-    /// The destination throttled this mailbox: multiplicative decrease. Returns the new
-    /// message rate.
+    /// The session ended for a reason other than a throttle (a dropped connection, an
+    /// expired session): the time until the next send is not a rate the destination set.
+    pub fn on_interrupted(&self) {
+        self.lock().control.on_interrupted();
+    }
+
+    /// The destination throttled this mailbox, which will pause for `backoff`. Returns the
+    /// new message rate (infinite: still unlimited, nothing learned).
     pub fn on_throttle(&self, backoff: Duration) -> f64 {
         let burst = self.limits.settings.burst;
         let mut st = self.lock();
+        let now = Instant::now();
         st.throttled += 1;
         st.backoff_total += backoff;
-        let current = match &st.msgs {
-            Some(b) => b.rate(),
-            None => {
-                // No limit yet: start from what we were actually doing.
-                let secs = st.window_start.elapsed().as_secs_f64().max(1.0);
-                (st.window_msgs as f64 / secs).max(MIN_RATE * 2.0)
-            }
-        };
-        if st.ceiling.is_none() && st.throttled == 1 {
-            st.step = (current * 0.05).max(1.0);
-        }
-        let rate = (current / 2.0).max(MIN_RATE);
-        match st.msgs.as_mut() {
-            Some(b) => b.set_rate(rate, rate * burst),
-            None => {
-                let mut b = TokenBucket::new(rate, rate * burst);
-                // Start empty: the point is to slow down now.
-                b.tokens = 0.0;
-                st.msgs = Some(b);
-            }
-        }
-        st.window_start = Instant::now();
-        st.window_msgs = 0;
+        let rate = st.control.on_throttle(now);
+        st.apply(burst, now, true);
         rate
     }
 
@@ -463,6 +488,7 @@ impl MailboxLimiter {
             throttled: st.throttled,
             backoff: st.backoff_total,
             rate: st.msgs.as_ref().map(|b| b.rate()),
+            ceiling: st.control.ceiling().map(|c| c.rate),
         }
     }
 }
@@ -667,56 +693,58 @@ mod tests {
         assert!((3.9..=4.6).contains(&secs), "{secs}");
     }
 
+    /// The limiter feeds its controller what it sees: sends held back by the bucket at the
+    /// configured rate make a throttle's ceiling that rate; the rate halves, drains the
+    /// bucket, and climbs back to 5 % under the ceiling.
     #[tokio::test(start_paused = true)]
-    async fn aimd_halves_and_recovers() {
+    async fn limiter_learns_from_its_sends() {
         let limits = Limits::new(RateSettings {
             messages_per_second: 40.0,
             burst: 1.0,
             ..Default::default()
         });
         let m = limits.mailbox();
-        assert_eq!(m.on_throttle(Duration::from_millis(100)), 20.0);
-        assert_eq!(m.on_throttle(Duration::from_millis(100)), 10.0);
+        for _ in 0..200 {
+            m.acquire(100).await;
+        }
+        assert_eq!(m.on_throttle(Duration::from_millis(100)), 28.0);
         let s = m.stats();
-        assert_eq!(s.throttled, 2);
-        assert_eq!(s.backoff, Duration::from_millis(200));
-        assert_eq!(s.rate, Some(10.0));
+        assert_eq!(s.throttled, 1);
+        assert_eq!(s.backoff, Duration::from_millis(100));
+        assert_eq!(s.rate, Some(28.0), "cut to 70 % of the rate it was held at");
+        assert_eq!(s.ceiling, Some(40.0), "held at 40/s by its own limiter");
+        let start = Instant::now();
+        m.acquire(100).await;
+        assert!(
+            start.elapsed() >= Duration::from_millis(35),
+            "the bucket was drained"
+        );
         m.on_appended(10, false);
         assert_eq!(
             m.stats().rate,
-            Some(10.0),
-            "a throttled batch does not raise the rate"
+            Some(28.0),
+            "a throttled batch changes nothing"
         );
         m.on_appended(10, true);
-        assert_eq!(m.stats().rate, Some(12.0), "5 % of 40 per clean batch");
+        assert_eq!(m.stats().rate, Some(30.0), "5 % of 40 per clean batch");
         for _ in 0..100 {
             m.on_appended(10, true);
         }
-        assert_eq!(
-            m.stats().rate,
-            Some(40.0),
-            "climbs back to the configured rate"
-        );
+        assert_eq!(m.stats().rate, Some(38.0), "5 % under the ceiling");
 
-        // Unlimited: the first throttle sets a limit from the observed rate.
+        // Unlimited: the first throttle limits the mailbox from the rate it was sending at.
         let limits = Limits::new(RateSettings::default());
         let m = limits.mailbox();
         assert_eq!(m.max_batch(), None);
-        m.on_appended(400, true);
-        tokio::time::advance(Duration::from_secs(10)).await;
-        let r = m.on_throttle(Duration::from_secs(1));
-        assert!((r - 20.0).abs() < 0.1, "half of the observed 40/s: {r}");
-        m.on_appended(10, true);
-        let r = m.stats().rate.unwrap();
-        assert!((r - 22.0).abs() < 0.1, "+5 % of the observed rate: {r}");
         for _ in 0..100 {
-            m.on_appended(10, true);
+            for _ in 0..4 {
+                m.acquire(100).await;
+            }
+            tokio::time::advance(Duration::from_millis(100)).await;
         }
-        let r = m.stats().rate.unwrap();
-        assert!(
-            r > 200.0,
-            "no configured ceiling: keeps probing upwards: {r}"
-        );
+        let r = m.on_throttle(Duration::from_secs(1));
+        assert!((r - 20.0).abs() < 0.5, "half of the 40/s sent: {r}");
+        assert_eq!(m.max_batch(), Some(20));
         let _ = Kind::Ok;
     }
 }
