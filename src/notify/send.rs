@@ -271,7 +271,7 @@ async fn before_in(
                 &Notified {
                     delivered_unix: Some(now),
                     folder: INBOX.into(),
-                    uidvalidity: uidvalidity,
+                    uidvalidity,
                     uid,
                     ..pending
                 },
@@ -370,7 +370,7 @@ async fn after_in(
                 &Notified {
                     delivered_unix: Some(now),
                     folder: INBOX.into(),
-                    uidvalidity: uidvalidity,
+                    uidvalidity,
                     uid,
                     ..pending
                 },
