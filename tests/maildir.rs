@@ -683,3 +683,105 @@ fn bad_input_is_reported_and_the_other_mailboxes_go_on() {
         "{text}"
     );
 }
+
+/// `cutover run` with a Maildir source: the daemon's passes, statuses and status file
+/// are the same as over IMAP. The mailbox reaches Synced, a message filed while the daemon
+/// runs is carried by its next pass, and SIGTERM stops it.
+#[test]
+fn the_daemon_migrates_from_maildir_and_carries_deltas() {
+    let Some(tb) = testbed(&USERS) else { return };
+    let work = work_dir(&tb);
+    let roots = work.join("roots");
+    let root = roots.join("carol");
+    maildir(&root);
+    maildir(&root.join(".Sent"));
+    let (a, b, c) = (body("da"), body("db"), body("dc"));
+    put(&root, "cur", "1700000101.M1P1.host:2,S", &a, 1_600_000_101);
+    put(
+        &root.join(".Sent"),
+        "cur",
+        "1700000102.M2P1.host:2,S",
+        &b,
+        1_600_000_102,
+    );
+    let config = demo_config(&tb, &USERS[2..], "[sync]\ninterval = \"2s\"\n");
+    maildir_source(&config, &roots, "");
+    let log = work.join("daemon.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("CUTOVER_LOG", "info")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(work.join("daemon.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || {
+        format!(
+            "{}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            std::fs::read_to_string(work.join("daemon.err")).unwrap_or_default()
+        )
+    };
+    let status = || -> serde_json::Value {
+        let out = cutover(&config, &["status", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let carol = |s: &serde_json::Value| -> serde_json::Value {
+        s["mailboxes"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["mailbox"] == "carol@example.test"))
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let wait = |what: &str, cond: &mut dyn FnMut() -> bool| {
+        let ok = (0..600).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            cond()
+        });
+        assert!(ok, "timed out waiting for {what}\n{}", read_log());
+    };
+    wait("Synced", &mut || carol(&status())["status"] == "Synced");
+    let snap = settled(rt().block_on(snapshot(&tb, &tb.dest, "carol@example.test")));
+    assert_eq!(
+        dest_folder(&snap, "INBOX"),
+        want(&[(&a, &["\\Seen"], 1_600_000_101)])
+    );
+    assert_eq!(
+        dest_folder(&snap, "Sent Items"),
+        want(&[(&b, &["\\Seen"], 1_600_000_102)])
+    );
+    assert_eq!(carol(&status())["items_synced"], 2, "{}", read_log());
+
+    // Filed while the daemon runs: the next pass carries it.
+    put(&root, "new", "1700000103.M3P1.host", &c, 1_600_000_103);
+    wait("the delta at the destination", &mut || {
+        let snap = settled(rt().block_on(snapshot(&tb, &tb.dest, "carol@example.test")));
+        snap.get("INBOX").is_some_and(|m| m.len() == 2)
+    });
+    let snap = settled(rt().block_on(snapshot(&tb, &tb.dest, "carol@example.test")));
+    assert_eq!(
+        dest_folder(&snap, "INBOX"),
+        want(&[(&a, &["\\Seen"], 1_600_000_101), (&c, &[], 1_600_000_103)])
+    );
+    wait("items_synced 3", &mut || {
+        carol(&status())["items_synced"] == 3
+    });
+
+    let _ = std::process::Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status();
+    let stopped = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !stopped {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(
+        stopped,
+        "the daemon did not stop on SIGTERM\n{}",
+        read_log()
+    );
+}

@@ -679,14 +679,14 @@ fn a_welcome_still_on_its_way_after_a_kill_is_found_not_sent_twice() {
     fill(&tb, "bob", "INBOX", 1, |_| vec![]);
     let config = setup(&tb);
     let rt = rt();
-    // Once told, the proxy holds every APPEND (the welcomes) 2.5 s and then forwards it,
+    // Once told, the proxy holds every APPEND (the welcomes) 1.5 s and then forwards it,
     // whether its client is still there or not.
     let late = Arc::new(AtomicBool::new(false));
     let schedule: proxy::Schedule = {
         let late = late.clone();
         Arc::new(move |_: &str, _| {
             if late.load(Ordering::SeqCst) {
-                proxy::Action::Delay { ms: 2_500 }
+                proxy::Action::Delay { ms: 1_500 }
             } else {
                 proxy::Action::Forward
             }
@@ -729,6 +729,11 @@ fn a_welcome_still_on_its_way_after_a_kill_is_found_not_sent_twice() {
     });
     let text = std::fs::read_to_string(&log2).unwrap();
     assert!(exited, "the daemon did not finish\n{text}");
+    // The held APPENDs landed after the next daemon first looked, and were found.
+    assert!(
+        text.contains("of an interrupted run found in the INBOX"),
+        "{text}"
+    );
     for (email, n) in [("alice@example.test", 2), ("bob@example.test", 1)] {
         let dest = inbox(&tb, &tb.dest, email);
         assert_eq!(
