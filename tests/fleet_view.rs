@@ -112,3 +112,68 @@ fn the_page_shows_its_shard_and_its_peers() {
     }
     panic!("the fleet view never showed both shards; last: {last:#?}");
 }
+
+/// A shard that owns none of the mailboxes stays up with its page and says so, instead
+/// of exiting (a pod that exits is restarted by Kubernetes, over and over); SIGTERM
+/// stops it.
+#[test]
+fn a_shard_that_owns_nothing_stays_up_idle() {
+    let users = [("ann", "ann-pw", "ann@example.test")];
+    let Some(tb) = testbed(&users) else { return };
+    let tls = DemoTls {
+        source_implicit: true,
+        dest_implicit: true,
+    };
+    // Of 4 shards, one that does not own ann.
+    let owner = cutover::fleet::rendezvous::owner(users[0].2, 4);
+    let idle = (owner + 1) % 4;
+    let port = free_port();
+    let extra = format!(
+        "[sync]\ninterval = \"60s\"\n\n[web]\nlisten = \"127.0.0.1:{port}\"\n\n[fleet]\n\
+         shard = \"{idle}/4\"\n"
+    );
+    let dir = work_dir(&tb).join("idle");
+    let cfg = write_config(&tb, &dir, &users, tls, &extra).unwrap();
+    let mut run = Run(Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .env("CUTOVER_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut status = None;
+    while Instant::now() < end && status.is_none() {
+        assert!(
+            matches!(run.0.try_wait(), Ok(None)),
+            "the idle shard exited: {:?}",
+            run.0.try_wait()
+        );
+        status = get_json(port, "/api/status");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = status.expect("the idle shard's page never answered");
+    assert_eq!(status["fleet"]["shard"], format!("{idle}/4"));
+    assert_eq!(status["fleet"]["owned"].as_u64(), Some(0), "{status:#}");
+    assert_eq!(status["fleet"]["total"].as_u64(), Some(1), "{status:#}");
+    // Still up a moment later: nothing to do is not the end of the migration.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        matches!(run.0.try_wait(), Ok(None)),
+        "the idle shard exited"
+    );
+    let pid = run.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-s", "TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let stopped = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        matches!(run.0.try_wait(), Ok(Some(_)))
+    });
+    assert!(stopped, "the idle shard did not stop on SIGTERM");
+}

@@ -100,14 +100,18 @@ struct PassDone {
 pub async fn run(config: &Path) -> anyhow::Result<bool> {
     let (cfg, accts, own) = crate::cli::load_sharded(config)?;
     let mut accounts = accts.accounts;
-    if accounts.is_empty() && own.total > 0 {
-        anyhow::bail!(
-            "{} of {}: this shard owns none of them (more shards than needed?)",
+    // A shard that owns none of the CSV's mailboxes (more shards than mailboxes, or an
+    // unlucky split) stays up with its page, idle: exiting would make Kubernetes restart
+    // it over and over, and a later CSV or shard count may give it work.
+    let idle_shard = accounts.is_empty() && own.total > 0;
+    if idle_shard {
+        tracing::warn!(
+            "{} of {}: this shard owns none of them (more shards than needed?); idle until stopped",
             own.line(),
             cfg.mailboxes.display()
         );
     }
-    if accounts.is_empty() {
+    if accounts.is_empty() && !idle_shard {
         anyhow::bail!("no mailboxes to migrate in {}", cfg.mailboxes.display());
     }
     let mut term = signal(SignalKind::terminate())?;
@@ -221,7 +225,7 @@ pub async fn run(config: &Path) -> anyhow::Result<bool> {
                 running.insert(handle.id(), id.clone());
                 aborts.insert(id, handle);
             }
-            if passes.is_empty() && sched.all_completed() {
+            if passes.is_empty() && !idle_shard && sched.all_completed() {
                 tracing::info!("every mailbox is Completed: the migration is over");
                 break;
             }
