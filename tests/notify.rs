@@ -467,6 +467,78 @@ fn a_notice_appended_by_a_run_that_stopped_is_found_not_sent_again_and_not_migra
     );
 }
 
+/// A daemon migrating to the destination through a proxy that, once [`Held::hold`] is
+/// called, answers every APPEND (the welcomes: the final pass has nothing left to append)
+/// with `held`; returned once both mailboxes are Synced.
+struct Held {
+    px: proxy::Proxy,
+    switch: Arc<AtomicBool>,
+    daemon: Daemon,
+    log: std::path::PathBuf,
+}
+
+fn daemon_behind_holding_proxy(
+    rt: &tokio::runtime::Runtime,
+    dest_port: u16,
+    config: &Path,
+    held: proxy::Action,
+    drain: Duration,
+) -> Held {
+    let switch = Arc::new(AtomicBool::new(false));
+    let schedule: proxy::Schedule = {
+        let switch = switch.clone();
+        Arc::new(move |_: &str, _| {
+            if switch.load(Ordering::SeqCst) {
+                held
+            } else {
+                proxy::Action::Forward
+            }
+        })
+    };
+    let px = rt.block_on(proxy::Proxy::start_with(
+        dest_port,
+        proxy::Options::new(schedule).drain_limit(drain),
+    ));
+    upstream_via(config, px.port());
+    let log = config.parent().unwrap().join("daemon.log");
+    let daemon = start_daemon(config, &log);
+    let synced = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let s = statuses(config);
+        s.len() == 2 && s.iter().all(|s| s == "Synced" || s == "IncrementalSyncing")
+    });
+    assert!(synced, "{}", std::fs::read_to_string(&log).unwrap());
+    Held {
+        px,
+        switch,
+        daemon,
+        log,
+    }
+}
+
+impl Held {
+    /// `cutover complete`, then SIGKILL as soon as both welcomes' APPENDs are held; the
+    /// proxy forwards APPENDs again afterwards.
+    fn complete_and_kill_while_held(&mut self, config: &Path) {
+        self.switch.store(true, Ordering::SeqCst);
+        let out = cutover(config, &["complete"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let held = (0..1500).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            self.px
+                .events()
+                .iter()
+                .filter(|e| matches!(e.action, proxy::Action::Delay { .. }))
+                .count()
+                >= 2
+        });
+        assert!(held, "{}", std::fs::read_to_string(&self.log).unwrap());
+        let _ = self.daemon.0.kill();
+        let _ = self.daemon.0.wait();
+        self.switch.store(false, Ordering::SeqCst);
+    }
+}
+
 fn start_daemon(config: &Path, log: &Path) -> Daemon {
     Daemon(
         std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
@@ -491,33 +563,15 @@ fn notify_is_refused_while_the_daemon_runs_and_a_welcome_lost_to_a_kill_is_sent_
     fill(&tb, "bob", "INBOX", 1, |_| vec![]);
     let config = setup(&tb);
     let rt = rt();
-    // The destination through a proxy that, once told, holds every APPEND back (the
-    // welcomes: the final pass has nothing left to append) and forgets it when the client
-    // is gone, as a crash during the APPEND would leave it.
-    let stall = Arc::new(AtomicBool::new(false));
-    let schedule: proxy::Schedule = {
-        let stall = stall.clone();
-        Arc::new(move |_: &str, _| {
-            if stall.load(Ordering::SeqCst) {
-                proxy::Action::Delay { ms: 600_000 }
-            } else {
-                proxy::Action::Forward
-            }
-        })
-    };
-    let px = rt.block_on(proxy::Proxy::start_with(
+    // Held back and forgotten when the client is gone, as a crash during the APPEND
+    // would leave it.
+    let mut held = daemon_behind_holding_proxy(
+        &rt,
         tb.dest.plain_port(),
-        proxy::Options::new(schedule).drain_limit(Duration::from_millis(500)),
-    ));
-    upstream_via(&config, px.port());
-    let log = config.parent().unwrap().join("daemon.log");
-    let mut daemon = start_daemon(&config, &log);
-    let synced = (0..600).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        let s = statuses(&config);
-        s.len() == 2 && s.iter().all(|s| s == "Synced" || s == "IncrementalSyncing")
-    });
-    assert!(synced, "{}", std::fs::read_to_string(&log).unwrap());
+        &config,
+        proxy::Action::Delay { ms: 600_000 },
+        Duration::from_millis(500),
+    );
 
     // While it runs: refused, with what to do, and nothing written.
     for kind in ["before", "after"] {
@@ -533,21 +587,7 @@ fn notify_is_refused_while_the_daemon_runs_and_a_welcome_lost_to_a_kill_is_sent_
         .any(|m| is_letter(&m.3, "before")));
     assert_eq!(inbox(&tb, &tb.dest, "alice@example.test").len(), 2);
 
-    stall.store(true, Ordering::SeqCst);
-    let out = cutover(&config, &["complete"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let held = (0..300).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        px.events()
-            .iter()
-            .filter(|e| matches!(e.action, proxy::Action::Delay { .. }))
-            .count()
-            >= 2
-    });
-    assert!(held, "{}", std::fs::read_to_string(&log).unwrap());
-    let _ = daemon.0.kill();
-    let _ = daemon.0.wait();
-    stall.store(false, Ordering::SeqCst);
+    held.complete_and_kill_while_held(&config);
     // The kill left both Completed, without a welcome.
     let snap: serde_json::Value =
         serde_json::from_slice(&cutover(&config, &["status", "--json"]).stdout).unwrap();
@@ -679,47 +719,15 @@ fn a_welcome_still_on_its_way_after_a_kill_is_found_not_sent_twice() {
     fill(&tb, "bob", "INBOX", 1, |_| vec![]);
     let config = setup(&tb);
     let rt = rt();
-    // Once told, the proxy holds every APPEND (the welcomes) 1.5 s and then forwards it,
-    // whether its client is still there or not.
-    let late = Arc::new(AtomicBool::new(false));
-    let schedule: proxy::Schedule = {
-        let late = late.clone();
-        Arc::new(move |_: &str, _| {
-            if late.load(Ordering::SeqCst) {
-                proxy::Action::Delay { ms: 1_500 }
-            } else {
-                proxy::Action::Forward
-            }
-        })
-    };
-    let px = rt.block_on(proxy::Proxy::start_with(
+    // Held 1.5 s and then forwarded, whether its client is still there or not.
+    let mut held = daemon_behind_holding_proxy(
+        &rt,
         tb.dest.plain_port(),
-        proxy::Options::new(schedule).drain_limit(Duration::from_secs(10)),
-    ));
-    upstream_via(&config, px.port());
-    let log = config.parent().unwrap().join("daemon.log");
-    let mut daemon = start_daemon(&config, &log);
-    let synced = (0..600).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        let s = statuses(&config);
-        s.len() == 2 && s.iter().all(|s| s == "Synced" || s == "IncrementalSyncing")
-    });
-    assert!(synced, "{}", std::fs::read_to_string(&log).unwrap());
-    late.store(true, Ordering::SeqCst);
-    let out = cutover(&config, &["complete"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let held = (0..300).any(|_| {
-        std::thread::sleep(Duration::from_millis(20));
-        px.events()
-            .iter()
-            .filter(|e| matches!(e.action, proxy::Action::Delay { .. }))
-            .count()
-            >= 2
-    });
-    assert!(held, "{}", std::fs::read_to_string(&log).unwrap());
-    let _ = daemon.0.kill();
-    let _ = daemon.0.wait();
-    late.store(false, Ordering::SeqCst);
+        &config,
+        proxy::Action::Delay { ms: 1_500 },
+        Duration::from_secs(10),
+    );
+    held.complete_and_kill_while_held(&config);
     // At once: the held APPENDs reach the server while the next daemon starts.
     let log2 = config.parent().unwrap().join("daemon2.log");
     let mut daemon = start_daemon(&config, &log2);
