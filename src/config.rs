@@ -918,14 +918,13 @@ impl Config {
     }
 
     fn validate_sync(&self, figment: &Figment) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| {
-            let key = format!("sync.{key}");
-            ConfigError::Invalid {
-                origin: origin(figment, &key, &self.file),
-                key,
-                message,
-            }
+        // A key in any section, named in full.
+        let invalid_key = |key: String, message: String| ConfigError::Invalid {
+            origin: origin(figment, &key, &self.file),
+            key,
+            message,
         };
+        let invalid = |key: &str, message: String| invalid_key(format!("sync.{key}"), message);
         // The mapper checks the globs and folder_map targets; building one here makes a
         // bad entry stop the daemon at start-up rather than fail every mailbox later.
         let check = crate::mapping::FolderMapper::new(
@@ -961,20 +960,16 @@ impl Config {
             return Err(invalid("interval", "must be at least 1 second".into()));
         }
         if self.spool.max_inflight_bytes == 0 || self.spool.max_inflight_bytes > MAX_BUDGET {
-            let key = "spool.max_inflight_bytes".to_string();
-            return Err(ConfigError::Invalid {
-                origin: origin(figment, &key, &self.file),
-                key,
-                message: format!("must be 1 to {MAX_BUDGET}"),
-            });
+            return Err(invalid_key(
+                "spool.max_inflight_bytes".into(),
+                format!("must be 1 to {MAX_BUDGET}"),
+            ));
         }
         if self.spool.cache_bytes < crate::spool::MIN_CACHE_BYTES {
-            let key = "spool.cache_bytes".to_string();
-            return Err(ConfigError::Invalid {
-                origin: origin(figment, &key, &self.file),
-                key,
-                message: format!("must be at least {}", crate::spool::MIN_CACHE_BYTES),
-            });
+            return Err(invalid_key(
+                "spool.cache_bytes".into(),
+                format!("must be at least {}", crate::spool::MIN_CACHE_BYTES),
+            ));
         }
         if self.sync.max_delete_percent > 100 {
             return Err(invalid("max_delete_percent", "must be 0 to 100".into()));
