@@ -976,18 +976,10 @@ impl Config {
         }
         self.cutover
             .validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                origin: origin(figment, &format!("cutover.{key}"), &self.file),
-                key: format!("cutover.{key}"),
-                message,
-            })?;
+            .map_err(|(key, message)| invalid_key(format!("cutover.{key}"), message))?;
         self.web
             .validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                origin: origin(figment, &format!("web.{key}"), &self.file),
-                key: format!("web.{key}"),
-                message,
-            })?;
+            .map_err(|(key, message)| invalid_key(format!("web.{key}"), message))?;
         Ok(())
     }
 }
