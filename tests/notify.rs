@@ -539,6 +539,22 @@ impl Held {
     }
 }
 
+/// Starts a daemon logging to `log` beside the config and waits, at most `limit`, for it
+/// to end by itself (every mailbox Completed); returns its log.
+fn daemon_to_the_end(config: &Path, log: &str, limit: Duration) -> String {
+    let log = config.parent().unwrap().join(log);
+    let mut daemon = start_daemon(config, &log);
+    let end = std::time::Instant::now() + limit;
+    let mut exited = false;
+    while !exited && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+        exited = matches!(daemon.0.try_wait(), Ok(Some(_)));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(exited, "the daemon did not finish\n{text}");
+    text
+}
+
 fn start_daemon(config: &Path, log: &Path) -> Daemon {
     Daemon(
         std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
@@ -602,14 +618,7 @@ fn notify_is_refused_while_the_daemon_runs_and_a_welcome_lost_to_a_kill_is_sent_
     }
 
     // The next daemon sends them by itself, and ends: every mailbox is Completed.
-    let log2 = config.parent().unwrap().join("daemon2.log");
-    let mut daemon = start_daemon(&config, &log2);
-    let exited = (0..600).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        matches!(daemon.0.try_wait(), Ok(Some(_)))
-    });
-    let text = std::fs::read_to_string(&log2).unwrap();
-    assert!(exited, "the daemon did not finish\n{text}");
+    let text = daemon_to_the_end(&config, "daemon2.log", Duration::from_secs(60));
     assert!(text.contains("welcome delivered"), "{text}");
     for (email, n) in [("alice@example.test", 2), ("bob@example.test", 1)] {
         let dest = inbox(&tb, &tb.dest, email);
@@ -621,13 +630,7 @@ fn notify_is_refused_while_the_daemon_runs_and_a_welcome_lost_to_a_kill_is_sent_
         );
     }
     // Once: a third start sends nothing.
-    let log3 = config.parent().unwrap().join("daemon3.log");
-    let mut daemon = start_daemon(&config, &log3);
-    let exited = (0..600).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        matches!(daemon.0.try_wait(), Ok(Some(_)))
-    });
-    assert!(exited, "{}", std::fs::read_to_string(&log3).unwrap());
+    daemon_to_the_end(&config, "daemon3.log", Duration::from_secs(60));
     assert_eq!(inbox(&tb, &tb.dest, "alice@example.test").len(), 3);
     assert_eq!(inbox(&tb, &tb.dest, "bob@example.test").len(), 2);
 }
@@ -729,14 +732,7 @@ fn a_welcome_still_on_its_way_after_a_kill_is_found_not_sent_twice() {
     );
     held.complete_and_kill_while_held(&config);
     // At once: the held APPENDs reach the server while the next daemon starts.
-    let log2 = config.parent().unwrap().join("daemon2.log");
-    let mut daemon = start_daemon(&config, &log2);
-    let exited = (0..900).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        matches!(daemon.0.try_wait(), Ok(Some(_)))
-    });
-    let text = std::fs::read_to_string(&log2).unwrap();
-    assert!(exited, "the daemon did not finish\n{text}");
+    let text = daemon_to_the_end(&config, "daemon2.log", Duration::from_secs(90));
     // The held APPENDs landed after the next daemon first looked, and were found.
     assert!(
         text.contains("of an interrupted run found in the INBOX"),
