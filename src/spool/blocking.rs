@@ -40,8 +40,9 @@ pub const IN_PLACE_BYTES: usize = 256 * 1024;
 pub fn in_place_if_large<T>(len: usize, f: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
     let multi =
-        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if len >= IN_PLACE_BYTES && multi {
+        || Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    // The size first: most bodies are small, and they need no look at the runtime.
+    if len >= IN_PLACE_BYTES && multi() {
         tokio::task::block_in_place(f)
     } else {
         f()
