@@ -1,5 +1,5 @@
 //! Where message bodies are kept: append-only segment files next to the sled database,
-//! indexed by the `bodies` tree.
+//! indexed by the body index (`body_index.rs`).
 //!
 //! # Why not in sled itself
 //!
@@ -31,7 +31,7 @@
 //! last segment, and never appending to it again means nobody has to find where the
 //! good data stops. A segment is closed for writing at [`MAX_SEGMENT_LEN`].
 //!
-//! The `bodies` tree maps a hash to a [`Location`]. No body is ever deleted: a body may
+//! The body index (`body_index.rs`) maps a hash to a [`Location`]. No body is ever deleted: a body may
 //! be shared by many messages, and the spool lives only as long as the migration. A
 //! segment file is deleted only by compaction, once every body in it has been written
 //! again elsewhere and the index entries that point there are durable.
@@ -46,9 +46,8 @@
 //! 1. [`BodyLog::append`] writes the entry and remembers its location in memory
 //!    (`pending`) only.
 //! 2. [`BodyLog::sync`] fsyncs the segment, then writes the pending locations into the
-//!    `bodies` tree. sled has one log for all trees, so these index entries precede any
-//!    record written afterwards in that log, and no prefix of it that survives a crash
-//!    holds the record without the index entry.
+//!    body index, which syncs its file before it returns: the index entries are on disk
+//!    before any record written afterwards, so no crash leaves a record without them.
 //! 3. The spool calls `sync` before it writes message records and in `Spool::flush`.
 //!
 //! The syncs group naturally: many tasks spool bodies, and the first one that writes
@@ -126,7 +125,7 @@ impl Stored {
 /// Length of an entry header: magic, hash, frame length, body length.
 const HEADER_LEN: usize = 4 + 32 + 4 + 8;
 
-/// Where a body lives. Stored, bincode-encoded, as the value of the `bodies` tree.
+/// Where a body lives: what the body index says of it (`body_index.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Location {
     /// Segment number (the file name, in hex).
@@ -285,10 +284,7 @@ impl BodyLog {
         if let Some(loc) = lock(&self.pending).get(hash) {
             return Ok(Some(*loc));
         }
-        match index.get(hash)? {
-            Some(value) => super::decode(&value, || format!("body {}", hex(hash))).map(Some),
-            None => Ok(None),
-        }
+        index.get(hash)
     }
 
     /// Appends a body stored as `stored`, its frame being the concatenation of `parts`
@@ -460,11 +456,7 @@ impl BodyLog {
                 return Err(e.into());
             }
         }
-        let entries = synced
-            .iter()
-            .map(|(hash, loc)| Ok((*hash, super::encode(loc)?)))
-            .collect::<Result<Vec<_>>>()?;
-        index.insert_all(&entries)?;
+        index.insert_all(&synced)?;
         // Entries appended since the snapshot stay pending for the next sync.
         {
             let mut pending = lock(&self.pending);
@@ -975,13 +967,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    /// A body log in a temporary directory, with a sled tree as its index.
+    /// A body log in a temporary directory, with its index.
     fn open() -> (tempfile::TempDir, BodyLog, BodyIndex) {
         let dir = tempfile::tempdir().unwrap();
         let log = BodyLog::open(dir.path().join("bodies")).unwrap();
         log.set_repair_backoff(std::time::Duration::ZERO);
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let index = BodyIndex::on_tree(db.open_tree("bodies").unwrap());
+        let index = BodyIndex::in_dir(dir.path());
         (dir, log, index)
     }
 
@@ -997,10 +988,7 @@ mod tests {
     }
 
     fn indexed(index: &BodyIndex, n: u8) -> Option<Location> {
-        index
-            .get(&hash(n))
-            .unwrap()
-            .map(|v| super::super::decode(&v, || "test".into()).unwrap())
+        index.get(&hash(n)).unwrap()
     }
 
     /// Reads body `n` back through the index and checks it.

@@ -120,8 +120,8 @@ impl Spool {
             if !done {
                 break;
             }
-            // The index must point at the new copies on disk before the old ones go.
-            self.db.flush()?;
+            // The index points at the new copies on disk (the sync above wrote and synced
+            // it) before the old ones go.
             self.body_log.remove_segment(id)?;
             report.segments += 1;
         }

@@ -1,15 +1,15 @@
 //! The spool: an embedded sled store on the appliance, the only place state lives.
 //!
 //! Layout (one sled `Db`, several trees):
-//! - `body_buckets`: hash(body) -> where the body is (BLAKE3, or sha256 in a spool made
-//!   before BLAKE3; see [`BodyHasher`]), packed into buckets of hashes that share their
-//!   first two bytes (`body_index.rs`; older spools had one value per hash in `bodies`). Each body is stored once, whatever
-//!   the number of mailboxes or folders that hold it. It is spooled as fetched and
-//!   compressed (zstd) later, when the machine is idle (`compact.rs`; `[spool] compress =
-//!   "inline"` compresses at once). The bytes themselves live in append-only segment
-//!   files under `<spool>/bodies/`, not in sled:
-//!   sled 0.34 keeps every value it holds in memory, and bodies would not fit the
-//!   appliance's memory budget (see `body_log.rs` for the details and the crash rules).
+//! - `<spool>/body-index` (a file beside sled, not a tree: `body_index.rs` says why):
+//!   hash(body) -> where the body is (BLAKE3, or sha256 in a spool made before BLAKE3;
+//!   see [`BodyHasher`]). Each body is stored once, whatever the number of mailboxes or
+//!   folders that hold it. It is spooled as fetched and compressed (zstd) later, when the
+//!   machine is idle (`compact.rs`; `[spool] compress = "inline"` compresses at once).
+//!   The bytes themselves live in append-only segment files under `<spool>/bodies/`, not
+//!   in sled: sled 0.34 keeps every value it holds in memory, and bodies would not fit
+//!   the appliance's memory budget (see `body_log.rs` for the details and the crash
+//!   rules).
 //! - `mailboxes`: mailbox id (the destination address) -> [`MailboxState`].
 //! - `folders`:  mailbox \0 source folder -> [`FolderState`].
 //! - `message_chunks`: mailbox \0 source folder \0 uidvalidity(u32 BE) chunk(u32 BE) ->
@@ -388,7 +388,7 @@ impl Spool {
             .path(path)
             .cache_capacity(cache_bytes.max(MIN_CACHE_BYTES))
             .open()?;
-        let (bodies, had_bodies) = body_index::BodyIndex::open(&db)?;
+        let (bodies, had_bodies) = body_index::BodyIndex::open(&db, path)?;
         let messages = db.open_tree("message_chunks")?;
         let legacy = db.open_tree(legacy::TREE)?;
         let hasher = BodyHasher::of(&db, had_bodies, &[&messages, &legacy])?;
@@ -1169,27 +1169,21 @@ mod tests {
             other => panic!("expected Corrupt, got {other:?}"),
         };
 
-        // An index entry that is not a location.
-        spool.bodies.insert(missing, &b"\xff\xff\xff"[..]).unwrap();
-        assert!(is_corrupt(&missing));
         // An index entry pointing at another body's entry.
-        spool.bodies.insert(missing, encode(&loc).unwrap()).unwrap();
+        spool.bodies.insert(missing, loc).unwrap();
         assert!(is_corrupt(&missing));
         // ... past the end of the segment, or into a segment that does not exist.
         let far = body_log::Location {
             offset: 1 << 30,
             ..loc
         };
-        spool.bodies.insert(missing, encode(&far).unwrap()).unwrap();
+        spool.bodies.insert(missing, far).unwrap();
         assert!(is_corrupt(&missing));
         let gone = body_log::Location {
             segment: 999,
             ..loc
         };
-        spool
-            .bodies
-            .insert(missing, encode(&gone).unwrap())
-            .unwrap();
+        spool.bodies.insert(missing, gone).unwrap();
         assert!(is_corrupt(&missing));
 
         // Damaged bytes inside the frame of a good entry.
@@ -1209,8 +1203,11 @@ mod tests {
             body_len: loc.body_len + 1,
             ..loc
         };
-        spool.bodies.insert(good, encode(&longer).unwrap()).unwrap();
+        spool.bodies.insert(good, longer).unwrap();
         assert!(is_corrupt(&good));
+        // An index entry that is not a location (a torn slot).
+        spool.bodies.damage(&missing);
+        assert!(is_corrupt(&missing));
     }
 
     #[test]
