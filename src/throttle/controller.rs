@@ -54,7 +54,10 @@ pub const REPEAT_WINDOW: Duration = Duration::from_secs(60);
 /// stretch: the mailbox was waiting for something else.
 pub const DRIVEN_GAP: Duration = Duration::from_secs(1);
 /// The driven rate at a throttle is measured over at most this much of the latest stretch.
-pub const MEASURE_WINDOW: Duration = Duration::from_secs(10);
+/// Long, because the destination's saved burst counts as rate over the window: with a
+/// burst of two seconds' budget (Exchange-like: 20/s, 40 saved), 10 s overstate the
+/// budget by up to 20 %, more than [`SETTLE_MARGIN`] takes off; 30 s by up to 7 %.
+pub const MEASURE_WINDOW: Duration = Duration::from_secs(30);
 /// Fewer sends than this since the stretch began tell no rate.
 pub const MIN_SENDS: usize = 4;
 /// Shorter spans are counted as this long: a batch acquired at once has no duration, and
@@ -76,8 +79,10 @@ pub const BEST_SHARE: f64 = 1.0 / 3.0;
 pub const BEST_HALF_LIFE: Duration = Duration::from_secs(1800);
 /// First probe above a ceiling measured at full speed.
 pub const PROBE_SOON: Duration = Duration::from_secs(60);
-/// First probe above a ceiling measured at the limiter's rate.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(600);
+/// First probe above a ceiling measured at the limiter's rate. A probe that finds the
+/// budget where it was costs one throttle, so this is what a settled mailbox pays: one
+/// throttle per 15 minutes, under the goal of one per 10.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(900);
 /// How long the first probe step must go through before the next, larger one.
 pub const PROBE_HOLD_FIRST: Duration = Duration::from_secs(60);
 /// How long each later step must go through before the next.
