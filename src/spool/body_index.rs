@@ -233,7 +233,7 @@ impl BodyIndex {
     pub(super) fn get(&self, hash: &BodyHash) -> Result<Option<Location>> {
         let table = self.inner.table.read().unwrap_or_else(|e| e.into_inner());
         let prefix = prefix_of(hash);
-        let mut slot = home(hash, &table);
+        let mut slot = home(hash, table.mask());
         let mut page = [0u8; PAGE];
         let mut loaded = None;
         for _ in 0..table.slots() {
@@ -383,7 +383,7 @@ impl BodyIndex {
     pub(super) fn damage(&self, hash: &BodyHash) {
         let table = self.inner.table.read().unwrap();
         let prefix = prefix_of(hash);
-        let mut slot = home(hash, &table);
+        let mut slot = home(hash, table.mask());
         loop {
             let mut raw = [0u8; SLOT];
             let at = page_offset(0) + slot * SLOT as u64;
@@ -450,7 +450,7 @@ impl<'a> Pages<'a> {
     /// the same hash, or in the first empty slot of its probe. True if it is a new entry.
     fn place(&mut self, hash: &BodyHash, slot: &[u8; SLOT]) -> Result<bool> {
         let prefix = prefix_of(hash);
-        let mut at = u64::from_le_bytes(hash[..8].try_into().expect("8 bytes")) & self.mask;
+        let mut at = home(hash, self.mask);
         for _ in 0..=self.mask {
             let raw = self.slot_mut(at)?;
             match decode_slot(raw) {
@@ -489,8 +489,9 @@ fn prefix_of(hash: &BodyHash) -> [u8; PREFIX] {
         .expect("a hash is longer than its prefix")
 }
 
-fn home(hash: &BodyHash, table: &Table) -> u64 {
-    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes")) & table.mask()
+/// The slot a hash's probe starts from, in a table of `mask + 1` slots.
+fn home(hash: &BodyHash, mask: u64) -> u64 {
+    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes")) & mask
 }
 
 /// Where page `p` of the slots starts in the file (page 0 of the file is the header).
