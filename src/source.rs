@@ -115,13 +115,80 @@ pub fn longest_line(body: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
-/// Which messages are beyond `max` for the mailbox: folder name -> UIDs, the oldest by
-/// INTERNALDATE across `folders` (an empty map when the mailbox is within the limit).
-async fn beyond_max_items(
+/// A message's place in the mailbox's order for `max_items_per_mailbox`: newer dates
+/// first, equal dates in a fixed order (folder, then UID) so that reruns decide the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct LimitKey {
+    ts: i64,
+    folder: usize,
+    uid: u32,
+}
+
+/// Where `max_items_per_mailbox` falls in a mailbox over it: a message is beyond the
+/// limit when it is older than the oldest one kept. Only that one key is kept, not the
+/// UIDs beyond it.
+#[derive(Debug)]
+struct ItemLimit {
+    /// Each folder's position in the order of [`LimitKey::folder`].
+    positions: HashMap<String, usize>,
+    /// The oldest message within the limit.
+    oldest_kept: LimitKey,
+    /// How many messages were beyond it when it was found.
+    beyond: u64,
+}
+
+impl ItemLimit {
+    fn is_beyond(&self, folder: &str, ts: i64, uid: u32) -> bool {
+        self.positions
+            .get(folder)
+            .is_some_and(|&folder| LimitKey { ts, folder, uid } < self.oldest_kept)
+    }
+}
+
+/// The `max` newest of the keys pushed, holding `max` keys at most (16 bytes each), so
+/// that a mailbox of millions is ranked in memory bounded by the limit, not by the mailbox.
+struct Newest {
+    max: usize,
+    kept: std::collections::BinaryHeap<std::cmp::Reverse<LimitKey>>,
+    seen: u64,
+}
+
+impl Newest {
+    fn new(max: u64) -> Newest {
+        Newest {
+            max: usize::try_from(max).unwrap_or(usize::MAX),
+            kept: std::collections::BinaryHeap::new(),
+            seen: 0,
+        }
+    }
+
+    fn push(&mut self, key: LimitKey) {
+        self.seen += 1;
+        if self.kept.len() < self.max {
+            self.kept.push(std::cmp::Reverse(key));
+        } else if self.kept.peek().is_some_and(|oldest| oldest.0 < key) {
+            self.kept.pop();
+            self.kept.push(std::cmp::Reverse(key));
+        }
+    }
+
+    /// The oldest key kept and how many were beyond it; `None` when nothing is beyond.
+    fn cutoff(&self) -> Option<(LimitKey, u64)> {
+        let beyond = self.seen - self.kept.len() as u64;
+        (beyond > 0)
+            .then(|| self.kept.peek().map(|k| (k.0, beyond)))
+            .flatten()
+    }
+}
+
+/// Where `max` falls for the mailbox ([`ItemLimit`]), ranking every message of `folders`
+/// by INTERNALDATE; `None` when the mailbox is within the limit. The folders are listed
+/// one window of UIDs at a time, like [`read_folder`] does.
+async fn item_limit(
     client: &mut Client,
     folders: &[ListedFolder],
     max: u64,
-) -> Result<HashMap<String, HashSet<u32>>, SourceError> {
+) -> Result<Option<ItemLimit>, SourceError> {
     let mut total = 0u64;
     for f in folders {
         match client.status(&f.name).await {
@@ -131,40 +198,42 @@ async fn beyond_max_items(
         }
     }
     if total <= max {
-        return Ok(HashMap::new());
+        return Ok(None);
     }
-    let mut all: Vec<(i64, usize, u32)> = Vec::new();
+    let mut newest = Newest::new(max);
+    let mut positions = HashMap::new();
     for (i, f) in folders.iter().enumerate() {
+        positions.insert(f.name.clone(), i);
         let info = match client.select(&f.name, true).await {
             Ok(info) => info,
             Err(e) if e.is_transient() => return Err(e.into()),
             Err(_) => continue,
         };
-        if info.exists == 0 {
-            continue;
-        }
-        for m in client.uid_fetch_meta("1:*", None).await? {
-            if let Some(uid) = m.uid {
-                all.push((m.internal_ts.unwrap_or(0), i, uid));
+        let mut windows = Windows::open(client, &info, 0, None).await?;
+        while let Some(window) = windows.next(client).await? {
+            for m in window {
+                if let Some(uid) = m.uid {
+                    newest.push(LimitKey {
+                        ts: m.internal_ts.unwrap_or(0),
+                        folder: i,
+                        uid,
+                    });
+                }
             }
         }
     }
-    // Newest first; equal dates in a fixed order so that reruns decide the same way.
-    all.sort_by(|a, b| b.cmp(a));
-    let mut beyond: HashMap<String, HashSet<u32>> = HashMap::new();
-    for (_, i, uid) in all.into_iter().skip(max as usize) {
-        beyond
-            .entry(folders[i].name.clone())
-            .or_default()
-            .insert(uid);
-    }
-    Ok(beyond)
+    Ok(newest.cutoff().map(|(oldest_kept, beyond)| ItemLimit {
+        positions,
+        oldest_kept,
+        beyond,
+    }))
 }
 
 /// What [`read_folder`] needs besides the options.
 struct ReadContext<'a> {
     limits: &'a MailboxLimits,
-    beyond: HashMap<String, HashSet<u32>>,
+    /// Where `max_items_per_mailbox` falls, for a mailbox over it.
+    limit: Option<ItemLimit>,
     /// `<Message-ID>` of cutover's own notice to the user (`cutover notify before`), when
     /// one was sent.
     own_notice: Option<Vec<u8>>,
@@ -318,17 +387,16 @@ pub async fn read_mailbox_with(
     mut on_progress: impl FnMut(Progress<'_>),
 ) -> Result<SourceReport, SourceError> {
     let mut report = SourceReport::default();
-    let beyond = if limits.max_items > 0 {
-        beyond_max_items(client, folders, limits.max_items).await?
+    let limit = if limits.max_items > 0 {
+        item_limit(client, folders, limits.max_items).await?
     } else {
-        HashMap::new()
+        None
     };
-    if !beyond.is_empty() {
-        let n: usize = beyond.values().map(HashSet::len).sum();
+    if let Some(limit) = &limit {
         tracing::warn!(
             mailbox,
             max_items = limits.max_items,
-            beyond = n,
+            beyond = limit.beyond,
             "mailbox over max_items_per_mailbox: only the newest messages are copied"
         );
     }
@@ -340,7 +408,7 @@ pub async fn read_mailbox_with(
         .map(|n| format!("<{}>", n.message_id).into_bytes());
     let ctx = ReadContext {
         limits,
-        beyond,
+        limit,
         own_notice,
     };
     let known: Vec<FolderState> = spool.folders(mailbox)?;
@@ -463,7 +531,6 @@ async fn read_folder(
     let mut listed: Vec<u32> = Vec::new();
     let mut announced = false;
     let mut ramp = 0u32;
-    let beyond = ctx.beyond.get(&folder.name);
     while let Some(meta) = windows.next(client).await? {
         let uids: Vec<u32> = meta.iter().filter_map(|m| m.uid).collect();
         if changed_since.is_none() {
@@ -502,7 +569,11 @@ async fn read_folder(
                 continue;
             }
             let size = m.size.unwrap_or(0) as u64;
-            if beyond.is_some_and(|b| b.contains(&uid)) {
+            let beyond = ctx
+                .limit
+                .as_ref()
+                .is_some_and(|l| l.is_beyond(&folder.name, m.internal_ts.unwrap_or(0), uid));
+            if beyond {
                 let date = m.internal_date.clone().unwrap_or_default();
                 let reason = format!(
                     "over max_items_per_mailbox ({}): only the newest messages of the mailbox \
@@ -1160,6 +1231,46 @@ fn merge_by_uid(meta: Vec<FetchData>) -> Vec<FetchData> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The limit keeps exactly the `max` newest, whatever order they come in, and ties on
+    /// the date are broken the same way every time (folder, then UID).
+    #[test]
+    fn item_limit_keeps_the_newest_in_bounded_memory() {
+        let key = |ts, folder, uid| LimitKey { ts, folder, uid };
+        // 1,000 messages over 3 folders, dates repeating (ties), in a scrambled order.
+        let mut keys: Vec<LimitKey> = (0..1000u32)
+            .map(|i| key(i64::from((i * 7919) % 400), (i % 3) as usize, i))
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort_by(|a, b| b.cmp(a));
+        for max in [1u64, 37, 400, 999] {
+            keys.rotate_left(311);
+            let mut newest = Newest::new(max);
+            for k in &keys {
+                newest.push(*k);
+                assert!(newest.kept.len() as u64 <= max, "holds no more than max");
+            }
+            let (oldest_kept, beyond) = newest.cutoff().expect("over the limit");
+            assert_eq!(beyond, 1000 - max);
+            assert_eq!(oldest_kept, sorted[max as usize - 1]);
+            let limit = ItemLimit {
+                positions: (0..3).map(|i| (format!("f{i}"), i)).collect(),
+                oldest_kept,
+                beyond,
+            };
+            let kept = keys
+                .iter()
+                .filter(|k| !limit.is_beyond(&format!("f{}", k.folder), k.ts, k.uid))
+                .count();
+            assert_eq!(kept as u64, max, "max {max}");
+        }
+        let mut within = Newest::new(1000);
+        keys.iter().for_each(|k| within.push(*k));
+        assert!(
+            within.cutoff().is_none(),
+            "nothing beyond at exactly the limit"
+        );
+    }
 
     #[test]
     fn personal_folders_by_every_namespace_prefix() {
