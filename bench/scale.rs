@@ -409,7 +409,7 @@ fn main() -> Result<()> {
         mailboxes: states
             .iter()
             .zip(&problems)
-            .map(|(st, p)| report::MailboxRow::new(st, p.clone(), now))
+            .map(|(st, p)| std::sync::Arc::new(report::MailboxRow::new(st, p.clone(), now)))
             .collect(),
     };
     let old_path = dir.path().join("old-status.json");

@@ -141,7 +141,7 @@ fn statuses(config: &Path) -> BTreeMap<String, String> {
     status(config)
         .mailboxes
         .into_iter()
-        .map(|r| (r.mailbox, r.status))
+        .map(|r| (r.mailbox.clone(), r.status.clone()))
         .collect()
 }
 

@@ -102,7 +102,7 @@ impl Appliance {
             serde_json::from_slice(&out.stdout).expect("status --json");
         snap.mailboxes
             .into_iter()
-            .map(|r| (r.mailbox, r.status))
+            .map(|r| (r.mailbox.clone(), r.status.clone()))
             .collect()
     }
 }

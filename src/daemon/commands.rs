@@ -50,7 +50,7 @@ fn rows(config: &Path) -> anyhow::Result<Source> {
             let mut snap = snap;
             let now = now_ms() / 1000;
             for row in &mut snap.mailboxes {
-                row.age_to(now);
+                Arc::make_mut(row).age_to(now);
             }
             Ok(Source::Daemon(snap))
         }
@@ -99,6 +99,7 @@ pub fn status(config: &Path, json: bool) -> anyhow::Result<bool> {
                             0,
                         )
                     })
+                    .map(Arc::new)
                     .collect(),
             };
             (snap, "nothing has run yet (no spool)".to_string())

@@ -487,7 +487,7 @@ fn hand_over(
     let started = Instant::now();
     let cpu = thread_cpu();
     // The status page reads the whole snapshot; it is made only when something changed.
-    page.send_replace(Arc::new(sched.snapshot(now_ms())));
+    page.send_replace(Arc::new(sched.page_snapshot(now_ms())));
     let rows = sched.take_changed();
     let changed = rows.len();
     writer.write(rows, now_ms() / 1000, scan);

@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -95,7 +96,9 @@ pub struct Snapshot {
     /// The watched domains' MX state (`[cutover] domains`), from the running daemon.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub domains: Vec<crate::cutover::view::DomainView>,
-    pub mailboxes: Vec<MailboxRow>,
+    /// Shared: the daemon rebuilds only the rows that changed, and a new snapshot for the
+    /// status page costs a pointer per unchanged mailbox, not a copy of its problems.
+    pub mailboxes: Vec<Arc<MailboxRow>>,
 }
 
 /// How far a scan over the mailboxes got.
@@ -277,7 +280,7 @@ pub fn from_spool(spool: &Spool, expected: &[String]) -> anyhow::Result<Snapshot
         pid: 0,
         spool_scan: None,
         domains: Vec::new(),
-        mailboxes: rows,
+        mailboxes: rows.into_iter().map(Arc::new).collect(),
     })
 }
 
@@ -325,6 +328,7 @@ pub fn table(snap: &Snapshot) -> String {
         .mailboxes
         .iter()
         .filter(|r| r.notice_delivered_unix.is_some() || r.welcome_delivered_unix.is_some())
+        .map(|r| &**r)
         .collect();
     if !letters.is_empty() {
         s.push_str(&format!(
@@ -494,7 +498,10 @@ mod tests {
                         reason: "too big".into(),
                     }],
                 ),
-            ],
+            ]
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
         };
         let mut out = Vec::new();
         write_csv(&snap, &mut out).unwrap();

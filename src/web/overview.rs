@@ -240,7 +240,7 @@ mod tests {
                         items_failed: *failed,
                         ..Default::default()
                     };
-                    MailboxRow::new(&st, (vec![], 0), 0)
+                    std::sync::Arc::new(MailboxRow::new(&st, (vec![], 0), 0))
                 })
                 .collect(),
         }

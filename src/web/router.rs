@@ -97,9 +97,12 @@ fn mailbox(shared: &Shared, id: &str, rest: &[&str]) -> Resp {
                 inv.mailboxes.get(&id).copied().unwrap_or_default(),
                 &m.in_backoff(now),
             );
+            // The row is as of its last change: the current stretch goes on since.
+            let mut aged = row.clone();
+            aged.age_to(now);
             http::json(&serde_json::json!({
                 "mailbox": r,
-                "seconds_in_status": row.seconds_in_status,
+                "seconds_in_status": aged.seconds_in_status,
                 "throttles": m.throttles_of(&id),
             }))
         }

@@ -249,11 +249,12 @@ pub fn page(
 
 /// The snapshot's row of `id`, matched without regard to case.
 pub fn find<'a>(snap: &'a Snapshot, id: &str) -> Option<&'a MailboxRow> {
-    snap.mailboxes.iter().find(|r| r.mailbox == id).or_else(|| {
+    let row = snap.mailboxes.iter().find(|r| r.mailbox == id).or_else(|| {
         snap.mailboxes
             .iter()
             .find(|r| r.mailbox.eq_ignore_ascii_case(id))
-    })
+    });
+    row.map(|r| &**r)
 }
 
 #[cfg(test)]
@@ -277,7 +278,7 @@ mod tests {
                         items_synced: i as u64,
                         ..Default::default()
                     };
-                    MailboxRow::new(&st, (vec![], 0), 0)
+                    std::sync::Arc::new(MailboxRow::new(&st, (vec![], 0), 0))
                 })
                 .collect(),
         }
